@@ -1,0 +1,25 @@
+# catalog-cache: the two set-up commands are `make dev` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+.PHONY: help setup test lint validate
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## install the local tools (redis-server, moto[server], cfn-lint) and fetch crates
+	@source scripts/ensure-tools.sh && ensure_redis && ensure_python_tools
+	$(CARGO) fetch
+
+test: ## run every test: unit, then integration against real Redis (standalone + cluster) and moto, then cfn-lint
+	scripts/with-services.sh $(CARGO) test --workspace --all-targets
+	@$(MAKE) --no-print-directory validate
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+validate: ## check the SAM template with cfn-lint
+	@source scripts/ensure-tools.sh && ensure_python_tools && cfn_lint infra/template.yaml && echo "cfn-lint: infra/template.yaml ok"

@@ -1,0 +1,32 @@
+# Installs the tools the tests need when they are missing. Sourced by the other scripts.
+# shellcheck shell=bash
+
+# The interpreter whose packages we use; pip installs its console scripts next to it.
+python_bin=$(command -v python3)
+python_scripts=$("$python_bin" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  echo "ensure-tools: installing Debian redis-server" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+  # The package starts a system-wide server on 6379; the tests use their own, so stop it.
+  as_root service redis-server stop >/dev/null 2>&1 || true
+}
+
+ensure_python_tools() {
+  local missing=()
+  "$python_bin" -c 'import moto.server, flask, flask_cors' 2>/dev/null || missing+=("moto[server]")
+  [ -x "$python_scripts/cfn-lint" ] || missing+=("cfn-lint")
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "ensure-tools: installing ${missing[*]} from PyPI" >&2
+  "$python_bin" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+}
+
+cfn_lint() {
+  "$python_scripts/cfn-lint" "$@"
+}

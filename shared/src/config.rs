@@ -1,0 +1,517 @@
+//! Typed configuration read once from the environment at cold start.
+//!
+//! Every variable is parsed here so a typo fails the init phase with the variable's name,
+//! instead of surfacing as a confusing error on the first request.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Why the configuration could not be built. Always names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set (or is empty).
+    #[error("environment variable {name} is required but not set")]
+    Missing {
+        /// The variable's name.
+        name: &'static str,
+    },
+    /// A variable is set but cannot be used.
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid {
+        /// The variable's name.
+        name: &'static str,
+        /// What is wrong with it (never the value of a secret).
+        reason: String,
+    },
+}
+
+/// All settings a function needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// DynamoDB table names.
+    pub tables: TableNames,
+    /// DynamoDB client settings.
+    pub dynamodb: DynamoConfig,
+    /// Redis (L2) settings; `None` runs without L2 (embedded dev mode, or L1 only).
+    pub redis: Option<RedisConfig>,
+    /// Cache engine settings.
+    pub cache: CacheConfig,
+}
+
+/// Names of the three tables (see the design's data model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    /// Products and offers (`CATALOG_TABLE`).
+    pub catalog: String,
+    /// One item per view event (`VIEWS_TABLE`).
+    pub views: String,
+    /// Counters, aggregates, feeds, checkpoints and job metadata (`STATS_TABLE`).
+    pub stats: String,
+}
+
+/// DynamoDB client settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoConfig {
+    /// Endpoint override (`DYNAMODB_ENDPOINT`), e.g. a local `moto_server`; `None` in AWS.
+    pub endpoint: Option<String>,
+    /// Deadline for one DynamoDB operation including SDK retries (`DYNAMODB_TIMEOUT_MS`, default 3000).
+    pub operation_timeout: Duration,
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One primary (a local `redis-server`, or a non-cluster replication group).
+    Standalone,
+    /// Redis Cluster (ElastiCache Serverless is always cluster mode).
+    Cluster,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `host:port` seed nodes (`REDIS_ENDPOINTS`, comma-separated).
+    pub nodes: Vec<String>,
+    /// Standalone or cluster (`REDIS_MODE`, default `standalone`).
+    pub mode: RedisMode,
+    /// Connect with TLS (`REDIS_TLS`, default `false`; ElastiCache Serverless requires `true`).
+    pub tls: bool,
+    /// ACL user (`REDIS_USERNAME`), if any.
+    pub username: Option<String>,
+    /// ACL password or auth token (`REDIS_PASSWORD`), if any.
+    pub password: Option<SecretString>,
+    /// Per-command response timeout (`REDIS_TIMEOUT_MS`, default 50). Tight on purpose:
+    /// a slow cache must cost less than the database read it is meant to save.
+    pub command_timeout: Duration,
+    /// Timeout for establishing a connection (`REDIS_CONNECT_TIMEOUT_MS`, default 1000).
+    pub connect_timeout: Duration,
+}
+
+/// Fresh and stale lifetimes of one data category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl {
+    /// How long an entry is served without revalidation.
+    pub fresh: Duration,
+    /// How long after `fresh` it may still be served while it is revalidated.
+    pub stale: Duration,
+}
+
+/// TTLs per data category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CategoryTtls {
+    /// Product with its offers (`CACHE_TTL_PRODUCT_SECS` default 300, `CACHE_STALE_PRODUCT_SECS` default 3600).
+    pub product: Ttl,
+    /// Period view stats (`CACHE_TTL_STATS_SECS` default 900, `CACHE_STALE_STATS_SECS` default 3600).
+    pub stats: Ttl,
+    /// Ranked feeds (`CACHE_TTL_FEED_SECS` default 900, `CACHE_STALE_FEED_SECS` default 1800).
+    pub feed: Ttl,
+    /// Cached "not found" (`CACHE_TTL_NEGATIVE_SECS`, default 30).
+    pub negative: Duration,
+}
+
+/// Cache engine settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Prefix of every Redis key (`CACHE_KEY_PREFIX`, default `cc:v1:`); tests give each run its own.
+    pub key_prefix: String,
+    /// Upper bound of the in-process L1, in bytes (`L1_MAX_BYTES`, default 32 MiB).
+    pub l1_max_bytes: u64,
+    /// How long an L1 entry lives (`L1_TTL_SECS`, default 5).
+    pub l1_ttl: Duration,
+    /// Payloads larger than this are zstd-compressed (`CACHE_COMPRESS_THRESHOLD_BYTES`, default 1024).
+    pub compress_threshold: usize,
+    /// TTLs per category.
+    pub ttl: CategoryTtls,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            key_prefix: "cc:v1:".to_owned(),
+            l1_max_bytes: 32 * 1024 * 1024,
+            l1_ttl: Duration::from_secs(5),
+            compress_threshold: 1024,
+            ttl: CategoryTtls {
+                product: Ttl {
+                    fresh: Duration::from_secs(300),
+                    stale: Duration::from_secs(3600),
+                },
+                stats: Ttl {
+                    fresh: Duration::from_secs(900),
+                    stale: Duration::from_secs(3600),
+                },
+                feed: Ttl {
+                    fresh: Duration::from_secs(900),
+                    stale: Duration::from_secs(1800),
+                },
+                negative: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env = Env(&lookup);
+        let defaults = CacheConfig::default();
+        let ttl = &defaults.ttl;
+        Ok(Config {
+            tables: TableNames {
+                catalog: env.table("CATALOG_TABLE")?,
+                views: env.table("VIEWS_TABLE")?,
+                stats: env.table("STATS_TABLE")?,
+            },
+            dynamodb: DynamoConfig {
+                endpoint: env.optional("DYNAMODB_ENDPOINT"),
+                operation_timeout: env.millis("DYNAMODB_TIMEOUT_MS", 3000)?,
+            },
+            redis: RedisConfig::from_env(&env)?,
+            cache: CacheConfig {
+                key_prefix: env.key_prefix("CACHE_KEY_PREFIX", &defaults.key_prefix)?,
+                l1_max_bytes: env.parse("L1_MAX_BYTES", defaults.l1_max_bytes)?,
+                l1_ttl: env.secs("L1_TTL_SECS", defaults.l1_ttl)?,
+                compress_threshold: env.parse(
+                    "CACHE_COMPRESS_THRESHOLD_BYTES",
+                    defaults.compress_threshold,
+                )?,
+                ttl: CategoryTtls {
+                    product: env.ttl(
+                        ["CACHE_TTL_PRODUCT_SECS", "CACHE_STALE_PRODUCT_SECS"],
+                        ttl.product,
+                    )?,
+                    stats: env.ttl(
+                        ["CACHE_TTL_STATS_SECS", "CACHE_STALE_STATS_SECS"],
+                        ttl.stats,
+                    )?,
+                    feed: env.ttl(["CACHE_TTL_FEED_SECS", "CACHE_STALE_FEED_SECS"], ttl.feed)?,
+                    negative: env.secs("CACHE_TTL_NEGATIVE_SECS", ttl.negative)?,
+                },
+            },
+        })
+    }
+}
+
+impl RedisConfig {
+    /// A standalone, plain-text configuration for `nodes` with default timeouts.
+    pub fn standalone(node: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            nodes: vec![node.into()],
+            mode: RedisMode::Standalone,
+            tls: false,
+            username: None,
+            password: None,
+            command_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(1000),
+        }
+    }
+
+    fn from_env(env: &Env<'_>) -> Result<Option<RedisConfig>, ConfigError> {
+        let Some(endpoints) = env.optional("REDIS_ENDPOINTS") else {
+            return Ok(None);
+        };
+        let nodes = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| validate_host_port(n).map(|()| n.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| ConfigError::Invalid {
+                name: "REDIS_ENDPOINTS",
+                reason,
+            })?;
+        let mode = match env.optional("REDIS_MODE").as_deref() {
+            None | Some("standalone") => RedisMode::Standalone,
+            Some("cluster") => RedisMode::Cluster,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "REDIS_MODE",
+                    reason: format!("expected `standalone` or `cluster`, got `{other}`"),
+                });
+            }
+        };
+        if mode == RedisMode::Standalone && nodes.len() != 1 {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_ENDPOINTS",
+                reason: format!(
+                    "standalone mode takes exactly one endpoint, got {}",
+                    nodes.len()
+                ),
+            });
+        }
+        Ok(Some(RedisConfig {
+            nodes,
+            mode,
+            tls: env.flag("REDIS_TLS", false)?,
+            username: env.optional("REDIS_USERNAME"),
+            password: env.optional("REDIS_PASSWORD").map(SecretString::from),
+            command_timeout: env.millis("REDIS_TIMEOUT_MS", 50)?,
+            connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000)?,
+        }))
+    }
+}
+
+fn validate_host_port(node: &str) -> Result<(), String> {
+    let (host, port) = node
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{node}` is not host:port"))?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("`{node}` is not host:port"));
+    }
+    port.parse::<u16>()
+        .map(drop)
+        .map_err(|_| format!("`{node}` has an invalid port"))
+}
+
+/// Typed access to variables through a lookup function.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// A set, non-blank variable.
+    fn optional(&self, name: &'static str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing { name })
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e| ConfigError::Invalid {
+                name,
+                reason: format!("`{raw}`: {e}"),
+            }),
+        }
+    }
+
+    fn millis(&self, name: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
+        self.parse(name, default_ms).map(Duration::from_millis)
+    }
+
+    fn secs(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse(name, default.as_secs()).map(Duration::from_secs)
+    }
+
+    fn ttl(
+        &self,
+        [fresh_name, stale_name]: [&'static str; 2],
+        default: Ttl,
+    ) -> Result<Ttl, ConfigError> {
+        let fresh = self.secs(fresh_name, default.fresh)?;
+        if fresh.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: fresh_name,
+                reason: "must be at least 1 second".into(),
+            });
+        }
+        Ok(Ttl {
+            fresh,
+            stale: self.secs(stale_name, default.stale)?,
+        })
+    }
+
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self
+            .optional(name)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(other) => Err(ConfigError::Invalid {
+                name,
+                reason: format!("expected true or false, got `{other}`"),
+            }),
+        }
+    }
+
+    /// DynamoDB table names: 3 to 255 of `[A-Za-z0-9_.-]`.
+    fn table(&self, name: &'static str) -> Result<String, ConfigError> {
+        let value = self.required(name)?;
+        let valid_chars = value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !(3..=255).contains(&value.len()) || !valid_chars {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: format!("`{value}` is not a valid DynamoDB table name"),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Key prefixes become part of every Redis key, so they obey the same character rules as ids.
+    fn key_prefix(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.optional(name).unwrap_or_else(|| default.to_owned());
+        let valid = value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":_.-".contains(&b));
+        if !valid {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: "up to 64 of [A-Za-z0-9:_.-]".into(),
+            });
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn config_from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    const TABLES: [(&str, &str); 3] = [
+        ("CATALOG_TABLE", "catalog"),
+        ("VIEWS_TABLE", "views"),
+        ("STATS_TABLE", "stats"),
+    ];
+
+    #[test]
+    fn minimal_environment_uses_defaults_and_no_redis() {
+        let config = config_from(&TABLES).unwrap();
+        assert_eq!(config.tables.catalog, "catalog");
+        assert!(config.redis.is_none());
+        assert_eq!(config.cache, CacheConfig::default());
+        assert_eq!(config.dynamodb.operation_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn missing_table_is_named() {
+        let err = config_from(&TABLES[..2]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Missing {
+                name: "STATS_TABLE"
+            }
+        );
+        assert!(err.to_string().contains("STATS_TABLE"));
+    }
+
+    #[test]
+    fn malformed_numbers_and_flags_are_named() {
+        let mut vars = TABLES.to_vec();
+        vars.push(("REDIS_ENDPOINTS", "localhost:6379"));
+        vars.push(("REDIS_TIMEOUT_MS", "fifty"));
+        let err = config_from(&vars).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: "REDIS_TIMEOUT_MS",
+                ..
+            }
+        ));
+
+        vars.pop();
+        vars.push(("REDIS_TLS", "maybe"));
+        let err = config_from(&vars).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: "REDIS_TLS",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_table_name_is_rejected() {
+        let err = config_from(&[
+            ("CATALOG_TABLE", "has space"),
+            ("VIEWS_TABLE", "views"),
+            ("STATS_TABLE", "stats"),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: "CATALOG_TABLE",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cluster_with_tls_and_secret_password() {
+        let mut vars = TABLES.to_vec();
+        vars.extend([
+            ("REDIS_ENDPOINTS", "a.example:6379, b.example:6380"),
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_TLS", "true"),
+            ("REDIS_PASSWORD", "hunter2"),
+            ("CACHE_TTL_PRODUCT_SECS", "60"),
+            ("CACHE_STALE_PRODUCT_SECS", "0"),
+        ]);
+        let config = config_from(&vars).unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.nodes, ["a.example:6379", "b.example:6380"]);
+        assert_eq!(redis.mode, RedisMode::Cluster);
+        assert!(redis.tls);
+        assert_eq!(redis.password.as_ref().unwrap().expose_secret(), "hunter2");
+        assert!(!format!("{redis:?}").contains("hunter2"));
+        assert_eq!(config.cache.ttl.product.fresh, Duration::from_secs(60));
+        assert_eq!(config.cache.ttl.product.stale, Duration::ZERO);
+    }
+
+    #[test]
+    fn standalone_mode_rejects_several_endpoints_and_bad_ports() {
+        let mut vars = TABLES.to_vec();
+        vars.push(("REDIS_ENDPOINTS", "a:1,b:2"));
+        assert!(matches!(
+            config_from(&vars).unwrap_err(),
+            ConfigError::Invalid {
+                name: "REDIS_ENDPOINTS",
+                ..
+            }
+        ));
+        vars.pop();
+        vars.push(("REDIS_ENDPOINTS", "a:99999"));
+        assert!(matches!(
+            config_from(&vars).unwrap_err(),
+            ConfigError::Invalid {
+                name: "REDIS_ENDPOINTS",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zero_fresh_ttl_is_rejected() {
+        let mut vars = TABLES.to_vec();
+        vars.push(("CACHE_TTL_FEED_SECS", "0"));
+        assert!(matches!(
+            config_from(&vars).unwrap_err(),
+            ConfigError::Invalid {
+                name: "CACHE_TTL_FEED_SECS",
+                ..
+            }
+        ));
+    }
+}

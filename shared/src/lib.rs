@@ -1,0 +1,20 @@
+//! Everything the catalog-cache functions share: configuration, errors, the domain model,
+//! storage adapters, the Redis connection and telemetry.
+//!
+//! # Layout
+//! - [`config`]: typed configuration from the environment.
+//! - [`error`]: the crate's error enum and its classification.
+//! - [`model`]: products, offers, view events and stats, with validation.
+//! - [`store`]: storage ports and the DynamoDB and in-memory adapters.
+//! - [`redis_conn`]: one Redis connection per process, standalone or cluster.
+//! - [`telemetry`]: tracing set-up.
+
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod redis_conn;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, ExpectedVersion, Result};

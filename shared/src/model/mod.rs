@@ -1,0 +1,203 @@
+//! The domain: products, offers, view events and period stats, with validating constructors.
+//!
+//! Serde only; no AWS types. Conversions to DynamoDB items live in the store adapter.
+
+mod ids;
+mod money;
+mod validation;
+
+use serde::{Deserialize, Serialize};
+
+pub use ids::{EventId, OfferId, ProductId};
+pub use money::{Currency, Money};
+pub use validation::ValidationError;
+
+/// Milliseconds since the Unix epoch, UTC. Stored and sent as a JSON/DynamoDB number.
+pub type EpochMillis = i64;
+
+/// A catalog product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// Stable id.
+    pub id: ProductId,
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Free text, up to 4000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// Category slug (same alphabet as ids).
+    pub category: String,
+    /// List price.
+    pub price: Money,
+    /// Whether the product is listed; refresh and feeds skip inactive products.
+    pub active: bool,
+    /// When the product was first written.
+    pub created_at: EpochMillis,
+    /// When the product was last written.
+    pub updated_at: EpochMillis,
+    /// Monotonic version, incremented by every write (optimistic concurrency and cache version guard).
+    pub version: u64,
+}
+
+impl Product {
+    /// Checks every field; the store refuses to write a product that fails this.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validation::text("name", &self.name, 1, 200)?;
+        validation::text("description", &self.description, 0, 4000)?;
+        validation::slug("category", &self.category)?;
+        self.price.validate()?;
+        validation::timestamp("created_at", self.created_at)?;
+        validation::timestamp("updated_at", self.updated_at)
+    }
+}
+
+/// Lifecycle of an offer. Only `Active` offers are served and indexed by expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferStatus {
+    /// Live until `expires_at`.
+    Active,
+    /// Passed its expiry and was expired by the offer-expiry job.
+    Expired,
+    /// Withdrawn before expiry.
+    Cancelled,
+}
+
+/// A time-limited price for a product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Globally unique offer id.
+    pub id: OfferId,
+    /// The product the offer belongs to.
+    pub product_id: ProductId,
+    /// Lifecycle state.
+    pub status: OfferStatus,
+    /// Offer price.
+    pub price: Money,
+    /// When the offer stops being valid.
+    pub expires_at: EpochMillis,
+    /// When the offer was first written.
+    pub created_at: EpochMillis,
+    /// When the offer was last written.
+    pub updated_at: EpochMillis,
+    /// Monotonic version, incremented by every write.
+    pub version: u64,
+}
+
+impl Offer {
+    /// Checks every field; the store refuses to write an offer that fails this.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.price.validate()?;
+        validation::timestamp("expires_at", self.expires_at)?;
+        validation::timestamp("created_at", self.created_at)?;
+        validation::timestamp("updated_at", self.updated_at)
+    }
+
+    /// Whether the offer should be shown at `now`: active and not yet past its expiry.
+    pub fn is_live_at(&self, now: EpochMillis) -> bool {
+        self.status == OfferStatus::Active && self.expires_at > now
+    }
+}
+
+/// A product together with all its offers: what one DynamoDB Query on the product's partition returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductDetail {
+    /// The product.
+    pub product: Product,
+    /// Its offers in any status, ordered by offer id.
+    pub offers: Vec<Offer>,
+}
+
+/// One product view, as written to the views table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewEvent {
+    /// Unique per view; makes counting idempotent.
+    pub event_id: EventId,
+    /// The viewed product.
+    pub product_id: ProductId,
+    /// When the view happened.
+    pub viewed_at: EpochMillis,
+}
+
+impl ViewEvent {
+    /// Checks the timestamp (the ids are valid by construction).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validation::timestamp("viewed_at", self.viewed_at)
+    }
+}
+
+/// Views of one product over the standard trailing periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PeriodStats {
+    /// Views in the last hour.
+    pub views_1h: u64,
+    /// Views in the last 24 hours.
+    pub views_24h: u64,
+    /// Views in the last 7 days.
+    pub views_7d: u64,
+    /// Views in the last 30 days.
+    pub views_30d: u64,
+    /// When these figures were computed.
+    pub computed_at: EpochMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product() -> Product {
+        Product {
+            id: ProductId::parse("p-1").unwrap(),
+            name: "Kettle".into(),
+            description: String::new(),
+            category: "kitchen".into(),
+            price: Money::new(2599, Currency::parse("EUR").unwrap()),
+            active: true,
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_000_000,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn valid_product_passes_and_blank_name_fails() {
+        assert!(product().validate().is_ok());
+        let err = Product {
+            name: "  ".into(),
+            ..product()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.field, "name");
+    }
+
+    #[test]
+    fn product_json_round_trips_and_rejects_bad_ids() {
+        let json = serde_json::to_string(&product()).unwrap();
+        let back: Product = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, product());
+        let bad = json.replace("\"p-1\"", "\"p 1\"");
+        assert!(serde_json::from_str::<Product>(&bad).is_err());
+    }
+
+    #[test]
+    fn expired_or_cancelled_offers_are_not_live() {
+        let offer = Offer {
+            id: OfferId::parse("o1").unwrap(),
+            product_id: ProductId::parse("p1").unwrap(),
+            status: OfferStatus::Active,
+            price: Money::new(100, Currency::parse("USD").unwrap()),
+            expires_at: 2_000,
+            created_at: 1_000,
+            updated_at: 1_000,
+            version: 1,
+        };
+        assert!(offer.is_live_at(1_999));
+        assert!(!offer.is_live_at(2_000));
+        let cancelled = Offer {
+            status: OfferStatus::Cancelled,
+            ..offer
+        };
+        assert!(!cancelled.is_live_at(1_000));
+    }
+}

@@ -1,0 +1,37 @@
+//! Tracing set-up for every binary: JSON lines when Lambda asks for them, compact text otherwise.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber once, at the top of `main`.
+///
+/// - `AWS_LAMBDA_LOG_FORMAT=JSON` (set by Lambda's advanced logging controls) selects JSON lines
+///   that CloudWatch Logs Insights can query; anything else gives one compact text line per event.
+/// - The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`, defaulting to `info`.
+/// - No timestamps or colours under Lambda: CloudWatch adds the time and shows escape codes raw.
+pub fn init() {
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let filter =
+        EnvFilter::try_new(level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(!in_lambda);
+    // A second initialisation (tests calling init twice) is harmless, so its error is ignored.
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .without_time()
+            .try_init()
+    } else if in_lambda {
+        builder.compact().without_time().try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}

@@ -1,0 +1,82 @@
+//! Locates the real services that `scripts/with-services.sh` started (`make test` does this)
+//! and hands out uniquely named slices of them, so tests can run in parallel.
+//!
+//! A test that needs a service fails with a clear message when the service is not there;
+//! it never skips silently.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use catalog_core::config::{RedisConfig, RedisMode};
+use catalog_core::redis_conn::RedisConnection;
+
+/// Reads a variable the service harness exports, or fails the test explaining how to run it.
+pub fn service_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: integration tests need real services; run them with `make test` \
+             (or `scripts/with-services.sh cargo test -p integration-tests`)"
+        ),
+    }
+}
+
+/// `http://127.0.0.1:<port>` of the moto DynamoDB API.
+pub fn dynamodb_endpoint() -> String {
+    service_env("TEST_DYNAMODB_ENDPOINT")
+}
+
+/// `127.0.0.1:<port>` of the standalone Redis.
+pub fn redis_node() -> String {
+    service_env("TEST_REDIS_NODE")
+}
+
+/// Seed nodes of the 3-master Redis Cluster.
+pub fn redis_cluster_nodes() -> Vec<String> {
+    service_env("TEST_REDIS_CLUSTER_NODES")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A name no other test uses: `<prefix>-<uuid>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A DynamoDB client for moto with fixed test credentials.
+pub fn dynamodb_client() -> Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(dynamodb_endpoint())
+        .build();
+    Client::from_conf(config)
+}
+
+/// Redis settings for the standalone server, with a timeout generous enough for a loaded CI box.
+pub fn standalone_config() -> RedisConfig {
+    RedisConfig {
+        command_timeout: Duration::from_millis(500),
+        ..RedisConfig::standalone(redis_node())
+    }
+}
+
+/// Redis settings for the test cluster.
+pub fn cluster_config() -> RedisConfig {
+    RedisConfig {
+        nodes: redis_cluster_nodes(),
+        mode: RedisMode::Cluster,
+        ..standalone_config()
+    }
+}
+
+/// Connects with `config`, failing the test if Redis is unreachable.
+pub async fn connect(config: &RedisConfig) -> RedisConnection {
+    match RedisConnection::connect(config).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("Redis at {:?} is unreachable: {e:?}", config.nodes),
+    }
+}
