@@ -314,7 +314,93 @@ impl OfferWriter for DynamoStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    use aws_smithy_http_client::test_util::infallible_client_fn;
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn product_json(key: &Value) -> Value {
+        let pk = key["pk"]["S"].as_str().unwrap();
+        let id = pk.trim_start_matches("PRODUCT#");
+        json!({
+            "pk": {"S": pk}, "sk": {"S": "META"}, "id": {"S": id}, "name": {"S": id},
+            "description": {"S": ""}, "category": {"S": "misc"},
+            "price": {"M": {"amount_minor": {"N": "100"}, "currency": {"S": "EUR"}}},
+            "active": {"BOOL": true}, "created_at": {"N": "1700000000000"},
+            "updated_at": {"N": "1700000000000"}, "version": {"N": "1"}
+        })
+    }
+
+    /// A store whose DynamoDB answers every BatchGetItem with the first key found and the rest
+    /// unprocessed (while `stingy_calls` lasts), the way DynamoDB does under throttling.
+    fn store_with_stingy_batch_get(stingy_calls: usize) -> (DynamoStore, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let http = infallible_client_fn(move |request| {
+            let call = seen.fetch_add(1, Ordering::SeqCst);
+            let body: Value = serde_json::from_slice(request.body().bytes().unwrap()).unwrap();
+            let keys = body["RequestItems"]["catalog"]["Keys"]
+                .as_array()
+                .unwrap()
+                .clone();
+            let (served, rest) = if call < stingy_calls {
+                keys.split_at(1)
+            } else {
+                keys.split_at(keys.len())
+            };
+            let mut response = json!({
+                "Responses": {"catalog": served.iter().map(product_json).collect::<Vec<_>>()},
+            });
+            if !rest.is_empty() {
+                response["UnprocessedKeys"] =
+                    json!({"catalog": {"Keys": rest, "ConsistentRead": true}});
+            }
+            http::Response::builder()
+                .status(200)
+                .header("content-type", "application/x-amz-json-1.0")
+                .body(response.to_string())
+                .unwrap()
+        });
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("k", "s", None, None, "test"))
+            .http_client(http)
+            .build();
+        let tables = TableNames {
+            catalog: "catalog".into(),
+            views: "views".into(),
+            stats: "stats".into(),
+        };
+        (DynamoStore::new(Client::from_conf(config), tables), calls)
+    }
+
+    fn ids(n: usize) -> Vec<ProductId> {
+        (0..n)
+            .map(|i| ProductId::parse(&format!("p{i}")).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unprocessed_keys_are_retried_until_every_product_is_read() {
+        let (store, calls) = store_with_stingy_batch_get(2);
+        let found = store.products(&ids(5)).await.unwrap();
+        assert_eq!(found.len(), 5);
+        // Two stingy answers (one key each), then the remaining three in one call.
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_still_unprocessed_after_every_attempt_are_a_retryable_error() {
+        let (store, calls) = store_with_stingy_batch_get(usize::MAX);
+        let err = store.products(&ids(20)).await.unwrap_err();
+        assert!(err.is_retryable() && err.is_unavailable(), "{err:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), BATCH_MAX_ATTEMPTS as usize);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
