@@ -54,6 +54,14 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// A Redis key holds another type than the command expects (`WRONGTYPE`): the data is
+    /// unusable, but Redis itself is healthy.
+    #[error("Redis {op} hit a key holding another type")]
+    WrongType {
+        /// The command.
+        op: &'static str,
+    },
+
     /// An operation did not finish within its deadline.
     #[error("{op} timed out after {after:?}")]
     Timeout {
@@ -76,6 +84,10 @@ pub enum Error {
     /// Configuration was missing or malformed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+
+    /// The error of a load this caller waited on (single flight) instead of running itself.
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
 }
 
 impl Error {
@@ -93,9 +105,11 @@ impl Error {
                     || source.is_connection_refusal()
             }
             Error::Timeout { .. } => true,
+            Error::Shared(inner) => inner.is_retryable(),
             Error::Invalid(_)
             | Error::VersionConflict { .. }
             | Error::Codec { .. }
+            | Error::WrongType { .. }
             | Error::Config(_) => false,
         }
     }
@@ -103,18 +117,22 @@ impl Error {
     /// Whether the backing store (DynamoDB) is unavailable, as opposed to the request being wrong.
     /// The API answers these with 503 and a retry hint.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Error::Dynamo {
-                retryable: true,
-                ..
-            } | Error::Timeout { .. }
-        )
+        match self {
+            Error::Dynamo { retryable, .. } => *retryable,
+            Error::Timeout { .. } => true,
+            Error::Shared(inner) => inner.is_unavailable(),
+            _ => false,
+        }
     }
 
-    /// Wraps a Redis error with the command that produced it.
+    /// Wraps a Redis error with the command that produced it; `WRONGTYPE` replies become
+    /// [`Error::WrongType`].
     pub fn redis(op: &'static str, source: redis::RedisError) -> Self {
-        Error::Redis { op, source }
+        if source.code() == Some("WRONGTYPE") {
+            Error::WrongType { op }
+        } else {
+            Error::Redis { op, source }
+        }
     }
 
     /// Wraps an encoding or decoding error.

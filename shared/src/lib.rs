@@ -2,6 +2,8 @@
 //! storage adapters, the Redis connection and telemetry.
 //!
 //! # Layout
+//! - [`cache`]: the two-tier cache engine (L1 moka, L2 Redis).
+//! - [`clock`]: injectable wall clock.
 //! - [`config`]: typed configuration from the environment.
 //! - [`error`]: the crate's error enum and its classification.
 //! - [`model`]: products, offers, view events and stats, with validation.
@@ -9,6 +11,8 @@
 //! - [`redis_conn`]: one Redis connection per process, standalone or cluster.
 //! - [`telemetry`]: tracing set-up.
 
+pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod model;

@@ -1,0 +1,222 @@
+//! Every cache key is built here: prefixed, versioned by the prefix (`cc:v1:`), and made only of
+//! validated parts, so no request input can produce `*`, spaces, newlines or unbounded keys.
+
+use std::fmt;
+
+use crate::model::ProductId;
+
+/// What kind of data a key holds; selects the TTLs from config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// A product with its offers.
+    Product,
+    /// A product's period stats.
+    Stats,
+    /// A page of a ranked feed.
+    Feed,
+}
+
+/// A ranked feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedKind {
+    /// By views in the last 24 hours.
+    Trending,
+    /// By creation time, newest first.
+    New,
+}
+
+impl FeedKind {
+    /// All feeds, for jobs that rank every one.
+    pub const ALL: [FeedKind; 2] = [FeedKind::Trending, FeedKind::New];
+
+    /// The feed's name in keys and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Trending => "trending",
+            FeedKind::New => "new",
+        }
+    }
+
+    /// Parses a feed name.
+    pub fn parse(raw: &str) -> Option<FeedKind> {
+        FeedKind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+/// A validated cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    full: String,
+    category: Category,
+}
+
+impl CacheKey {
+    /// The key as stored in Redis.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The data category (selects TTLs).
+    pub fn category(&self) -> Category {
+        self.category
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// What a key refers to, recovered from its string (for draining the revalidation queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyTarget {
+    /// `product:<id>`.
+    Product(ProductId),
+    /// `stats:<id>`.
+    Stats(ProductId),
+}
+
+/// Builds keys under one prefix. Tests give every test its own prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    /// Keys under `prefix` (validated by config: `[A-Za-z0-9:_.-]{0,64}`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        KeySpace {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A product with its offers: `<prefix>product:<id>`.
+    pub fn product(&self, id: &ProductId) -> CacheKey {
+        self.key(Category::Product, format_args!("product:{id}"))
+    }
+
+    /// A product's period stats: `<prefix>stats:<id>`.
+    pub fn stats(&self, id: &ProductId) -> CacheKey {
+        self.key(Category::Stats, format_args!("stats:{id}"))
+    }
+
+    /// The whole ranked id list of a feed at a generation: `<prefix>feed:<kind>:g<generation>`.
+    pub fn feed(&self, kind: FeedKind, generation: u64) -> CacheKey {
+        self.key(
+            Category::Feed,
+            format_args!("feed:{}:g{generation}", kind.as_str()),
+        )
+    }
+
+    /// One page of a feed at a generation: `<prefix>feed:<kind>:g<generation>:p<page>:n<per_page>`.
+    pub fn feed_page(&self, kind: FeedKind, generation: u64, page: u32, per_page: u32) -> CacheKey {
+        self.key(
+            Category::Feed,
+            format_args!("feed:{}:g{generation}:p{page}:n{per_page}", kind.as_str()),
+        )
+    }
+
+    /// The generation counter of a namespace: `<prefix>gen:<namespace>`.
+    pub fn generation(&self, namespace: &str) -> String {
+        format!("{}gen:{namespace}", self.prefix)
+    }
+
+    /// The single-flight lock of a key: `<prefix>lock:<key without prefix>`.
+    pub fn lock(&self, key: &CacheKey) -> String {
+        let rest = key.full.strip_prefix(&self.prefix).unwrap_or(&key.full);
+        format!("{}lock:{rest}", self.prefix)
+    }
+
+    /// The durable revalidation queue (a sorted set of keys scored by enqueue time).
+    pub fn revalidation_queue(&self) -> String {
+        format!("{}revalidate", self.prefix)
+    }
+
+    /// Per-minute counter hash for a metric bucket: `<prefix>stats:minute:<epoch minute>`.
+    pub fn minute_counters(&self, epoch_minute: i64) -> String {
+        format!("{}counters:{epoch_minute}", self.prefix)
+    }
+
+    /// Recovers what a key refers to, for keys this key space built.
+    pub fn parse(&self, full: &str) -> Option<KeyTarget> {
+        let rest = full.strip_prefix(&self.prefix)?;
+        let (kind, id) = rest.split_once(':')?;
+        let id = ProductId::parse(id).ok()?;
+        match kind {
+            "product" => Some(KeyTarget::Product(id)),
+            "stats" => Some(KeyTarget::Stats(id)),
+            _ => None,
+        }
+    }
+
+    fn key(&self, category: Category, rest: fmt::Arguments<'_>) -> CacheKey {
+        CacheKey {
+            full: format!("{}{rest}", self.prefix),
+            category,
+        }
+    }
+}
+
+/// Number of Redis Cluster hash slots.
+pub const SLOT_COUNT: u16 = 16384;
+
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of the key, or of its `{hash tag}`
+/// when it has a non-empty one, modulo 16384.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOT_COUNT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_and_parse_back() {
+        let keys = KeySpace::new("cc:v1:");
+        let id = ProductId::parse("sku-1").unwrap();
+        let key = keys.product(&id);
+        assert_eq!(key.as_str(), "cc:v1:product:sku-1");
+        assert_eq!(key.category(), Category::Product);
+        assert_eq!(keys.parse(key.as_str()), Some(KeyTarget::Product(id.clone())));
+        assert_eq!(keys.parse(keys.stats(&id).as_str()), Some(KeyTarget::Stats(id)));
+        assert_eq!(keys.parse("other:product:x"), None);
+        assert_eq!(keys.parse("cc:v1:product:bad id"), None);
+        assert_eq!(keys.lock(&key), "cc:v1:lock:product:sku-1");
+    }
+
+    #[test]
+    fn feed_keys_carry_their_generation() {
+        let keys = KeySpace::new("t:");
+        assert_eq!(
+            keys.feed_page(FeedKind::Trending, 7, 2, 20).as_str(),
+            "t:feed:trending:g7:p2:n20"
+        );
+        assert_eq!(FeedKind::parse("new"), Some(FeedKind::New));
+        assert_eq!(FeedKind::parse("hot"), None);
+    }
+
+    #[test]
+    fn hash_slots_match_redis() {
+        // Reference values from the Redis Cluster specification; the integration tests also
+        // compare against `CLUSTER KEYSLOT` on a real cluster.
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"bar"), 5061);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        // An empty tag `{}` does not count: the whole key is hashed.
+        assert_eq!(hash_slot(b"{}x"), crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOT_COUNT);
+    }
+}

@@ -1,0 +1,267 @@
+//! The L2 port in process memory: Redis semantics (TTLs, NX locks, guarded writes, sorted-set
+//! queues) for unit tests and the embedded dev mode, plus fault injection for tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{L2Store, L2Write, WriteOutcome};
+use crate::cache::envelope;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Vec<u8>),
+    Counter(u64),
+    Queue(BTreeMap<String, i64>),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Value,
+    expires_at: Option<Instant>,
+}
+
+/// In-memory L2.
+///
+/// ## Behavior
+/// - Keys expire lazily on access, like Redis from a client's point of view.
+/// - [`MemoryL2::set_failing`] makes every call fail with a timeout, to exercise fail-open paths.
+#[derive(Debug, Default)]
+pub struct MemoryL2 {
+    entries: Mutex<HashMap<String, Entry>>,
+    failing: AtomicBool,
+    round_trips: AtomicU64,
+}
+
+impl MemoryL2 {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryL2::default()
+    }
+
+    /// While `true`, every call fails as if Redis timed out.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Stores raw bytes without a guard, e.g. to plant corrupt data in a test.
+    pub fn put_raw(&self, key: &str, bytes: Vec<u8>) {
+        self.lock().insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Bytes(bytes),
+                expires_at: None,
+            },
+        );
+    }
+
+    /// Stores a counter where a value is expected, to simulate a key of the wrong type.
+    pub fn put_wrong_type(&self, key: &str) {
+        self.lock().insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Counter(1),
+                expires_at: None,
+            },
+        );
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|e| e.expires_at.is_none_or(|t| t > now))
+            .count()
+    }
+
+    /// Whether there are no live keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts the round trip and fails if fault injection is on.
+    fn call(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, HashMap<String, Entry>>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::Timeout {
+                op,
+                after: Duration::from_millis(50),
+            });
+        }
+        let mut entries = self.lock();
+        let now = Instant::now();
+        entries.retain(|_, e| e.expires_at.is_none_or(|t| t > now));
+        Ok(entries)
+    }
+}
+
+fn wrong_type(op: &'static str) -> Error {
+    Error::WrongType { op }
+}
+
+#[async_trait]
+impl L2Store for MemoryL2 {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let entries = self.call("GET")?;
+        match entries.get(key).map(|e| &e.value) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => Ok(Some(b.clone())),
+            Some(_) => Err(wrong_type("GET")),
+        }
+    }
+
+    async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        let entries = self.call("MGET")?;
+        Ok(keys
+            .iter()
+            .map(|k| match entries.get(*k).map(|e| &e.value) {
+                Some(Value::Bytes(b)) => Some(b.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn set_guarded(&self, writes: &[L2Write]) -> Result<Vec<WriteOutcome>> {
+        let mut entries = self.call("EVALSHA")?;
+        let now = Instant::now();
+        Ok(writes
+            .iter()
+            .map(|w| {
+                let cached_version = match entries.get(&w.key).map(|e| &e.value) {
+                    Some(Value::Bytes(b)) => envelope::decode_header(b).ok().map(|m| m.version),
+                    _ => None,
+                };
+                if cached_version.is_some_and(|v| v > w.version) {
+                    return WriteOutcome::OlderThanCached;
+                }
+                entries.insert(
+                    w.key.clone(),
+                    Entry {
+                        value: Value::Bytes(w.bytes.clone()),
+                        expires_at: Some(now + w.ttl),
+                    },
+                );
+                WriteOutcome::Written
+            })
+            .collect())
+    }
+
+    async fn delete(&self, keys: &[&str]) -> Result<()> {
+        let mut entries = self.call("DEL")?;
+        for key in keys {
+            entries.remove(*key);
+        }
+        Ok(())
+    }
+
+    async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let mut entries = self.call("SET NX")?;
+        if entries.contains_key(key) {
+            return Ok(false);
+        }
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Bytes(token.as_bytes().to_vec()),
+                expires_at: Some(Instant::now() + ttl),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn unlock(&self, key: &str, token: &str) -> Result<()> {
+        let mut entries = self.call("unlock")?;
+        if matches!(entries.get(key).map(|e| &e.value), Some(Value::Bytes(b)) if b == token.as_bytes())
+        {
+            entries.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn incr(&self, key: &str) -> Result<u64> {
+        let mut entries = self.call("INCR")?;
+        let entry = entries.entry(key.to_owned()).or_insert(Entry {
+            value: Value::Counter(0),
+            expires_at: None,
+        });
+        match &mut entry.value {
+            Value::Counter(n) => {
+                *n += 1;
+                Ok(*n)
+            }
+            _ => Err(wrong_type("INCR")),
+        }
+    }
+
+    async fn counter(&self, key: &str) -> Result<u64> {
+        let entries = self.call("GET")?;
+        match entries.get(key).map(|e| &e.value) {
+            None => Ok(0),
+            Some(Value::Counter(n)) => Ok(*n),
+            Some(_) => Err(wrong_type("GET")),
+        }
+    }
+
+    async fn enqueue(&self, queue: &str, members: &[&str], score: i64) -> Result<u64> {
+        let mut entries = self.call("ZADD")?;
+        let entry = entries.entry(queue.to_owned()).or_insert(Entry {
+            value: Value::Queue(BTreeMap::new()),
+            expires_at: None,
+        });
+        let Value::Queue(queued) = &mut entry.value else {
+            return Err(wrong_type("ZADD"));
+        };
+        let mut added = 0;
+        for member in members {
+            if !queued.contains_key(*member) {
+                queued.insert((*member).to_owned(), score);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn peek_queue(&self, queue: &str, max: usize) -> Result<Vec<String>> {
+        let entries = self.call("ZRANGE")?;
+        match entries.get(queue).map(|e| &e.value) {
+            None => Ok(Vec::new()),
+            Some(Value::Queue(members)) => {
+                let mut by_score: Vec<(&String, &i64)> = members.iter().collect();
+                by_score.sort_by_key(|(member, score)| (**score, (*member).clone()));
+                Ok(by_score.into_iter().take(max).map(|(m, _)| m.clone()).collect())
+            }
+            Some(_) => Err(wrong_type("ZRANGE")),
+        }
+    }
+
+    async fn dequeue(&self, queue: &str, members: &[String]) -> Result<()> {
+        let mut entries = self.call("ZREM")?;
+        if let Some(Value::Queue(queued)) = entries.get_mut(queue).map(|e| &mut e.value) {
+            for member in members {
+                queued.remove(member);
+            }
+        }
+        Ok(())
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u64> {
+        let entries = self.call("ZCARD")?;
+        match entries.get(queue).map(|e| &e.value) {
+            Some(Value::Queue(members)) => Ok(members.len() as u64),
+            _ => Ok(0),
+        }
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+}

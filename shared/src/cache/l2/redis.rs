@@ -1,0 +1,289 @@
+//! The L2 port on Redis, standalone or cluster.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{Pipeline, Script};
+
+use super::{L2Store, L2Write, WriteOutcome};
+use crate::cache::key::hash_slot;
+use crate::error::{Error, Result};
+use crate::redis_conn::RedisConnection;
+
+/// Writes an envelope unless the cached one carries a newer entity version. The version is the
+/// big-endian u64 at offset 4 of a format-1 envelope (`CC`, 1); anything else in the key
+/// (another format, another type, garbage) is overwritten. `pcall` keeps a wrong-type key from
+/// failing the script.
+const SET_IF_NOT_OLDER: &str = r"
+local ok, cur = pcall(redis.call, 'GET', KEYS[1])
+if ok and type(cur) == 'string' and #cur >= 12
+   and string.byte(cur, 1) == 67 and string.byte(cur, 2) == 67 and string.byte(cur, 3) == 1 then
+  local cached = 0
+  for i = 5, 12 do cached = cached * 256 + string.byte(cur, i) end
+  if cached > tonumber(ARGV[3]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Deletes a lock only if it still holds our token, so a holder whose lock expired cannot
+/// release the next holder's lock.
+const COMPARE_AND_DELETE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// The L2 port on a [`RedisConnection`].
+///
+/// ## Behavior
+/// - On a cluster, multi-key reads and write pipelines are split by hash slot and the groups
+///   run concurrently, so no command spans slots (no `CROSSSLOT`); on a standalone server a
+///   batch is one round trip.
+/// - Scripts run by `EVALSHA`; after a failover or `SCRIPT FLUSH` the first `NOSCRIPT` loads
+///   them again and retries once.
+#[derive(Debug)]
+pub struct RedisL2 {
+    conn: RedisConnection,
+    set_script: Script,
+    unlock_script: Script,
+    round_trips: AtomicU64,
+}
+
+impl RedisL2 {
+    /// An L2 over `conn`.
+    pub fn new(conn: RedisConnection) -> Self {
+        RedisL2 {
+            conn,
+            set_script: Script::new(SET_IF_NOT_OLDER),
+            unlock_script: Script::new(COMPARE_AND_DELETE),
+            round_trips: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection, for commands outside the port (stats, health).
+    pub fn connection(&self) -> &RedisConnection {
+        &self.conn
+    }
+
+    fn trip(&self) -> RedisConnection {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.conn.clone()
+    }
+
+    /// Groups item indexes by hash slot on a cluster; one group on a standalone server.
+    fn slot_groups<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+        if !self.conn.is_cluster() {
+            let all: Vec<usize> = keys.enumerate().map(|(i, _)| i).collect();
+            return if all.is_empty() { Vec::new() } else { vec![all] };
+        }
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.enumerate() {
+            groups.entry(hash_slot(key.as_bytes())).or_default().push(i);
+        }
+        groups.into_values().collect()
+    }
+
+    async fn run_guarded_pipeline(&self, writes: &[&L2Write]) -> Result<Vec<WriteOutcome>> {
+        let mut pipe = Pipeline::with_capacity(writes.len());
+        for w in writes {
+            let ttl_ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            pipe.cmd("EVALSHA")
+                .arg(self.set_script.get_hash())
+                .arg(1)
+                .arg(&w.key)
+                .arg(&w.bytes)
+                .arg(ttl_ms)
+                .arg(w.version);
+        }
+        let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut self.trip()).await;
+        let written = match result {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Load on the node that owns these keys: invoking the script there loads it.
+                let first = writes[0];
+                let _: i64 = self
+                    .set_script
+                    .key(&first.key)
+                    .arg(&first.bytes)
+                    .arg(u64::try_from(first.ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                    .arg(first.version)
+                    .invoke_async(&mut self.trip())
+                    .await
+                    .map_err(|e| Error::redis("SCRIPT LOAD", e))?;
+                pipe.query_async(&mut self.trip())
+                    .await
+                    .map_err(|e| Error::redis("EVALSHA", e))?
+            }
+            other => other.map_err(|e| Error::redis("EVALSHA", e))?,
+        };
+        Ok(written
+            .into_iter()
+            .map(|w| {
+                if w == 1 {
+                    WriteOutcome::Written
+                } else {
+                    WriteOutcome::OlderThanCached
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl L2Store for RedisL2 {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("GET", e))
+    }
+
+    async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        let groups = self.slot_groups(keys.iter().copied());
+        let reads = groups.iter().map(|group| async move {
+            let mut cmd = redis::cmd("MGET");
+            for &i in group {
+                cmd.arg(keys[i]);
+            }
+            let values: Vec<Option<Vec<u8>>> = cmd
+                .query_async(&mut self.trip())
+                .await
+                .map_err(|e| Error::redis("MGET", e))?;
+            Ok::<_, Error>(group.iter().copied().zip(values).collect::<Vec<_>>())
+        });
+        let mut out = vec![None; keys.len()];
+        for pairs in futures::future::try_join_all(reads).await? {
+            for (i, value) in pairs {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_guarded(&self, writes: &[L2Write]) -> Result<Vec<WriteOutcome>> {
+        let groups = self.slot_groups(writes.iter().map(|w| w.key.as_str()));
+        let pipelines = groups.iter().map(|group| async move {
+            let batch: Vec<&L2Write> = group.iter().map(|&i| &writes[i]).collect();
+            let outcomes = self.run_guarded_pipeline(&batch).await?;
+            Ok::<_, Error>(group.iter().copied().zip(outcomes).collect::<Vec<_>>())
+        });
+        let mut out = vec![WriteOutcome::Written; writes.len()];
+        for pairs in futures::future::try_join_all(pipelines).await? {
+            for (i, outcome) in pairs {
+                out[i] = outcome;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, keys: &[&str]) -> Result<()> {
+        // One DEL per slot group: a multi-key DEL across slots is refused by a cluster.
+        let groups = self.slot_groups(keys.iter().copied());
+        let deletes = groups.iter().map(|group| async move {
+            let mut cmd = redis::cmd("DEL");
+            for &i in group {
+                cmd.arg(keys[i]);
+            }
+            cmd.query_async::<i64>(&mut self.trip())
+                .await
+                .map_err(|e| Error::redis("DEL", e))
+        });
+        futures::future::try_join_all(deletes).await.map(drop)
+    }
+
+    async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("SET NX", e))?;
+        Ok(reply.is_some())
+    }
+
+    async fn unlock(&self, key: &str, token: &str) -> Result<()> {
+        self.unlock_script
+            .key(key)
+            .arg(token)
+            .invoke_async::<i64>(&mut self.trip())
+            .await
+            .map(drop)
+            .map_err(|e| Error::redis("unlock", e))
+    }
+
+    async fn incr(&self, key: &str) -> Result<u64> {
+        redis::cmd("INCR")
+            .arg(key)
+            .query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("INCR", e))
+    }
+
+    async fn counter(&self, key: &str) -> Result<u64> {
+        let value: Option<u64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("GET", e))?;
+        Ok(value.unwrap_or(0))
+    }
+
+    async fn enqueue(&self, queue: &str, members: &[&str], score: i64) -> Result<u64> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(queue).arg("NX");
+        for member in members {
+            cmd.arg(score).arg(*member);
+        }
+        cmd.query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("ZADD", e))
+    }
+
+    async fn peek_queue(&self, queue: &str, max: usize) -> Result<Vec<String>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        redis::cmd("ZRANGE")
+            .arg(queue)
+            .arg(0)
+            .arg(max - 1)
+            .query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("ZRANGE", e))
+    }
+
+    async fn dequeue(&self, queue: &str, members: &[String]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("ZREM")
+            .arg(queue)
+            .arg(members)
+            .query_async::<i64>(&mut self.trip())
+            .await
+            .map(drop)
+            .map_err(|e| Error::redis("ZREM", e))
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u64> {
+        redis::cmd("ZCARD")
+            .arg(queue)
+            .query_async(&mut self.trip())
+            .await
+            .map_err(|e| Error::redis("ZCARD", e))
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+}

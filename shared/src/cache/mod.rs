@@ -1,0 +1,344 @@
+//! The two-tier cache engine: an in-process L1 (moka) over a shared L2 (Redis), with
+//! stale-while-revalidate, single flight within and across processes, negative caching, TTL
+//! jitter, a version guard, fail-open behaviour and counters.
+//!
+//! Reads: [`Cache::get_or_load`] for one key, [`Cache::get_many`] for a batch. Writes:
+//! [`Cache::put`], [`Cache::put_many`], [`Cache::invalidate`] and generation counters for
+//! namespaces. See `../shared/DESIGN.md` ("The cache") for the reasoning.
+
+pub mod breaker;
+pub mod envelope;
+mod flight;
+pub mod key;
+mod l1;
+pub mod l2;
+pub mod metrics;
+mod read;
+mod write;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::breaker::{BreakerState, CircuitBreaker};
+use self::flight::Flights;
+use self::key::{Category, KeySpace};
+use self::l1::{AnyValue, L1};
+use self::l2::L2Store;
+use self::metrics::{CacheMetrics, MetricsSnapshot};
+use crate::clock::Clock;
+use crate::config::{CacheConfig, CategoryTtls, RedisConfig};
+use crate::error::Error;
+use crate::model::EpochMillis;
+
+pub use self::read::{BatchLookup, Lookup, Revalidation};
+pub use self::write::PutOutcome;
+
+/// A value the cache can hold: serialised as JSON in L2, kept decoded in L1.
+pub trait Cacheable: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The entity version the L2 version guard compares; 0 for data without versions.
+    fn cache_version(&self) -> u64 {
+        0
+    }
+}
+
+/// Where a read was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Source {
+    /// The in-process L1.
+    L1,
+    /// Redis, fresh.
+    L2,
+    /// Redis, past fresh: served at once while a revalidation refreshes it.
+    Stale,
+    /// Loaded from the database and written to both tiers.
+    Loaded,
+    /// Loaded from the database with Redis unavailable (circuit open, error or not configured).
+    Bypass,
+}
+
+impl Source {
+    /// Upper-case name, as in `X-Cache` headers and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::L1 => "L1",
+            Source::L2 => "L2",
+            Source::Stale => "STALE",
+            Source::Loaded => "LOADED",
+            Source::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// Lifetimes applied to one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Served without revalidation for this long (before jitter).
+    pub fresh: Duration,
+    /// Then served while revalidating for this long (before jitter).
+    pub stale: Duration,
+    /// Lifetime of a cached "not found".
+    pub negative: Duration,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// L1 byte bound.
+    pub l1_max_bytes: u64,
+    /// L1 entry lifetime.
+    pub l1_ttl: Duration,
+    /// Compress payloads above this many bytes.
+    pub compress_threshold: usize,
+    /// Never cache or decode a payload larger than this.
+    pub max_value_bytes: usize,
+    /// TTLs per category.
+    pub ttl: CategoryTtls,
+    /// Deadline of one Redis call (batches get twice this).
+    pub command_timeout: Duration,
+    /// Lifetime of a single-flight lock: how long a crashed holder can delay others at most.
+    pub lock_ttl: Duration,
+    /// How long a reader waits for another process's load before loading itself.
+    pub lock_wait: Duration,
+    /// Consecutive Redis failures that open the circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit skips Redis.
+    pub breaker_cooldown: Duration,
+    /// TTL jitter as a fraction (0.1 = ±10%).
+    pub jitter: f64,
+    /// Coalesce concurrent loads of a key (in process and across processes). Off gives plain
+    /// cache-aside, for comparison in benchmarks.
+    pub single_flight: bool,
+}
+
+impl CacheOptions {
+    /// Options from the configuration, with the engine's defaults for the rest.
+    pub fn from_config(cache: &CacheConfig, redis: Option<&RedisConfig>) -> Self {
+        CacheOptions {
+            key_prefix: cache.key_prefix.clone(),
+            l1_max_bytes: cache.l1_max_bytes,
+            l1_ttl: cache.l1_ttl,
+            compress_threshold: cache.compress_threshold,
+            max_value_bytes: 1 << 20,
+            ttl: cache.ttl,
+            command_timeout: redis.map_or(Duration::from_millis(50), |r| r.command_timeout),
+            lock_ttl: Duration::from_secs(2),
+            lock_wait: Duration::from_millis(300),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            jitter: 0.1,
+            single_flight: true,
+        }
+    }
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions::from_config(&CacheConfig::default(), None)
+    }
+}
+
+/// A type-erased load result, shared between the callers of one flight.
+#[derive(Clone)]
+struct LoadedAny {
+    value: Option<AnyValue>,
+    version: u64,
+    age_ms: u64,
+    source: Source,
+}
+
+type LoadResult = Result<LoadedAny, Arc<Error>>;
+
+/// Why an L2 call produced no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L2Fail {
+    /// Not configured, circuit open, error or timeout: carry on without Redis.
+    Unavailable,
+    /// The key holds another Redis type: a miss, but Redis is healthy.
+    WrongType,
+}
+
+/// A handle on the cache engine; cheap to clone, shared by every request of a process.
+///
+/// ## Behavior
+/// - Reads never fail because of the cache: Redis errors, timeouts, an open circuit, corrupt
+///   or foreign values all turn into a miss (counted, logged) and the loader runs.
+/// - Loader errors are returned to the caller, unless a stale copy could be served instead.
+/// - Writes to Redis are guarded: an entry never replaces one with a newer entity version.
+/// - L1 is per process and is only invalidated locally; other processes drop their copy within
+///   the L1 TTL (seconds).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: CacheOptions,
+    keys: KeySpace,
+    l1: L1,
+    /// Generation counters seen recently, so a feed read does not cost a Redis round trip for
+    /// its generation; bumps from other processes are seen within the L1 TTL.
+    generations: moka::sync::Cache<String, u64>,
+    l2: Option<Arc<dyn L2Store>>,
+    breaker: CircuitBreaker,
+    metrics: CacheMetrics,
+    clock: Arc<dyn Clock>,
+    flights: Flights<LoadResult>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("prefix", &self.inner.keys.prefix())
+            .field("l2", &self.inner.l2)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// An engine over `l2` (`None`: L1 only) using `clock` for freshness.
+    pub fn new(options: CacheOptions, l2: Option<Arc<dyn L2Store>>, clock: Arc<dyn Clock>) -> Self {
+        let generations = moka::sync::Cache::builder()
+            .max_capacity(1024)
+            .time_to_live(options.l1_ttl.max(Duration::from_millis(1)))
+            .build();
+        Cache {
+            inner: Arc::new(Inner {
+                keys: KeySpace::new(options.key_prefix.clone()),
+                l1: L1::new(options.l1_max_bytes, options.l1_ttl),
+                generations,
+                breaker: CircuitBreaker::new(options.breaker_threshold, options.breaker_cooldown),
+                l2,
+                metrics: CacheMetrics::default(),
+                clock,
+                flights: Flights::new(),
+                options,
+            }),
+        }
+    }
+
+    /// Builds keys under this engine's prefix.
+    pub fn keys(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &CacheOptions {
+        &self.inner.options
+    }
+
+    /// The L2 store, if any.
+    pub fn l2(&self) -> Option<&Arc<dyn L2Store>> {
+        self.inner.l2.as_ref()
+    }
+
+    /// The default policy of a category, from config.
+    pub fn policy(&self, category: Category) -> Policy {
+        let ttl = &self.inner.options.ttl;
+        let t = match category {
+            Category::Product => ttl.product,
+            Category::Stats => ttl.stats,
+            Category::Feed => ttl.feed,
+        };
+        Policy {
+            fresh: t.fresh,
+            stale: t.stale,
+            negative: ttl.negative,
+        }
+    }
+
+    /// The live counters.
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.inner.metrics
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state(self.now())
+    }
+
+    /// L1 entries and bytes.
+    pub fn l1_usage(&self) -> (u64, u64) {
+        self.inner.l1.usage()
+    }
+
+    /// Redis round trips made so far (0 without L2).
+    pub fn round_trips(&self) -> u64 {
+        self.inner.l2.as_ref().map_or(0, |l2| l2.round_trips())
+    }
+
+    /// Now, by the engine's clock.
+    pub fn now(&self) -> EpochMillis {
+        self.inner.clock.now_ms()
+    }
+
+    /// Runs one L2 call behind the circuit breaker and a deadline, recording the outcome.
+    async fn with_l2<'a, R, Fut>(
+        &'a self,
+        op: &'static str,
+        deadline: Duration,
+        call: impl FnOnce(&'a dyn L2Store) -> Fut,
+    ) -> Result<R, L2Fail>
+    where
+        Fut: Future<Output = crate::Result<R>> + 'a,
+    {
+        let inner = &*self.inner;
+        let Some(l2) = inner.l2.as_deref() else {
+            return Err(L2Fail::Unavailable);
+        };
+        if !inner.breaker.allow(self.now()) {
+            CacheMetrics::incr(&inner.metrics.bypasses);
+            return Err(L2Fail::Unavailable);
+        }
+        let outcome = tokio::time::timeout(deadline, call(l2)).await;
+        let error = match outcome {
+            Ok(Ok(value)) => {
+                inner.breaker.record_success();
+                return Ok(value);
+            }
+            Ok(Err(Error::WrongType { .. })) => {
+                inner.breaker.record_success();
+                return Err(L2Fail::WrongType);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => Error::Timeout { op, after: deadline },
+        };
+        CacheMetrics::incr(&inner.metrics.l2_errors);
+        CacheMetrics::incr(&inner.metrics.bypasses);
+        if inner.breaker.record_failure(self.now()) {
+            CacheMetrics::incr(&inner.metrics.breaker_opens);
+            tracing::warn!(op, error.message = %error, "Redis circuit opened; skipping L2 for {:?}", inner.options.breaker_cooldown);
+        } else {
+            tracing::warn!(op, error.message = %error, "Redis call failed; continuing without L2");
+        }
+        Err(L2Fail::Unavailable)
+    }
+
+    /// Deadline of a single-key Redis call.
+    fn single_deadline(&self) -> Duration {
+        self.inner.options.command_timeout
+    }
+
+    /// Deadline of a batch call (MGET, pipelines), which carries more data.
+    fn batch_deadline(&self) -> Duration {
+        self.inner.options.command_timeout * 2
+    }
+}
+
+/// A boxed `'static` future, the shape of deferred work.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+#[cfg(test)]
+mod tests;

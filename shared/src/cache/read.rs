@@ -1,0 +1,664 @@
+//! The read path: L1, then L2, then a single-flight load; stale-while-revalidate; batches.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use rand::Rng;
+
+use super::envelope::{self, EntryMeta, Freshness};
+use super::key::CacheKey;
+use super::l1::{AnyValue, L1Entry};
+use super::metrics::CacheMetrics;
+use super::{BoxFuture, Cache, Cacheable, L2Fail, LoadedAny, Policy, Source};
+use crate::error::{Error, Result};
+use crate::model::EpochMillis;
+
+/// The answer to one read.
+pub struct Lookup<T> {
+    /// The value; `None` when the entity does not exist (possibly a cached "not found").
+    pub value: Option<Arc<T>>,
+    /// Where the answer came from.
+    pub source: Source,
+    /// How old the answer is, in milliseconds (0 for a fresh load).
+    pub age_ms: u64,
+    /// Entity version of the answer (0 when unversioned or not found).
+    pub version: u64,
+    /// For a stale answer: the work that refreshes it. Run it after responding; if it never
+    /// runs, the durable revalidation queue still holds the key.
+    pub revalidation: Option<Revalidation>,
+}
+
+impl<T> std::fmt::Debug for Lookup<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup")
+            .field("found", &self.value.is_some())
+            .field("source", &self.source)
+            .field("age_ms", &self.age_ms)
+            .field("version", &self.version)
+            .field("revalidation", &self.revalidation)
+            .finish()
+    }
+}
+
+/// The answer to a batch read, in the order of the request.
+pub struct BatchLookup<T> {
+    /// One answer per requested key.
+    pub items: Vec<Lookup<T>>,
+    /// Refreshes every stale answer of the batch, if there were any.
+    pub revalidation: Option<Revalidation>,
+}
+
+/// Deferred work that refreshes stale entries.
+pub struct Revalidation {
+    keys: Vec<String>,
+    task: BoxFuture,
+}
+
+impl std::fmt::Debug for Revalidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revalidation")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Revalidation {
+    /// Wraps deferred work refreshing `keys`.
+    pub fn new(keys: Vec<String>, task: impl Future<Output = ()> + Send + 'static) -> Self {
+        Revalidation {
+            keys,
+            task: Box::pin(task),
+        }
+    }
+
+    /// The keys this work refreshes.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// Runs the refresh. Never fails: errors are logged and counted, and the durable queue
+    /// keeps what was not refreshed.
+    pub async fn run(self) {
+        self.task.await;
+    }
+}
+
+impl<T: Cacheable> From<Lookup<T>> for LoadedAny {
+    fn from(lookup: Lookup<T>) -> Self {
+        LoadedAny {
+            value: lookup.value.map(|v| v as AnyValue),
+            version: lookup.version,
+            age_ms: lookup.age_ms,
+            source: lookup.source,
+        }
+    }
+}
+
+impl<T: Cacheable> Lookup<T> {
+    fn from_loaded(loaded: LoadedAny) -> Result<Self> {
+        let value = match loaded.value {
+            None => None,
+            Some(any) => Some(any.downcast::<T>().map_err(|_| {
+                Error::codec("cached value", "a key was read as two different types")
+            })?),
+        };
+        Ok(Lookup {
+            value,
+            source: loaded.source,
+            age_ms: loaded.age_ms,
+            version: loaded.version,
+            revalidation: None,
+        })
+    }
+}
+
+/// A decoded L2 entry.
+struct Decoded<T> {
+    meta: EntryMeta,
+    value: Option<Arc<T>>,
+    weight: u32,
+}
+
+impl Cache {
+    /// Reads `key`, loading it with `loader` on a miss, using the key category's policy.
+    ///
+    /// `loader` returns `Ok(None)` for an entity that does not exist (cached negatively).
+    /// It is `'static` because a stale answer hands it to a [`Revalidation`] that runs later.
+    pub async fn get_or_load<T, F, Fut>(&self, key: &CacheKey, loader: F) -> Result<Lookup<T>>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        self.get_or_load_with(key, self.policy(key.category()), loader)
+            .await
+    }
+
+    /// [`Cache::get_or_load`] with an explicit policy.
+    pub async fn get_or_load_with<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: F,
+    ) -> Result<Lookup<T>>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        let now = self.now();
+        if let Some(hit) = self.l1_hit::<T>(key, now) {
+            return Ok(hit);
+        }
+        let mut l2_usable = true;
+        match self
+            .with_l2("GET", self.single_deadline(), |l2| l2.get(key.as_str()))
+            .await
+        {
+            Ok(Some(bytes)) => {
+                if let Some(entry) = self.decode::<T>(key.as_str(), &bytes) {
+                    match entry.meta.freshness(now) {
+                        Freshness::Fresh => return Ok(self.serve_fresh_from_l2(key, entry, now)),
+                        Freshness::Stale if !entry.meta.negative => {
+                            let revalidation = self.stale_revalidation(key, policy, loader).await;
+                            return Ok(Self::serve_stale(entry, now, Some(revalidation)));
+                        }
+                        // A stale "not found" is reloaded, not served; expired is a miss.
+                        Freshness::Stale | Freshness::Expired => {}
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(L2Fail::WrongType) => {
+                CacheMetrics::incr(&self.inner.metrics.decode_errors);
+                tracing::warn!(key = key.as_str(), "cache key holds a value of another Redis type; treated as a miss");
+            }
+            Err(L2Fail::Unavailable) => l2_usable = false,
+        }
+        CacheMetrics::incr(&self.inner.metrics.misses);
+        self.load_coalesced(key, policy, loader, l2_usable).await
+    }
+
+    /// Reads many keys: L1, then one MGET (per hash slot on a cluster), then one loader call
+    /// for every miss, written back in one pipeline.
+    ///
+    /// `loader` gets the ids of the misses and returns those that exist; the others are cached
+    /// as "not found". Batches are not single-flighted: a herd on one key is the single-key
+    /// path's problem, and a batch's misses are already one database call.
+    pub async fn get_many<I, T, F, Fut>(
+        &self,
+        entries: Vec<(CacheKey, I)>,
+        loader: F,
+    ) -> Result<BatchLookup<T>>
+    where
+        I: Clone + Eq + Hash + Send + Sync + 'static,
+        T: Cacheable,
+        F: Fn(Vec<I>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<HashMap<I, T>>> + Send + 'static,
+    {
+        let now = self.now();
+        let mut out: Vec<Option<Lookup<T>>> = Vec::with_capacity(entries.len());
+        let mut pending = Vec::new();
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let hit = self.l1_hit::<T>(key, now);
+            if hit.is_none() {
+                pending.push(i);
+            }
+            out.push(hit);
+        }
+
+        let mut misses = Vec::new();
+        let mut stale = Vec::new();
+        let mut l2_usable = true;
+        if !pending.is_empty() {
+            let keys: Vec<&str> = pending.iter().map(|&i| entries[i].0.as_str()).collect();
+            match self
+                .with_l2("MGET", self.batch_deadline(), |l2| l2.mget(&keys))
+                .await
+            {
+                Ok(values) => {
+                    for (i, bytes) in pending.into_iter().zip(values) {
+                        let key = &entries[i].0;
+                        let entry = bytes.and_then(|b| self.decode::<T>(key.as_str(), &b));
+                        match entry.map(|e| (e.meta.freshness(now), e)) {
+                            Some((Freshness::Fresh, e)) => {
+                                out[i] = Some(self.serve_fresh_from_l2(key, e, now));
+                            }
+                            Some((Freshness::Stale, e)) if !e.meta.negative => {
+                                out[i] = Some(Self::serve_stale(e, now, None));
+                                stale.push(i);
+                            }
+                            _ => misses.push(i),
+                        }
+                    }
+                }
+                Err(_) => {
+                    l2_usable = false;
+                    misses = pending;
+                }
+            }
+        }
+
+        if !misses.is_empty() {
+            CacheMetrics::add(&self.inner.metrics.misses, misses.len() as u64);
+            let ids: Vec<I> = misses.iter().map(|&i| entries[i].1.clone()).collect();
+            let loaded = self.load_batch(&entries, &misses, ids, &loader, l2_usable).await?;
+            for (i, lookup) in misses.into_iter().zip(loaded) {
+                out[i] = Some(lookup);
+            }
+        }
+
+        let revalidation = if stale.is_empty() {
+            None
+        } else {
+            Some(self.stale_batch_revalidation(&entries, &stale, loader).await)
+        };
+        Ok(BatchLookup {
+            items: out.into_iter().flatten().collect(),
+            revalidation,
+        })
+    }
+
+    /// A fresh L1 answer, if there is one.
+    fn l1_hit<T: Cacheable>(&self, key: &CacheKey, now: EpochMillis) -> Option<Lookup<T>> {
+        let entry = self.inner.l1.get(key.as_str(), now)?;
+        if entry.meta.freshness(now) != Freshness::Fresh {
+            return None;
+        }
+        let value = match entry.value {
+            None => None,
+            Some(any) => Some(any.downcast::<T>().ok()?),
+        };
+        let metrics = &self.inner.metrics;
+        CacheMetrics::incr(if value.is_some() {
+            &metrics.l1_hits
+        } else {
+            &metrics.negative_hits
+        });
+        Some(Lookup {
+            value,
+            source: Source::L1,
+            age_ms: entry.meta.age_ms(now),
+            version: entry.meta.version,
+            revalidation: None,
+        })
+    }
+
+    fn serve_fresh_from_l2<T: Cacheable>(
+        &self,
+        key: &CacheKey,
+        entry: Decoded<T>,
+        now: EpochMillis,
+    ) -> Lookup<T> {
+        let metrics = &self.inner.metrics;
+        CacheMetrics::incr(if entry.value.is_some() {
+            &metrics.l2_hits
+        } else {
+            &metrics.negative_hits
+        });
+        self.insert_l1(
+            key.as_str(),
+            entry.value.clone().map(|v| v as AnyValue),
+            entry.meta,
+            entry.weight,
+        );
+        Lookup {
+            value: entry.value,
+            source: Source::L2,
+            age_ms: entry.meta.age_ms(now),
+            version: entry.meta.version,
+            revalidation: None,
+        }
+    }
+
+    fn serve_stale<T: Cacheable>(
+        entry: Decoded<T>,
+        now: EpochMillis,
+        revalidation: Option<Revalidation>,
+    ) -> Lookup<T> {
+        Lookup {
+            value: entry.value,
+            source: Source::Stale,
+            age_ms: entry.meta.age_ms(now),
+            version: entry.meta.version,
+            revalidation,
+        }
+    }
+
+    /// Decodes stored bytes; anything unusable is counted, logged once and becomes a miss.
+    fn decode<T: Cacheable>(&self, key: &str, bytes: &[u8]) -> Option<Decoded<T>> {
+        match self.try_decode(bytes) {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                CacheMetrics::incr(&self.inner.metrics.decode_errors);
+                tracing::warn!(key, error.message = %e, source = ?std::error::Error::source(&e), "unusable cached value; treated as a miss");
+                None
+            }
+        }
+    }
+
+    fn try_decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<Decoded<T>> {
+        let weight = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        envelope::decode(bytes, self.inner.options.max_value_bytes)
+            .map_err(|e| Error::codec("cache envelope", e))
+            .and_then(|env| {
+                let value = if env.meta.negative {
+                    None
+                } else {
+                    Some(Arc::new(
+                        serde_json::from_slice::<T>(&env.payload)
+                            .map_err(|e| Error::codec("cached payload", e))?,
+                    ))
+                };
+                Ok(Decoded {
+                    meta: env.meta,
+                    value,
+                    weight,
+                })
+            })
+    }
+
+    pub(super) fn insert_l1(
+        &self,
+        key: &str,
+        value: Option<AnyValue>,
+        meta: EntryMeta,
+        weight: u32,
+    ) {
+        let until = (self.now() + crate::clock::millis(self.inner.options.l1_ttl)).min(meta.fresh_until);
+        self.inner.l1.insert(
+            key,
+            L1Entry {
+                value,
+                meta,
+                until,
+                weight,
+            },
+        );
+    }
+
+    /// A miss: one load per key per process (single flight), and one across processes
+    /// (Redis lock) when Redis is usable.
+    async fn load_coalesced<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: F,
+        l2_usable: bool,
+    ) -> Result<Lookup<T>>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        if !self.inner.options.single_flight {
+            let loaded = self.load_and_store(key, policy, loader, l2_usable).await?;
+            return Lookup::from_loaded(loaded);
+        }
+        let (result, _) = self
+            .inner
+            .flights
+            .run(key.as_str(), || async {
+                // A flight that finished just before this one started may have filled L1.
+                if let Some(hit) = self.l1_hit::<T>(key, self.now()) {
+                    return Ok(LoadedAny::from(hit));
+                }
+                if l2_usable {
+                    self.load_under_lock(key, policy, loader).await
+                } else {
+                    self.load_and_store(key, policy, loader, false).await
+                }
+                .map_err(Arc::new)
+            })
+            .await;
+        Lookup::from_loaded(result.map_err(Error::Shared)?)
+    }
+
+    /// Takes the Redis lock for `key` and loads, or waits for the holder's value with backoff;
+    /// past `lock_wait` it loads itself. Never fails because of the lock.
+    async fn load_under_lock<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: F,
+    ) -> Result<LoadedAny>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        let options = &self.inner.options;
+        let lock_key = self.inner.keys.lock(key);
+        let token = format!("{:032x}", rand::rng().random::<u128>());
+        let deadline = Instant::now() + options.lock_wait;
+        let mut backoff = Duration::from_millis(2);
+        let mut waited = false;
+        loop {
+            let locked = self
+                .with_l2("SET NX", self.single_deadline(), |l2| {
+                    l2.try_lock(&lock_key, &token, options.lock_ttl)
+                })
+                .await;
+            match locked {
+                Ok(true) => {
+                    // The previous holder may have stored the value between our miss and now.
+                    let result = match self.fresh_from_l2::<T>(key).await {
+                        Some(found) => Ok(found),
+                        None => self.load_and_store(key, policy, loader, true).await,
+                    };
+                    let _ = self
+                        .with_l2("unlock", self.single_deadline(), |l2| {
+                            l2.unlock(&lock_key, &token)
+                        })
+                        .await;
+                    return result;
+                }
+                Ok(false) => {
+                    if !waited {
+                        waited = true;
+                        CacheMetrics::incr(&self.inner.metrics.lock_waits);
+                    }
+                    if Instant::now() + backoff > deadline {
+                        CacheMetrics::incr(&self.inner.metrics.lock_wait_timeouts);
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(40));
+                    if let Some(found) = self.fresh_from_l2::<T>(key).await {
+                        return Ok(found);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let l2_usable = self.inner.l2.is_some();
+        self.load_and_store(key, policy, loader, l2_usable).await
+    }
+
+    /// The fresh value of `key` in L2, if it is there now (put in L1 as well). Unusable bytes
+    /// were already counted by the read that missed, so they are not counted again here.
+    async fn fresh_from_l2<T: Cacheable>(&self, key: &CacheKey) -> Option<LoadedAny> {
+        let bytes = self
+            .with_l2("GET", self.single_deadline(), |l2| l2.get(key.as_str()))
+            .await
+            .ok()??;
+        let entry = self.try_decode::<T>(&bytes).ok()?;
+        let now = self.now();
+        if entry.meta.freshness(now) != Freshness::Fresh {
+            return None;
+        }
+        Some(LoadedAny::from(self.serve_fresh_from_l2(key, entry, now)))
+    }
+
+    /// Runs the loader and writes its answer (or "not found") to both tiers.
+    async fn load_and_store<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: F,
+        l2_usable: bool,
+    ) -> Result<LoadedAny>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        CacheMetrics::incr(&self.inner.metrics.loads);
+        let loaded = loader().await.inspect_err(|e| {
+            CacheMetrics::incr(&self.inner.metrics.load_errors);
+            tracing::warn!(key = key.as_str(), error.message = %e, "cache loader failed");
+        })?;
+        let value = loaded.map(Arc::new);
+        let version = self
+            .write_entries(&[(key.clone(), policy, value.clone())], l2_usable)
+            .await[0];
+        Ok(LoadedAny {
+            value: value.map(|v| v as AnyValue),
+            version,
+            age_ms: 0,
+            source: if l2_usable {
+                Source::Loaded
+            } else {
+                Source::Bypass
+            },
+        })
+    }
+
+    /// Loads a batch's misses with one loader call and writes them back in one pipeline.
+    async fn load_batch<I, T, F, Fut>(
+        &self,
+        entries: &[(CacheKey, I)],
+        misses: &[usize],
+        ids: Vec<I>,
+        loader: &F,
+        l2_usable: bool,
+    ) -> Result<Vec<Lookup<T>>>
+    where
+        I: Clone + Eq + Hash + Send + Sync + 'static,
+        T: Cacheable,
+        F: Fn(Vec<I>) -> Fut,
+        Fut: Future<Output = Result<HashMap<I, T>>>,
+    {
+        CacheMetrics::incr(&self.inner.metrics.loads);
+        let found: HashMap<I, Arc<T>> = loader(ids)
+            .await
+            .inspect_err(|e| {
+                CacheMetrics::incr(&self.inner.metrics.load_errors);
+                tracing::warn!(keys = misses.len(), error.message = %e, "batch cache loader failed");
+            })?
+            .into_iter()
+            .map(|(id, value)| (id, Arc::new(value)))
+            .collect();
+        let writes: Vec<(CacheKey, Policy, Option<Arc<T>>)> = misses
+            .iter()
+            .map(|&i| {
+                let (key, id) = &entries[i];
+                (key.clone(), self.policy(key.category()), found.get(id).cloned())
+            })
+            .collect();
+        let source = if l2_usable {
+            Source::Loaded
+        } else {
+            Source::Bypass
+        };
+        let versions = self.write_entries(&writes, l2_usable).await;
+        Ok(writes
+            .into_iter()
+            .zip(versions)
+            .map(|((_, _, value), version)| Lookup {
+                value,
+                source,
+                age_ms: 0,
+                version,
+                revalidation: None,
+            })
+            .collect())
+    }
+
+    /// Queues `key` durably and returns the work that refreshes it.
+    async fn stale_revalidation<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: F,
+    ) -> Revalidation
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        CacheMetrics::incr(&self.inner.metrics.stale_serves);
+        self.enqueue_revalidations(&[key.as_str()]).await;
+        let engine = self.clone();
+        let key = key.clone();
+        Revalidation::new(vec![key.to_string()], async move {
+            engine.revalidate_one(&key, policy, loader).await;
+        })
+    }
+
+    async fn revalidate_one<T, F, Fut>(&self, key: &CacheKey, policy: Policy, loader: F)
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        // One process refreshes; the others keep serving the stale copy meanwhile.
+        let lock_key = self.inner.keys.lock(key);
+        let token = format!("{:032x}", rand::rng().random::<u128>());
+        let locked = self
+            .with_l2("SET NX", self.single_deadline(), |l2| {
+                l2.try_lock(&lock_key, &token, self.inner.options.lock_ttl)
+            })
+            .await;
+        if locked != Ok(true) {
+            return;
+        }
+        if self.load_and_store(key, policy, loader, true).await.is_ok() {
+            CacheMetrics::incr(&self.inner.metrics.revalidations);
+            self.complete_revalidations(&[key.to_string()]).await;
+        }
+        let _ = self
+            .with_l2("unlock", self.single_deadline(), |l2| {
+                l2.unlock(&lock_key, &token)
+            })
+            .await;
+    }
+
+    async fn stale_batch_revalidation<I, T, F, Fut>(
+        &self,
+        entries: &[(CacheKey, I)],
+        stale: &[usize],
+        loader: F,
+    ) -> Revalidation
+    where
+        I: Clone + Eq + Hash + Send + Sync + 'static,
+        T: Cacheable,
+        F: Fn(Vec<I>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<HashMap<I, T>>> + Send + 'static,
+    {
+        CacheMetrics::add(&self.inner.metrics.stale_serves, stale.len() as u64);
+        let keys: Vec<&str> = stale.iter().map(|&i| entries[i].0.as_str()).collect();
+        self.enqueue_revalidations(&keys).await;
+        let stale_entries: Vec<(CacheKey, I)> = stale.iter().map(|&i| entries[i].clone()).collect();
+        let engine = self.clone();
+        let names = stale_entries.iter().map(|(k, _)| k.to_string()).collect();
+        Revalidation::new(names, async move {
+            let all: Vec<usize> = (0..stale_entries.len()).collect();
+            let ids = stale_entries.iter().map(|(_, id)| id.clone()).collect();
+            if engine
+                .load_batch::<I, T, F, Fut>(&stale_entries, &all, ids, &loader, true)
+                .await
+                .is_ok()
+            {
+                CacheMetrics::add(&engine.inner.metrics.revalidations, all.len() as u64);
+                let keys: Vec<String> = stale_entries.iter().map(|(k, _)| k.to_string()).collect();
+                engine.complete_revalidations(&keys).await;
+            }
+        })
+    }
+}

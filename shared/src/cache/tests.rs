@@ -1,0 +1,458 @@
+//! Engine behaviour over the in-memory L2 with a manual clock: every path without a network.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::key::CacheKey;
+use super::l2::memory::MemoryL2;
+use super::l2::L2Store;
+use super::*;
+use crate::clock::ManualClock;
+use crate::error::Error;
+use crate::model::ProductId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Item {
+    name: String,
+    version: u64,
+}
+
+impl Cacheable for Item {
+    fn cache_version(&self) -> u64 {
+        self.version
+    }
+}
+
+fn item(name: &str, version: u64) -> Item {
+    Item {
+        name: name.into(),
+        version,
+    }
+}
+
+const T0: i64 = 1_800_000_000_000;
+
+struct Fixture {
+    clock: Arc<ManualClock>,
+    l2: Arc<MemoryL2>,
+    loads: Arc<AtomicUsize>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            clock: ManualClock::at(T0),
+            l2: Arc::new(MemoryL2::new()),
+            loads: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// An engine standing in for one Lambda environment: its own L1, the shared L2 and clock.
+    fn engine(&self) -> Cache {
+        self.engine_with(|_| {})
+    }
+
+    fn engine_with(&self, tweak: impl FnOnce(&mut CacheOptions)) -> Cache {
+        let mut options = CacheOptions {
+            jitter: 0.0,
+            ..CacheOptions::default()
+        };
+        tweak(&mut options);
+        Cache::new(options, Some(self.l2.clone() as Arc<dyn L2Store>), self.clock.clone())
+    }
+
+    /// A loader that counts its calls and returns `value` after `delay`.
+    fn loader(
+        &self,
+        value: Option<Item>,
+        delay: Duration,
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, crate::Result<Option<Item>>> + Send + 'static {
+        let loads = self.loads.clone();
+        move || {
+            Box::pin(async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                Ok(value)
+            })
+        }
+    }
+
+    fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+fn key(cache: &Cache, id: &str) -> CacheKey {
+    cache.keys().product(&ProductId::parse(id).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_loads_once_then_l1_answers() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "p1");
+
+    let first = cache.get_or_load(&k, f.loader(Some(item("kettle", 3)), Duration::ZERO)).await.unwrap();
+    let second = cache.get_or_load(&k, f.loader(Some(item("other", 9)), Duration::ZERO)).await.unwrap();
+
+    assert_eq!(first.source, Source::Loaded);
+    assert_eq!(first.version, 3);
+    assert_eq!(second.source, Source::L1);
+    assert_eq!(second.value.unwrap().name, "kettle");
+    assert_eq!(f.loads(), 1);
+    let m = cache.snapshot();
+    assert_eq!((m.misses, m.loads, m.l1_hits), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_environment_is_answered_by_l2_with_its_age() {
+    let f = Fixture::new();
+    let (a, b) = (f.engine(), f.engine());
+    let k = key(&a, "p1");
+    a.get_or_load(&k, f.loader(Some(item("kettle", 1)), Duration::ZERO)).await.unwrap();
+    f.clock.advance(Duration::from_secs(7));
+
+    let hit = b.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+
+    assert_eq!(hit.source, Source::L2);
+    assert_eq!(hit.age_ms, 7_000);
+    assert_eq!(f.loads(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_entry_is_served_at_once_and_revalidated_later() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "p1");
+    cache.get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO)).await.unwrap();
+    // Past the product's fresh TTL (300 s) but inside its stale window (3600 s).
+    f.clock.advance(Duration::from_secs(301));
+
+    let stale = cache.get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO)).await.unwrap();
+
+    assert_eq!(stale.source, Source::Stale);
+    assert_eq!(stale.value.as_ref().unwrap().name, "old");
+    assert_eq!(f.loads(), 1, "the reader did not wait for a load");
+    assert_eq!(cache.pending_revalidations(10).await, [k.to_string()]);
+
+    stale.revalidation.unwrap().run().await;
+
+    assert_eq!(f.loads(), 2);
+    assert!(cache.pending_revalidations(10).await.is_empty());
+    let fresh = cache.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    assert_eq!(fresh.value.unwrap().name, "new");
+    assert_eq!(fresh.source, Source::L1);
+    let m = cache.snapshot();
+    assert_eq!((m.stale_serves, m.revalidations, m.revalidations_enqueued), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_revalidation_keeps_the_key_queued_and_the_stale_copy_served() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "p1");
+    cache.get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO)).await.unwrap();
+    f.clock.advance(Duration::from_secs(301));
+
+    let failing = || async { Err::<Option<Item>, _>(Error::Timeout { op: "Query", after: Duration::from_secs(1) }) };
+    let stale = cache.get_or_load(&k, failing).await.unwrap();
+    stale.revalidation.unwrap().run().await;
+
+    assert_eq!(cache.pending_revalidations(10).await, [k.to_string()]);
+    let again = cache.get_or_load(&k, failing).await.unwrap();
+    assert_eq!(again.source, Source::Stale);
+    assert_eq!(cache.snapshot().load_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn not_found_is_cached_for_the_negative_ttl() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "ghost");
+
+    let first = cache.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    let second = cache.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    assert!(first.value.is_none() && second.value.is_none());
+    assert_eq!(f.loads(), 1);
+    assert_eq!(cache.snapshot().negative_hits, 1);
+
+    // The negative TTL is 30 s; after it the loader runs again.
+    f.clock.advance(Duration::from_secs(31));
+    cache.get_or_load(&k, f.loader(Some(item("born", 1)), Duration::ZERO)).await.unwrap();
+    assert_eq!(f.loads(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn corrupt_or_wrong_type_values_are_counted_misses() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let corrupt = key(&cache, "corrupt");
+    let wrong = key(&cache, "wrong");
+    f.l2.put_raw(corrupt.as_str(), b"CC\x01garbage".to_vec());
+    f.l2.put_wrong_type(wrong.as_str());
+
+    let a = cache.get_or_load(&corrupt, f.loader(Some(item("a", 1)), Duration::ZERO)).await.unwrap();
+    let b = cache.get_or_load(&wrong, f.loader(Some(item("b", 1)), Duration::ZERO)).await.unwrap();
+
+    assert_eq!((a.source, b.source), (Source::Loaded, Source::Loaded));
+    assert_eq!(cache.snapshot().decode_errors, 2);
+    assert_eq!(cache.snapshot().l2_errors, 0, "bad data is not a Redis fault");
+    // The loads overwrote both keys with good envelopes.
+    let other = f.engine();
+    assert_eq!(other.get_or_load(&corrupt, f.loader(None, Duration::ZERO)).await.unwrap().source, Source::L2);
+    assert_eq!(other.get_or_load(&wrong, f.loader(None, Duration::ZERO)).await.unwrap().source, Source::L2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_in_one_process_share_one_load() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "hot");
+    let readers: Vec<_> = (0..64)
+        .map(|_| {
+            let (cache, k) = (cache.clone(), k.clone());
+            let loader = f.loader(Some(item("hot", 1)), Duration::from_millis(20));
+            tokio::spawn(async move { cache.get_or_load(&k, loader).await.unwrap().value.unwrap() })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().name, "hot");
+    }
+    assert_eq!(f.loads(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_across_processes_share_one_load_through_the_lock() {
+    let f = Fixture::new();
+    let engines: Vec<Cache> = (0..8).map(|_| f.engine()).collect();
+    let k = key(&engines[0], "hot");
+    let mut readers = Vec::new();
+    for engine in &engines {
+        for _ in 0..16 {
+            let (cache, k) = (engine.clone(), k.clone());
+            let loader = f.loader(Some(item("hot", 1)), Duration::from_millis(20));
+            readers.push(tokio::spawn(async move { cache.get_or_load(&k, loader).await.unwrap() }));
+        }
+    }
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().value.unwrap().name, "hot");
+    }
+    assert_eq!(f.loads(), 1);
+    let waits: u64 = engines.iter().map(|e| e.snapshot().lock_waits).sum();
+    assert_eq!(waits, 7, "every other environment waited once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_single_flight_every_caller_loads() {
+    let f = Fixture::new();
+    let cache = f.engine_with(|o| o.single_flight = false);
+    let k = key(&cache, "hot");
+    let readers: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, k) = (cache.clone(), k.clone());
+            let loader = f.loader(Some(item("hot", 1)), Duration::from_millis(20));
+            tokio::spawn(async move { cache.get_or_load(&k, loader).await.unwrap() })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(f.loads(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_lock_holder_delays_others_by_at_most_the_wait_bound() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "orphan");
+    // A holder that took the lock and died.
+    f.l2.try_lock(&cache.keys().lock(&k), "dead-holder", Duration::from_secs(2)).await.unwrap();
+
+    let started = tokio::time::Instant::now();
+    let lookup = cache.get_or_load(&k, f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+
+    assert!(lookup.value.is_some());
+    assert!(started.elapsed() <= cache.options().lock_wait + Duration::from_millis(50));
+    let m = cache.snapshot();
+    assert_eq!((m.lock_waits, m.lock_wait_timeouts, m.loads), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn redis_faults_fall_back_to_the_loader_and_open_the_circuit() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    f.l2.set_failing(true);
+
+    for i in 0..10 {
+        let k = key(&cache, &format!("p{i}"));
+        let lookup = cache.get_or_load(&k, f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+        assert_eq!(lookup.source, Source::Bypass);
+    }
+    let m = cache.snapshot();
+    assert_eq!(m.breaker_opens, 1);
+    assert!(matches!(cache.breaker_state(), breaker::BreakerState::Open { .. }));
+    let trips_while_open = f.l2.round_trips();
+    cache.get_or_load(&key(&cache, "p99"), f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+    assert_eq!(f.l2.round_trips(), trips_while_open, "an open circuit does not call Redis");
+
+    // Redis recovers; after the cool-down one probe closes the circuit.
+    f.l2.set_failing(false);
+    f.clock.advance(cache.options().breaker_cooldown);
+    let lookup = cache.get_or_load(&key(&cache, "p100"), f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+    assert_eq!(lookup.source, Source::Loaded);
+    assert_eq!(cache.breaker_state(), breaker::BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loader_error_reaches_the_caller_and_every_waiter() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "p1");
+    let err = cache
+        .get_or_load(&k, || async {
+            Err::<Option<Item>, _>(Error::Timeout { op: "Query", after: Duration::from_secs(1) })
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(cache.snapshot().load_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_version_never_replaces_a_newer_one() {
+    let f = Fixture::new();
+    let (writer, reader) = (f.engine(), f.engine());
+    let k = key(&writer, "p1");
+    assert_eq!(writer.put(&k, item("v5", 5)).await, PutOutcome::Written);
+    assert_eq!(writer.put(&k, item("v4", 4)).await, PutOutcome::OlderThanCached);
+    assert_eq!(writer.put(&k, item("v5 again", 5)).await, PutOutcome::Written);
+
+    let seen = reader.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    assert_eq!(seen.value.unwrap().name, "v5 again");
+    assert_eq!(writer.snapshot().version_rejects, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_many_reads_tiers_in_bulk_and_loads_misses_in_one_call() {
+    let f = Fixture::new();
+    let (warm, cache) = (f.engine(), f.engine());
+    let ids: Vec<ProductId> = (0..6).map(|i| ProductId::parse(&format!("p{i}")).unwrap()).collect();
+    // p0 in this engine's L1, p1 and p2 in L2 only, p3..p5 nowhere; p5 does not exist.
+    cache.put(&cache.keys().product(&ids[0]), item("p0", 1)).await;
+    for id in &ids[1..3] {
+        warm.put(&warm.keys().product(id), item(id.as_str(), 1)).await;
+    }
+    let batch_calls = Arc::new(AtomicUsize::new(0));
+    let calls = batch_calls.clone();
+    let loader = move |wanted: Vec<ProductId>| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(wanted
+                .into_iter()
+                .filter(|id| id.as_str() != "p5")
+                .map(|id| (id.clone(), item(id.as_str(), 1)))
+                .collect::<HashMap<_, _>>())
+        }
+    };
+    let entries: Vec<_> = ids.iter().map(|id| (cache.keys().product(id), id.clone())).collect();
+    let trips_before = f.l2.round_trips();
+
+    let batch = cache.get_many(entries.clone(), loader.clone()).await.unwrap();
+
+    let sources: Vec<Source> = batch.items.iter().map(|l| l.source).collect();
+    assert_eq!(sources, [Source::L1, Source::L2, Source::L2, Source::Loaded, Source::Loaded, Source::Loaded]);
+    assert!(batch.items[5].value.is_none());
+    assert_eq!(batch_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(f.l2.round_trips() - trips_before, 2, "one MGET and one write-back pipeline");
+
+    // Everything, the missing product included, is now answered by L1.
+    let again = cache.get_many(entries, loader).await.unwrap();
+    assert!(again.items.iter().all(|l| l.source == Source::L1));
+    assert_eq!(batch_calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_batch_entries_are_served_and_refreshed_by_the_revalidation() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let id = ProductId::parse("p1").unwrap();
+    let k = cache.keys().product(&id);
+    cache.put(&k, item("old", 1)).await;
+    f.clock.advance(Duration::from_secs(301));
+    let loader = |wanted: Vec<ProductId>| async move {
+        Ok(wanted.into_iter().map(|id| (id, item("new", 2))).collect::<HashMap<_, _>>())
+    };
+
+    let batch = cache.get_many(vec![(k.clone(), id.clone())], loader).await.unwrap();
+    assert_eq!(batch.items[0].source, Source::Stale);
+    batch.revalidation.unwrap().run().await;
+
+    let fresh = cache.get_many(vec![(k, id)], loader).await.unwrap();
+    assert_eq!(fresh.items[0].value.as_ref().unwrap().name, "new");
+    assert!(cache.pending_revalidations(10).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bumping_a_generation_moves_the_namespace() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    assert_eq!(cache.generation("feed").await, 0);
+    assert_eq!(cache.bump_generation("feed").await, Some(1));
+    assert_eq!(cache.generation("feed").await, 1);
+    // Another environment sees the bump.
+    assert_eq!(f.engine().generation("feed").await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttls_come_from_the_category_and_are_jittered() {
+    let f = Fixture::new();
+    let cache = f.engine_with(|o| o.jitter = 0.1);
+    let mut fresh_for = Vec::new();
+    for i in 0..50 {
+        let k = key(&cache, &format!("p{i}"));
+        cache.put(&k, item("x", 1)).await;
+        let bytes = f.l2.get(k.as_str()).await.unwrap().unwrap();
+        let meta = envelope::decode_header(&bytes).unwrap();
+        fresh_for.push(meta.fresh_until - meta.stored_at);
+    }
+    let (min, max) = (*fresh_for.iter().min().unwrap(), *fresh_for.iter().max().unwrap());
+    assert!(min >= 270_000 && max <= 330_000, "300 s ± 10%: {min}..{max}");
+    assert!(max > min, "jitter spreads expiries");
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_values_are_not_cached() {
+    let f = Fixture::new();
+    let cache = f.engine_with(|o| o.max_value_bytes = 64);
+    let k = key(&cache, "big");
+    let outcome = cache.put(&k, item(&"x".repeat(100), 1)).await;
+    assert_eq!(outcome, PutOutcome::Skipped);
+    assert_eq!(cache.snapshot().oversized_skips, 1);
+    assert!(f.l2.get(k.as_str()).await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidation_drops_both_tiers() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "p1");
+    cache.put(&k, item("x", 1)).await;
+    assert!(cache.invalidate(std::slice::from_ref(&k)).await);
+    let lookup = cache.get_or_load(&k, f.loader(Some(item("y", 2)), Duration::ZERO)).await.unwrap();
+    assert_eq!(lookup.source, Source::Loaded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_values_are_compressed_and_counted() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "doc");
+    cache.put(&k, item(&"lorem ipsum ".repeat(500), 1)).await;
+    let m = cache.snapshot();
+    assert!(m.bytes_stored * 4 < m.bytes_raw, "{} stored for {} raw", m.bytes_stored, m.bytes_raw);
+}

@@ -1,0 +1,261 @@
+//! The write side: guarded writes to both tiers, invalidation, generation counters and the
+//! durable revalidation queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::envelope::{self, EntryMeta};
+use super::key::CacheKey;
+use super::l1::AnyValue;
+use super::l2::{L2Write, WriteOutcome};
+use super::metrics::CacheMetrics;
+use super::{Cache, Cacheable, Policy};
+use crate::clock::millis;
+use crate::model::EpochMillis;
+
+/// What happened to one cache write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Written to L2 (and L1).
+    Written,
+    /// Refused by the version guard: L2 holds a newer version. L1 is not updated.
+    OlderThanCached,
+    /// Redis was unavailable; only L1 was updated.
+    L2Unavailable,
+    /// Larger than the value size limit (or not serialisable); not cached at all.
+    Skipped,
+}
+
+impl Cache {
+    /// Writes `value` under `key` with the key category's policy (write-through).
+    pub async fn put<T: Cacheable>(&self, key: &CacheKey, value: T) -> PutOutcome {
+        let policy = self.policy(key.category());
+        self.put_outcomes(&[(key.clone(), policy, Some(Arc::new(value)))])
+            .await[0]
+    }
+
+    /// Writes many values in one pipeline (one per hash slot on a cluster).
+    pub async fn put_many<T: Cacheable>(&self, items: Vec<(CacheKey, T)>) -> Vec<PutOutcome> {
+        let writes: Vec<_> = items
+            .into_iter()
+            .map(|(key, value)| {
+                let policy = self.policy(key.category());
+                (key, policy, Some(Arc::new(value)))
+            })
+            .collect();
+        self.put_outcomes(&writes).await
+    }
+
+    /// Removes keys from L1 and L2. Returns false if Redis could not be reached, in which case
+    /// L2 keeps the old entries until their TTL.
+    pub async fn invalidate(&self, keys: &[CacheKey]) -> bool {
+        for key in keys {
+            self.inner.l1.remove(key.as_str());
+        }
+        let names: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
+        self.with_l2("DEL", self.batch_deadline(), |l2| l2.delete(&names))
+            .await
+            .is_ok()
+    }
+
+    /// The current generation of a namespace (0 before the first bump, or without Redis).
+    /// Keys built with it change when the namespace is bumped.
+    pub async fn generation(&self, namespace: &str) -> u64 {
+        let key = self.inner.keys.generation(namespace);
+        if let Some(generation) = self.inner.generations.get(&key) {
+            return generation;
+        }
+        match self
+            .with_l2("GET", self.single_deadline(), |l2| l2.counter(&key))
+            .await
+        {
+            Ok(generation) => {
+                self.inner.generations.insert(key, generation);
+                generation
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Invalidates a whole namespace at once by moving it to a new generation; old keys are
+    /// never read again and expire by TTL. No `KEYS` or `SCAN`. `None` if Redis is unavailable.
+    pub async fn bump_generation(&self, namespace: &str) -> Option<u64> {
+        let key = self.inner.keys.generation(namespace);
+        let generation = self
+            .with_l2("INCR", self.single_deadline(), |l2| l2.incr(&key))
+            .await
+            .ok()?;
+        self.inner.generations.insert(key, generation);
+        Some(generation)
+    }
+
+    /// Up to `max` keys waiting on the durable revalidation queue, oldest first.
+    pub async fn pending_revalidations(&self, max: usize) -> Vec<String> {
+        let queue = self.inner.keys.revalidation_queue();
+        self.with_l2("ZRANGE", self.single_deadline(), |l2| {
+            l2.peek_queue(&queue, max)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Removes refreshed keys from the revalidation queue.
+    pub async fn complete_revalidations(&self, keys: &[String]) {
+        let queue = self.inner.keys.revalidation_queue();
+        let _ = self
+            .with_l2("ZREM", self.single_deadline(), |l2| l2.dequeue(&queue, keys))
+            .await;
+    }
+
+    /// Keys waiting on the revalidation queue; `None` without Redis.
+    pub async fn revalidation_backlog(&self) -> Option<u64> {
+        let queue = self.inner.keys.revalidation_queue();
+        self.with_l2("ZCARD", self.single_deadline(), |l2| l2.queue_len(&queue))
+            .await
+            .ok()
+    }
+
+    /// Puts keys on the durable revalidation queue (deduplicated by Redis).
+    pub(super) async fn enqueue_revalidations(&self, keys: &[&str]) {
+        let queue = self.inner.keys.revalidation_queue();
+        let now = self.now();
+        if let Ok(added) = self
+            .with_l2("ZADD", self.single_deadline(), |l2| {
+                l2.enqueue(&queue, keys, now)
+            })
+            .await
+        {
+            CacheMetrics::add(&self.inner.metrics.revalidations_enqueued, added);
+        }
+    }
+
+    /// Writes entries to both tiers and returns the entity version each one was cached with.
+    pub(super) async fn write_entries<T: Cacheable>(
+        &self,
+        items: &[(CacheKey, Policy, Option<Arc<T>>)],
+        use_l2: bool,
+    ) -> Vec<u64> {
+        self.put_outcomes_with(items, use_l2)
+            .await
+            .into_iter()
+            .map(|(version, _)| version)
+            .collect()
+    }
+
+    async fn put_outcomes<T: Cacheable>(
+        &self,
+        items: &[(CacheKey, Policy, Option<Arc<T>>)],
+    ) -> Vec<PutOutcome> {
+        self.put_outcomes_with(items, true)
+            .await
+            .into_iter()
+            .map(|(_, outcome)| outcome)
+            .collect()
+    }
+
+    /// Encodes every entry, writes them to L2 in one guarded batch (when `use_l2`), then
+    /// updates L1 for those the guard did not refuse.
+    async fn put_outcomes_with<T: Cacheable>(
+        &self,
+        items: &[(CacheKey, Policy, Option<Arc<T>>)],
+        use_l2: bool,
+    ) -> Vec<(u64, PutOutcome)> {
+        let now = self.now();
+        let metrics = &self.inner.metrics;
+        let mut outcomes = vec![(0, PutOutcome::Skipped); items.len()];
+        let mut prepared = Vec::with_capacity(items.len());
+        let mut writes = Vec::with_capacity(items.len());
+        for (i, (key, policy, value)) in items.iter().enumerate() {
+            let version = value.as_ref().map_or(0, |v| v.cache_version());
+            outcomes[i].0 = version;
+            let payload = match value {
+                None => Vec::new(),
+                Some(v) => match serde_json::to_vec(v.as_ref()) {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        tracing::warn!(key = key.as_str(), error.message = %e, "value not serialisable; not cached");
+                        continue;
+                    }
+                },
+            };
+            if payload.len() > self.inner.options.max_value_bytes {
+                CacheMetrics::incr(&metrics.oversized_skips);
+                tracing::warn!(key = key.as_str(), bytes = payload.len(), "value exceeds the cache size limit; not cached");
+                continue;
+            }
+            let meta = self.entry_meta(version, value.is_none(), *policy, now);
+            let encoded = envelope::encode(&meta, &payload, self.inner.options.compress_threshold);
+            if use_l2 {
+                CacheMetrics::add(&metrics.bytes_raw, encoded.raw_len as u64);
+                CacheMetrics::add(&metrics.bytes_stored, encoded.bytes.len() as u64);
+            }
+            let weight = u32::try_from(encoded.bytes.len()).unwrap_or(u32::MAX);
+            prepared.push((i, meta, weight));
+            writes.push(L2Write {
+                key: key.as_str().to_owned(),
+                bytes: encoded.bytes,
+                ttl: Duration::from_millis(u64::try_from(meta.stale_until - now).unwrap_or(1).max(1)),
+                version,
+            });
+        }
+
+        let l2_outcomes = if use_l2 && !writes.is_empty() {
+            self.with_l2("EVALSHA", self.batch_deadline(), |l2| {
+                l2.set_guarded(&writes)
+            })
+            .await
+            .ok()
+        } else {
+            None
+        };
+
+        for (n, (i, meta, weight)) in prepared.into_iter().enumerate() {
+            let (key, _, value) = &items[i];
+            let outcome = match l2_outcomes.as_ref().map(|o| o[n]) {
+                Some(WriteOutcome::Written) => PutOutcome::Written,
+                Some(WriteOutcome::OlderThanCached) => PutOutcome::OlderThanCached,
+                None => PutOutcome::L2Unavailable,
+            };
+            if outcome == PutOutcome::OlderThanCached {
+                CacheMetrics::incr(&metrics.version_rejects);
+                self.inner.l1.remove(key.as_str());
+            } else {
+                self.insert_l1(
+                    key.as_str(),
+                    value.clone().map(|v| v as AnyValue),
+                    meta,
+                    weight,
+                );
+            }
+            outcomes[i].1 = outcome;
+        }
+        outcomes
+    }
+
+    /// Metadata for a new entry, with TTL jitter so keys written together do not expire
+    /// together (which would send their reloads to the database at the same moment).
+    fn entry_meta(&self, version: u64, negative: bool, policy: Policy, now: EpochMillis) -> EntryMeta {
+        let jitter = self.inner.options.jitter.clamp(0.0, 0.5);
+        let factor = if jitter > 0.0 {
+            1.0 + rand::rng().random_range(-jitter..=jitter)
+        } else {
+            1.0
+        };
+        let scaled = |d: Duration| millis(d.mul_f64(factor)).max(1);
+        let fresh_until = now + scaled(if negative { policy.negative } else { policy.fresh });
+        let stale_until = if negative || policy.stale.is_zero() {
+            fresh_until
+        } else {
+            fresh_until + scaled(policy.stale)
+        };
+        EntryMeta {
+            version,
+            stored_at: now,
+            fresh_until,
+            stale_until,
+            negative,
+        }
+    }
+}
