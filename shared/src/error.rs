@@ -62,6 +62,10 @@ pub enum Error {
         op: &'static str,
     },
 
+    /// Redis is not connected yet (a background connect is under way).
+    #[error("Redis is not connected")]
+    NotConnected,
+
     /// An operation did not finish within its deadline.
     #[error("{op} timed out after {after:?}")]
     Timeout {
@@ -104,7 +108,7 @@ impl Error {
                     || source.is_io_error()
                     || source.is_connection_refusal()
             }
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::NotConnected => true,
             Error::Shared(inner) => inner.is_retryable(),
             Error::Invalid(_)
             | Error::VersionConflict { .. }

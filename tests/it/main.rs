@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test with its location, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod helpers;
 mod redis_connection;
 mod store_dynamo;

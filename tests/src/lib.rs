@@ -80,3 +80,85 @@ pub async fn connect(config: &RedisConfig) -> RedisConnection {
         Err(e) => panic!("Redis at {:?} is unreachable: {e:?}", config.nodes),
     }
 }
+
+/// A private `redis-server` this process starts and stops, for tests and benchmarks that take
+/// Redis away (outages, cold starts with Redis down). Killed on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// A free loopback port, for a server started later.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"))
+    }
+
+    /// Starts `redis-server` on `port` with extra arguments and waits until it answers.
+    pub fn start(port: u16, extra_args: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(unique_name("redis-test"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart(extra_args);
+        server
+    }
+
+    /// Starts the server again after [`RedisServer::stop`].
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(extra_args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server (is it installed? `make test` installs it): {e}")
+            });
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// Kills the server (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn node(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

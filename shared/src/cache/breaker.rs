@@ -94,7 +94,9 @@ impl CircuitBreaker {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         let was_probe = self.probe_started.swap(0, Ordering::AcqRel) != 0;
         if was_probe || failures >= self.threshold {
-            let previous = self.open_until.swap(now + self.cooldown_ms, Ordering::AcqRel);
+            let previous = self
+                .open_until
+                .swap(now + self.cooldown_ms, Ordering::AcqRel);
             return previous == 0 || was_probe;
         }
         false

@@ -149,7 +149,11 @@ pub fn encode(meta: &EntryMeta, payload: &[u8], compress_threshold: usize) -> En
     bytes.extend_from_slice(&meta.fresh_until.to_be_bytes());
     bytes.extend_from_slice(&meta.stale_until.to_be_bytes());
     // Payloads are bounded far below 4 GiB by `max_value_bytes`; saturate rather than wrap.
-    bytes.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    bytes.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     bytes.extend_from_slice(body);
     Encoded {
         bytes,
@@ -266,19 +270,31 @@ mod tests {
     #[test]
     fn each_kind_of_corruption_is_reported() {
         let good = encode(&meta(), b"payload", 1024).bytes;
-        assert!(matches!(decode(&good[..10], MAX), Err(DecodeError::Truncated)));
+        assert!(matches!(
+            decode(&good[..10], MAX),
+            Err(DecodeError::Truncated)
+        ));
         let mut bad = good.clone();
         bad[0] = b'X';
         assert!(matches!(decode(&bad, MAX), Err(DecodeError::BadMagic)));
         let mut bad = good.clone();
         bad[2] = 9;
-        assert!(matches!(decode(&bad, MAX), Err(DecodeError::UnknownFormat(9))));
+        assert!(matches!(
+            decode(&bad, MAX),
+            Err(DecodeError::UnknownFormat(9))
+        ));
         let mut bad = good.clone();
         bad[3] = 0x80;
-        assert!(matches!(decode(&bad, MAX), Err(DecodeError::UnknownFlags(_))));
+        assert!(matches!(
+            decode(&bad, MAX),
+            Err(DecodeError::UnknownFlags(_))
+        ));
         let mut bad = good.clone();
         bad.push(b'!');
-        assert!(matches!(decode(&bad, MAX), Err(DecodeError::LengthMismatch)));
+        assert!(matches!(
+            decode(&bad, MAX),
+            Err(DecodeError::LengthMismatch)
+        ));
         assert!(matches!(decode(&good, 3), Err(DecodeError::TooLarge(_))));
         let mut bad = good;
         bad[3] |= FLAG_ZSTD;

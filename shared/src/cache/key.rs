@@ -191,8 +191,14 @@ mod tests {
         let key = keys.product(&id);
         assert_eq!(key.as_str(), "cc:v1:product:sku-1");
         assert_eq!(key.category(), Category::Product);
-        assert_eq!(keys.parse(key.as_str()), Some(KeyTarget::Product(id.clone())));
-        assert_eq!(keys.parse(keys.stats(&id).as_str()), Some(KeyTarget::Stats(id)));
+        assert_eq!(
+            keys.parse(key.as_str()),
+            Some(KeyTarget::Product(id.clone()))
+        );
+        assert_eq!(
+            keys.parse(keys.stats(&id).as_str()),
+            Some(KeyTarget::Stats(id))
+        );
         assert_eq!(keys.parse("other:product:x"), None);
         assert_eq!(keys.parse("cc:v1:product:bad id"), None);
         assert_eq!(keys.lock(&key), "cc:v1:lock:product:sku-1");
@@ -217,6 +223,9 @@ mod tests {
         assert_eq!(hash_slot(b"bar"), 5061);
         assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
         // An empty tag `{}` does not count: the whole key is hashed.
-        assert_eq!(hash_slot(b"{}x"), crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOT_COUNT);
+        assert_eq!(
+            hash_slot(b"{}x"),
+            crc16::State::<crc16::XMODEM>::calculate(b"{}x") % SLOT_COUNT
+        );
     }
 }

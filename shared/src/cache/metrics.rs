@@ -205,7 +205,11 @@ mod tests {
         assert_eq!(v["l1_hits"], 5);
         assert_eq!(v["bytes_stored"], 1024);
         let declared = directive["Metrics"].as_array().unwrap();
-        assert!(declared.iter().any(|m| m["Name"] == "bytes_stored" && m["Unit"] == "Bytes"));
+        assert!(
+            declared
+                .iter()
+                .any(|m| m["Name"] == "bytes_stored" && m["Unit"] == "Bytes")
+        );
         assert_eq!(declared.len(), snapshot.fields().len());
     }
 }

@@ -313,7 +313,10 @@ impl Cache {
                 return Err(L2Fail::WrongType);
             }
             Ok(Err(e)) => e,
-            Err(_) => Error::Timeout { op, after: deadline },
+            Err(_) => Error::Timeout {
+                op,
+                after: deadline,
+            },
         };
         CacheMetrics::incr(&inner.metrics.l2_errors);
         CacheMetrics::incr(&inner.metrics.bypasses);

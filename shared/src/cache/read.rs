@@ -176,7 +176,10 @@ impl Cache {
             Ok(None) => {}
             Err(L2Fail::WrongType) => {
                 CacheMetrics::incr(&self.inner.metrics.decode_errors);
-                tracing::warn!(key = key.as_str(), "cache key holds a value of another Redis type; treated as a miss");
+                tracing::warn!(
+                    key = key.as_str(),
+                    "cache key holds a value of another Redis type; treated as a miss"
+                );
             }
             Err(L2Fail::Unavailable) => l2_usable = false,
         }
@@ -247,7 +250,9 @@ impl Cache {
         if !misses.is_empty() {
             CacheMetrics::add(&self.inner.metrics.misses, misses.len() as u64);
             let ids: Vec<I> = misses.iter().map(|&i| entries[i].1.clone()).collect();
-            let loaded = self.load_batch(&entries, &misses, ids, &loader, l2_usable).await?;
+            let loaded = self
+                .load_batch(&entries, &misses, ids, &loader, l2_usable)
+                .await?;
             for (i, lookup) in misses.into_iter().zip(loaded) {
                 out[i] = Some(lookup);
             }
@@ -256,7 +261,10 @@ impl Cache {
         let revalidation = if stale.is_empty() {
             None
         } else {
-            Some(self.stale_batch_revalidation(&entries, &stale, loader).await)
+            Some(
+                self.stale_batch_revalidation(&entries, &stale, loader)
+                    .await,
+            )
         };
         Ok(BatchLookup {
             items: out.into_iter().flatten().collect(),
@@ -370,7 +378,8 @@ impl Cache {
         meta: EntryMeta,
         weight: u32,
     ) {
-        let until = (self.now() + crate::clock::millis(self.inner.options.l1_ttl)).min(meta.fresh_until);
+        let until =
+            (self.now() + crate::clock::millis(self.inner.options.l1_ttl)).min(meta.fresh_until);
         self.inner.l1.insert(
             key,
             L1Entry {
@@ -558,7 +567,11 @@ impl Cache {
             .iter()
             .map(|&i| {
                 let (key, id) = &entries[i];
-                (key.clone(), self.policy(key.category()), found.get(id).cloned())
+                (
+                    key.clone(),
+                    self.policy(key.category()),
+                    found.get(id).cloned(),
+                )
             })
             .collect();
         let source = if l2_usable {

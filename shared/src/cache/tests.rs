@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::key::CacheKey;
-use super::l2::memory::MemoryL2;
 use super::l2::L2Store;
+use super::l2::memory::MemoryL2;
 use super::*;
 use crate::clock::ManualClock;
 use crate::error::Error;
@@ -62,7 +62,11 @@ impl Fixture {
             ..CacheOptions::default()
         };
         tweak(&mut options);
-        Cache::new(options, Some(self.l2.clone() as Arc<dyn L2Store>), self.clock.clone())
+        Cache::new(
+            options,
+            Some(self.l2.clone() as Arc<dyn L2Store>),
+            self.clock.clone(),
+        )
     }
 
     /// A loader that counts its calls and returns `value` after `delay`.
@@ -70,7 +74,8 @@ impl Fixture {
         &self,
         value: Option<Item>,
         delay: Duration,
-    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, crate::Result<Option<Item>>> + Send + 'static {
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, crate::Result<Option<Item>>> + Send + 'static
+    {
         let loads = self.loads.clone();
         move || {
             Box::pin(async move {
@@ -96,8 +101,14 @@ async fn a_miss_loads_once_then_l1_answers() {
     let cache = f.engine();
     let k = key(&cache, "p1");
 
-    let first = cache.get_or_load(&k, f.loader(Some(item("kettle", 3)), Duration::ZERO)).await.unwrap();
-    let second = cache.get_or_load(&k, f.loader(Some(item("other", 9)), Duration::ZERO)).await.unwrap();
+    let first = cache
+        .get_or_load(&k, f.loader(Some(item("kettle", 3)), Duration::ZERO))
+        .await
+        .unwrap();
+    let second = cache
+        .get_or_load(&k, f.loader(Some(item("other", 9)), Duration::ZERO))
+        .await
+        .unwrap();
 
     assert_eq!(first.source, Source::Loaded);
     assert_eq!(first.version, 3);
@@ -113,10 +124,15 @@ async fn another_environment_is_answered_by_l2_with_its_age() {
     let f = Fixture::new();
     let (a, b) = (f.engine(), f.engine());
     let k = key(&a, "p1");
-    a.get_or_load(&k, f.loader(Some(item("kettle", 1)), Duration::ZERO)).await.unwrap();
+    a.get_or_load(&k, f.loader(Some(item("kettle", 1)), Duration::ZERO))
+        .await
+        .unwrap();
     f.clock.advance(Duration::from_secs(7));
 
-    let hit = b.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    let hit = b
+        .get_or_load(&k, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
 
     assert_eq!(hit.source, Source::L2);
     assert_eq!(hit.age_ms, 7_000);
@@ -128,11 +144,17 @@ async fn a_stale_entry_is_served_at_once_and_revalidated_later() {
     let f = Fixture::new();
     let cache = f.engine();
     let k = key(&cache, "p1");
-    cache.get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO)).await.unwrap();
+    cache
+        .get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO))
+        .await
+        .unwrap();
     // Past the product's fresh TTL (300 s) but inside its stale window (3600 s).
     f.clock.advance(Duration::from_secs(301));
 
-    let stale = cache.get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO)).await.unwrap();
+    let stale = cache
+        .get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO))
+        .await
+        .unwrap();
 
     assert_eq!(stale.source, Source::Stale);
     assert_eq!(stale.value.as_ref().unwrap().name, "old");
@@ -143,11 +165,17 @@ async fn a_stale_entry_is_served_at_once_and_revalidated_later() {
 
     assert_eq!(f.loads(), 2);
     assert!(cache.pending_revalidations(10).await.is_empty());
-    let fresh = cache.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    let fresh = cache
+        .get_or_load(&k, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(fresh.value.unwrap().name, "new");
     assert_eq!(fresh.source, Source::L1);
     let m = cache.snapshot();
-    assert_eq!((m.stale_serves, m.revalidations, m.revalidations_enqueued), (1, 1, 1));
+    assert_eq!(
+        (m.stale_serves, m.revalidations, m.revalidations_enqueued),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -155,10 +183,18 @@ async fn a_failed_revalidation_keeps_the_key_queued_and_the_stale_copy_served() 
     let f = Fixture::new();
     let cache = f.engine();
     let k = key(&cache, "p1");
-    cache.get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO)).await.unwrap();
+    cache
+        .get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO))
+        .await
+        .unwrap();
     f.clock.advance(Duration::from_secs(301));
 
-    let failing = || async { Err::<Option<Item>, _>(Error::Timeout { op: "Query", after: Duration::from_secs(1) }) };
+    let failing = || async {
+        Err::<Option<Item>, _>(Error::Timeout {
+            op: "Query",
+            after: Duration::from_secs(1),
+        })
+    };
     let stale = cache.get_or_load(&k, failing).await.unwrap();
     stale.revalidation.unwrap().run().await;
 
@@ -174,15 +210,24 @@ async fn not_found_is_cached_for_the_negative_ttl() {
     let cache = f.engine();
     let k = key(&cache, "ghost");
 
-    let first = cache.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
-    let second = cache.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    let first = cache
+        .get_or_load(&k, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
+    let second = cache
+        .get_or_load(&k, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
     assert!(first.value.is_none() && second.value.is_none());
     assert_eq!(f.loads(), 1);
     assert_eq!(cache.snapshot().negative_hits, 1);
 
     // The negative TTL is 30 s; after it the loader runs again.
     f.clock.advance(Duration::from_secs(31));
-    cache.get_or_load(&k, f.loader(Some(item("born", 1)), Duration::ZERO)).await.unwrap();
+    cache
+        .get_or_load(&k, f.loader(Some(item("born", 1)), Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(f.loads(), 2);
 }
 
@@ -195,16 +240,40 @@ async fn corrupt_or_wrong_type_values_are_counted_misses() {
     f.l2.put_raw(corrupt.as_str(), b"CC\x01garbage".to_vec());
     f.l2.put_wrong_type(wrong.as_str());
 
-    let a = cache.get_or_load(&corrupt, f.loader(Some(item("a", 1)), Duration::ZERO)).await.unwrap();
-    let b = cache.get_or_load(&wrong, f.loader(Some(item("b", 1)), Duration::ZERO)).await.unwrap();
+    let a = cache
+        .get_or_load(&corrupt, f.loader(Some(item("a", 1)), Duration::ZERO))
+        .await
+        .unwrap();
+    let b = cache
+        .get_or_load(&wrong, f.loader(Some(item("b", 1)), Duration::ZERO))
+        .await
+        .unwrap();
 
     assert_eq!((a.source, b.source), (Source::Loaded, Source::Loaded));
     assert_eq!(cache.snapshot().decode_errors, 2);
-    assert_eq!(cache.snapshot().l2_errors, 0, "bad data is not a Redis fault");
+    assert_eq!(
+        cache.snapshot().l2_errors,
+        0,
+        "bad data is not a Redis fault"
+    );
     // The loads overwrote both keys with good envelopes.
     let other = f.engine();
-    assert_eq!(other.get_or_load(&corrupt, f.loader(None, Duration::ZERO)).await.unwrap().source, Source::L2);
-    assert_eq!(other.get_or_load(&wrong, f.loader(None, Duration::ZERO)).await.unwrap().source, Source::L2);
+    assert_eq!(
+        other
+            .get_or_load(&corrupt, f.loader(None, Duration::ZERO))
+            .await
+            .unwrap()
+            .source,
+        Source::L2
+    );
+    assert_eq!(
+        other
+            .get_or_load(&wrong, f.loader(None, Duration::ZERO))
+            .await
+            .unwrap()
+            .source,
+        Source::L2
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -235,7 +304,9 @@ async fn concurrent_misses_across_processes_share_one_load_through_the_lock() {
         for _ in 0..16 {
             let (cache, k) = (engine.clone(), k.clone());
             let loader = f.loader(Some(item("hot", 1)), Duration::from_millis(20));
-            readers.push(tokio::spawn(async move { cache.get_or_load(&k, loader).await.unwrap() }));
+            readers.push(tokio::spawn(async move {
+                cache.get_or_load(&k, loader).await.unwrap()
+            }));
         }
     }
     for reader in readers {
@@ -270,10 +341,19 @@ async fn a_crashed_lock_holder_delays_others_by_at_most_the_wait_bound() {
     let cache = f.engine();
     let k = key(&cache, "orphan");
     // A holder that took the lock and died.
-    f.l2.try_lock(&cache.keys().lock(&k), "dead-holder", Duration::from_secs(2)).await.unwrap();
+    f.l2.try_lock(
+        &cache.keys().lock(&k),
+        "dead-holder",
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
 
     let started = tokio::time::Instant::now();
-    let lookup = cache.get_or_load(&k, f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+    let lookup = cache
+        .get_or_load(&k, f.loader(Some(item("x", 1)), Duration::ZERO))
+        .await
+        .unwrap();
 
     assert!(lookup.value.is_some());
     assert!(started.elapsed() <= cache.options().lock_wait + Duration::from_millis(50));
@@ -289,20 +369,42 @@ async fn redis_faults_fall_back_to_the_loader_and_open_the_circuit() {
 
     for i in 0..10 {
         let k = key(&cache, &format!("p{i}"));
-        let lookup = cache.get_or_load(&k, f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+        let lookup = cache
+            .get_or_load(&k, f.loader(Some(item("x", 1)), Duration::ZERO))
+            .await
+            .unwrap();
         assert_eq!(lookup.source, Source::Bypass);
     }
     let m = cache.snapshot();
     assert_eq!(m.breaker_opens, 1);
-    assert!(matches!(cache.breaker_state(), breaker::BreakerState::Open { .. }));
+    assert!(matches!(
+        cache.breaker_state(),
+        breaker::BreakerState::Open { .. }
+    ));
     let trips_while_open = f.l2.round_trips();
-    cache.get_or_load(&key(&cache, "p99"), f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
-    assert_eq!(f.l2.round_trips(), trips_while_open, "an open circuit does not call Redis");
+    cache
+        .get_or_load(
+            &key(&cache, "p99"),
+            f.loader(Some(item("x", 1)), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.l2.round_trips(),
+        trips_while_open,
+        "an open circuit does not call Redis"
+    );
 
     // Redis recovers; after the cool-down one probe closes the circuit.
     f.l2.set_failing(false);
     f.clock.advance(cache.options().breaker_cooldown);
-    let lookup = cache.get_or_load(&key(&cache, "p100"), f.loader(Some(item("x", 1)), Duration::ZERO)).await.unwrap();
+    let lookup = cache
+        .get_or_load(
+            &key(&cache, "p100"),
+            f.loader(Some(item("x", 1)), Duration::ZERO),
+        )
+        .await
+        .unwrap();
     assert_eq!(lookup.source, Source::Loaded);
     assert_eq!(cache.breaker_state(), breaker::BreakerState::Closed);
 }
@@ -314,7 +416,10 @@ async fn a_loader_error_reaches_the_caller_and_every_waiter() {
     let k = key(&cache, "p1");
     let err = cache
         .get_or_load(&k, || async {
-            Err::<Option<Item>, _>(Error::Timeout { op: "Query", after: Duration::from_secs(1) })
+            Err::<Option<Item>, _>(Error::Timeout {
+                op: "Query",
+                after: Duration::from_secs(1),
+            })
         })
         .await
         .unwrap_err();
@@ -328,10 +433,19 @@ async fn an_older_version_never_replaces_a_newer_one() {
     let (writer, reader) = (f.engine(), f.engine());
     let k = key(&writer, "p1");
     assert_eq!(writer.put(&k, item("v5", 5)).await, PutOutcome::Written);
-    assert_eq!(writer.put(&k, item("v4", 4)).await, PutOutcome::OlderThanCached);
-    assert_eq!(writer.put(&k, item("v5 again", 5)).await, PutOutcome::Written);
+    assert_eq!(
+        writer.put(&k, item("v4", 4)).await,
+        PutOutcome::OlderThanCached
+    );
+    assert_eq!(
+        writer.put(&k, item("v5 again", 5)).await,
+        PutOutcome::Written
+    );
 
-    let seen = reader.get_or_load(&k, f.loader(None, Duration::ZERO)).await.unwrap();
+    let seen = reader
+        .get_or_load(&k, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(seen.value.unwrap().name, "v5 again");
     assert_eq!(writer.snapshot().version_rejects, 1);
 }
@@ -340,11 +454,16 @@ async fn an_older_version_never_replaces_a_newer_one() {
 async fn get_many_reads_tiers_in_bulk_and_loads_misses_in_one_call() {
     let f = Fixture::new();
     let (warm, cache) = (f.engine(), f.engine());
-    let ids: Vec<ProductId> = (0..6).map(|i| ProductId::parse(&format!("p{i}")).unwrap()).collect();
+    let ids: Vec<ProductId> = (0..6)
+        .map(|i| ProductId::parse(&format!("p{i}")).unwrap())
+        .collect();
     // p0 in this engine's L1, p1 and p2 in L2 only, p3..p5 nowhere; p5 does not exist.
-    cache.put(&cache.keys().product(&ids[0]), item("p0", 1)).await;
+    cache
+        .put(&cache.keys().product(&ids[0]), item("p0", 1))
+        .await;
     for id in &ids[1..3] {
-        warm.put(&warm.keys().product(id), item(id.as_str(), 1)).await;
+        warm.put(&warm.keys().product(id), item(id.as_str(), 1))
+            .await;
     }
     let batch_calls = Arc::new(AtomicUsize::new(0));
     let calls = batch_calls.clone();
@@ -359,16 +478,36 @@ async fn get_many_reads_tiers_in_bulk_and_loads_misses_in_one_call() {
                 .collect::<HashMap<_, _>>())
         }
     };
-    let entries: Vec<_> = ids.iter().map(|id| (cache.keys().product(id), id.clone())).collect();
+    let entries: Vec<_> = ids
+        .iter()
+        .map(|id| (cache.keys().product(id), id.clone()))
+        .collect();
     let trips_before = f.l2.round_trips();
 
-    let batch = cache.get_many(entries.clone(), loader.clone()).await.unwrap();
+    let batch = cache
+        .get_many(entries.clone(), loader.clone())
+        .await
+        .unwrap();
 
     let sources: Vec<Source> = batch.items.iter().map(|l| l.source).collect();
-    assert_eq!(sources, [Source::L1, Source::L2, Source::L2, Source::Loaded, Source::Loaded, Source::Loaded]);
+    assert_eq!(
+        sources,
+        [
+            Source::L1,
+            Source::L2,
+            Source::L2,
+            Source::Loaded,
+            Source::Loaded,
+            Source::Loaded
+        ]
+    );
     assert!(batch.items[5].value.is_none());
     assert_eq!(batch_calls.load(Ordering::SeqCst), 1);
-    assert_eq!(f.l2.round_trips() - trips_before, 2, "one MGET and one write-back pipeline");
+    assert_eq!(
+        f.l2.round_trips() - trips_before,
+        2,
+        "one MGET and one write-back pipeline"
+    );
 
     // Everything, the missing product included, is now answered by L1.
     let again = cache.get_many(entries, loader).await.unwrap();
@@ -385,10 +524,16 @@ async fn stale_batch_entries_are_served_and_refreshed_by_the_revalidation() {
     cache.put(&k, item("old", 1)).await;
     f.clock.advance(Duration::from_secs(301));
     let loader = |wanted: Vec<ProductId>| async move {
-        Ok(wanted.into_iter().map(|id| (id, item("new", 2))).collect::<HashMap<_, _>>())
+        Ok(wanted
+            .into_iter()
+            .map(|id| (id, item("new", 2)))
+            .collect::<HashMap<_, _>>())
     };
 
-    let batch = cache.get_many(vec![(k.clone(), id.clone())], loader).await.unwrap();
+    let batch = cache
+        .get_many(vec![(k.clone(), id.clone())], loader)
+        .await
+        .unwrap();
     assert_eq!(batch.items[0].source, Source::Stale);
     batch.revalidation.unwrap().run().await;
 
@@ -420,8 +565,14 @@ async fn ttls_come_from_the_category_and_are_jittered() {
         let meta = envelope::decode_header(&bytes).unwrap();
         fresh_for.push(meta.fresh_until - meta.stored_at);
     }
-    let (min, max) = (*fresh_for.iter().min().unwrap(), *fresh_for.iter().max().unwrap());
-    assert!(min >= 270_000 && max <= 330_000, "300 s ± 10%: {min}..{max}");
+    let (min, max) = (
+        *fresh_for.iter().min().unwrap(),
+        *fresh_for.iter().max().unwrap(),
+    );
+    assert!(
+        min >= 270_000 && max <= 330_000,
+        "300 s ± 10%: {min}..{max}"
+    );
     assert!(max > min, "jitter spreads expiries");
 }
 
@@ -443,7 +594,10 @@ async fn invalidation_drops_both_tiers() {
     let k = key(&cache, "p1");
     cache.put(&k, item("x", 1)).await;
     assert!(cache.invalidate(std::slice::from_ref(&k)).await);
-    let lookup = cache.get_or_load(&k, f.loader(Some(item("y", 2)), Duration::ZERO)).await.unwrap();
+    let lookup = cache
+        .get_or_load(&k, f.loader(Some(item("y", 2)), Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(lookup.source, Source::Loaded);
 }
 
@@ -454,5 +608,10 @@ async fn large_values_are_compressed_and_counted() {
     let k = key(&cache, "doc");
     cache.put(&k, item(&"lorem ipsum ".repeat(500), 1)).await;
     let m = cache.snapshot();
-    assert!(m.bytes_stored * 4 < m.bytes_raw, "{} stored for {} raw", m.bytes_stored, m.bytes_raw);
+    assert!(
+        m.bytes_stored * 4 < m.bytes_raw,
+        "{} stored for {} raw",
+        m.bytes_stored,
+        m.bytes_raw
+    );
 }

@@ -105,7 +105,9 @@ impl Cache {
     pub async fn complete_revalidations(&self, keys: &[String]) {
         let queue = self.inner.keys.revalidation_queue();
         let _ = self
-            .with_l2("ZREM", self.single_deadline(), |l2| l2.dequeue(&queue, keys))
+            .with_l2("ZREM", self.single_deadline(), |l2| {
+                l2.dequeue(&queue, keys)
+            })
             .await;
     }
 
@@ -182,7 +184,11 @@ impl Cache {
             };
             if payload.len() > self.inner.options.max_value_bytes {
                 CacheMetrics::incr(&metrics.oversized_skips);
-                tracing::warn!(key = key.as_str(), bytes = payload.len(), "value exceeds the cache size limit; not cached");
+                tracing::warn!(
+                    key = key.as_str(),
+                    bytes = payload.len(),
+                    "value exceeds the cache size limit; not cached"
+                );
                 continue;
             }
             let meta = self.entry_meta(version, value.is_none(), *policy, now);
@@ -196,7 +202,9 @@ impl Cache {
             writes.push(L2Write {
                 key: key.as_str().to_owned(),
                 bytes: encoded.bytes,
-                ttl: Duration::from_millis(u64::try_from(meta.stale_until - now).unwrap_or(1).max(1)),
+                ttl: Duration::from_millis(
+                    u64::try_from(meta.stale_until - now).unwrap_or(1).max(1),
+                ),
                 version,
             });
         }
@@ -236,7 +244,13 @@ impl Cache {
 
     /// Metadata for a new entry, with TTL jitter so keys written together do not expire
     /// together (which would send their reloads to the database at the same moment).
-    fn entry_meta(&self, version: u64, negative: bool, policy: Policy, now: EpochMillis) -> EntryMeta {
+    fn entry_meta(
+        &self,
+        version: u64,
+        negative: bool,
+        policy: Policy,
+        now: EpochMillis,
+    ) -> EntryMeta {
         let jitter = self.inner.options.jitter.clamp(0.0, 0.5);
         let factor = if jitter > 0.0 {
             1.0 + rand::rng().random_range(-jitter..=jitter)
@@ -244,7 +258,12 @@ impl Cache {
             1.0
         };
         let scaled = |d: Duration| millis(d.mul_f64(factor)).max(1);
-        let fresh_until = now + scaled(if negative { policy.negative } else { policy.fresh });
+        let fresh_until = now
+            + scaled(if negative {
+                policy.negative
+            } else {
+                policy.fresh
+            });
         let stale_until = if negative || policy.stale.is_zero() {
             fresh_until
         } else {

@@ -237,7 +237,11 @@ impl L2Store for MemoryL2 {
             Some(Value::Queue(members)) => {
                 let mut by_score: Vec<(&String, &i64)> = members.iter().collect();
                 by_score.sort_by_key(|(member, score)| (**score, (*member).clone()));
-                Ok(by_score.into_iter().take(max).map(|(m, _)| m.clone()).collect())
+                Ok(by_score
+                    .into_iter()
+                    .take(max)
+                    .map(|(m, _)| m.clone())
+                    .collect())
             }
             Some(_) => Err(wrong_type("ZRANGE")),
         }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,6 +10,7 @@ use redis::{Pipeline, Script};
 
 use super::{L2Store, L2Write, WriteOutcome};
 use crate::cache::key::hash_slot;
+use crate::config::{RedisConfig, RedisMode};
 use crate::error::{Error, Result};
 use crate::redis_conn::RedisConnection;
 
@@ -45,40 +47,87 @@ return 0
 ///   batch is one round trip.
 /// - Scripts run by `EVALSHA`; after a failover or `SCRIPT FLUSH` the first `NOSCRIPT` loads
 ///   them again and retries once.
+/// - Built with [`RedisL2::connect`], it connects in the background: until the connection is
+///   up every call fails fast (and the engine reads through to the database), so a cold start
+///   never waits on, or fails because of, an unreachable Redis.
 #[derive(Debug)]
 pub struct RedisL2 {
-    conn: RedisConnection,
+    conn: OnceLock<RedisConnection>,
+    cluster: bool,
     set_script: Script,
     unlock_script: Script,
     round_trips: AtomicU64,
 }
 
 impl RedisL2 {
-    /// An L2 over `conn`.
+    /// An L2 over an established connection.
     pub fn new(conn: RedisConnection) -> Self {
+        let l2 = RedisL2::unconnected(conn.is_cluster());
+        let _ = l2.conn.set(conn);
+        l2
+    }
+
+    /// Connects in the background, waiting at most `wait` for the first connection (run this
+    /// in the init phase so the first request finds Redis ready). Retries with capped backoff
+    /// until it succeeds or the returned handle is dropped.
+    pub async fn connect(config: RedisConfig, wait: Duration) -> Arc<RedisL2> {
+        let l2 = Arc::new(RedisL2::unconnected(config.mode == RedisMode::Cluster));
+        let weak = Arc::downgrade(&l2);
+        let connecting = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            while weak.strong_count() > 0 {
+                match RedisConnection::connect(&config).await {
+                    Ok(conn) => {
+                        if let Some(l2) = weak.upgrade() {
+                            let _ = l2.conn.set(conn);
+                            tracing::info!(nodes = ?config.nodes, "connected to Redis");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(nodes = ?config.nodes, error.message = %e, "cannot connect to Redis; retrying in {backoff:?}");
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        // On timeout the task is detached, not cancelled: it keeps trying.
+        let _ = tokio::time::timeout(wait, connecting).await;
+        l2
+    }
+
+    fn unconnected(cluster: bool) -> Self {
         RedisL2 {
-            conn,
+            conn: OnceLock::new(),
+            cluster,
             set_script: Script::new(SET_IF_NOT_OLDER),
             unlock_script: Script::new(COMPARE_AND_DELETE),
             round_trips: AtomicU64::new(0),
         }
     }
 
-    /// The connection, for commands outside the port (stats, health).
-    pub fn connection(&self) -> &RedisConnection {
-        &self.conn
+    /// The connection, once established, for commands outside the port (stats, health).
+    pub fn connection(&self) -> Option<&RedisConnection> {
+        self.conn.get()
     }
 
-    fn trip(&self) -> RedisConnection {
+    /// The connection for one round trip, or a fast failure while still connecting.
+    fn trip(&self) -> Result<RedisConnection> {
+        let conn = self.conn.get().ok_or(Error::NotConnected)?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.conn.clone()
+        Ok(conn.clone())
     }
 
     /// Groups item indexes by hash slot on a cluster; one group on a standalone server.
     fn slot_groups<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
-        if !self.conn.is_cluster() {
+        if !self.cluster {
             let all: Vec<usize> = keys.enumerate().map(|(i, _)| i).collect();
-            return if all.is_empty() { Vec::new() } else { vec![all] };
+            return if all.is_empty() {
+                Vec::new()
+            } else {
+                vec![all]
+            };
         }
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys.enumerate() {
@@ -99,7 +148,7 @@ impl RedisL2 {
                 .arg(ttl_ms)
                 .arg(w.version);
         }
-        let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut self.trip()).await;
+        let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut self.trip()?).await;
         let written = match result {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // Load on the node that owns these keys: invoking the script there loads it.
@@ -108,12 +157,16 @@ impl RedisL2 {
                     .set_script
                     .key(&first.key)
                     .arg(&first.bytes)
-                    .arg(u64::try_from(first.ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                    .arg(
+                        u64::try_from(first.ttl.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
                     .arg(first.version)
-                    .invoke_async(&mut self.trip())
+                    .invoke_async(&mut self.trip()?)
                     .await
                     .map_err(|e| Error::redis("SCRIPT LOAD", e))?;
-                pipe.query_async(&mut self.trip())
+                pipe.query_async(&mut self.trip()?)
                     .await
                     .map_err(|e| Error::redis("EVALSHA", e))?
             }
@@ -137,7 +190,7 @@ impl L2Store for RedisL2 {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         redis::cmd("GET")
             .arg(key)
-            .query_async(&mut self.trip())
+            .query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("GET", e))
     }
@@ -150,7 +203,7 @@ impl L2Store for RedisL2 {
                 cmd.arg(keys[i]);
             }
             let values: Vec<Option<Vec<u8>>> = cmd
-                .query_async(&mut self.trip())
+                .query_async(&mut self.trip()?)
                 .await
                 .map_err(|e| Error::redis("MGET", e))?;
             Ok::<_, Error>(group.iter().copied().zip(values).collect::<Vec<_>>())
@@ -188,7 +241,7 @@ impl L2Store for RedisL2 {
             for &i in group {
                 cmd.arg(keys[i]);
             }
-            cmd.query_async::<i64>(&mut self.trip())
+            cmd.query_async::<i64>(&mut self.trip()?)
                 .await
                 .map_err(|e| Error::redis("DEL", e))
         });
@@ -202,7 +255,7 @@ impl L2Store for RedisL2 {
             .arg("NX")
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-            .query_async(&mut self.trip())
+            .query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("SET NX", e))?;
         Ok(reply.is_some())
@@ -212,7 +265,7 @@ impl L2Store for RedisL2 {
         self.unlock_script
             .key(key)
             .arg(token)
-            .invoke_async::<i64>(&mut self.trip())
+            .invoke_async::<i64>(&mut self.trip()?)
             .await
             .map(drop)
             .map_err(|e| Error::redis("unlock", e))
@@ -221,7 +274,7 @@ impl L2Store for RedisL2 {
     async fn incr(&self, key: &str) -> Result<u64> {
         redis::cmd("INCR")
             .arg(key)
-            .query_async(&mut self.trip())
+            .query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("INCR", e))
     }
@@ -229,7 +282,7 @@ impl L2Store for RedisL2 {
     async fn counter(&self, key: &str) -> Result<u64> {
         let value: Option<u64> = redis::cmd("GET")
             .arg(key)
-            .query_async(&mut self.trip())
+            .query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("GET", e))?;
         Ok(value.unwrap_or(0))
@@ -244,7 +297,7 @@ impl L2Store for RedisL2 {
         for member in members {
             cmd.arg(score).arg(*member);
         }
-        cmd.query_async(&mut self.trip())
+        cmd.query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("ZADD", e))
     }
@@ -257,7 +310,7 @@ impl L2Store for RedisL2 {
             .arg(queue)
             .arg(0)
             .arg(max - 1)
-            .query_async(&mut self.trip())
+            .query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("ZRANGE", e))
     }
@@ -269,7 +322,7 @@ impl L2Store for RedisL2 {
         redis::cmd("ZREM")
             .arg(queue)
             .arg(members)
-            .query_async::<i64>(&mut self.trip())
+            .query_async::<i64>(&mut self.trip()?)
             .await
             .map(drop)
             .map_err(|e| Error::redis("ZREM", e))
@@ -278,7 +331,7 @@ impl L2Store for RedisL2 {
     async fn queue_len(&self, queue: &str) -> Result<u64> {
         redis::cmd("ZCARD")
             .arg(queue)
-            .query_async(&mut self.trip())
+            .query_async(&mut self.trip()?)
             .await
             .map_err(|e| Error::redis("ZCARD", e))
     }

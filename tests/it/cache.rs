@@ -1,0 +1,450 @@
+//! The cache engine against real Redis: standalone and a 3-master cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use catalog_core::cache::key::hash_slot;
+use catalog_core::cache::l2::L2Store;
+use catalog_core::cache::l2::redis::RedisL2;
+use catalog_core::cache::{Cache, CacheOptions, Cacheable, PutOutcome, Source};
+use catalog_core::clock::{Clock, ManualClock, SystemClock};
+use catalog_core::config::RedisConfig;
+use catalog_core::model::ProductId;
+use integration_tests::{RedisServer, cluster_config, connect, unique_name};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Doc {
+    body: String,
+    version: u64,
+}
+
+impl Cacheable for Doc {
+    fn cache_version(&self) -> u64 {
+        self.version
+    }
+}
+
+fn doc(body: &str, version: u64) -> Doc {
+    Doc {
+        body: body.into(),
+        version,
+    }
+}
+
+fn id(raw: &str) -> ProductId {
+    ProductId::parse(raw).unwrap()
+}
+
+/// Engines sharing one Redis under a fresh prefix, each standing in for a Lambda environment.
+struct Env {
+    l2: Arc<RedisL2>,
+    prefix: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl Env {
+    async fn new(config: RedisConfig) -> Env {
+        Env::with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    async fn with_clock(config: RedisConfig, clock: Arc<dyn Clock>) -> Env {
+        Env {
+            l2: Arc::new(RedisL2::new(connect(&config).await)),
+            prefix: format!("{}:", unique_name("it")),
+            clock,
+        }
+    }
+
+    fn engine(&self) -> Cache {
+        let options = CacheOptions {
+            key_prefix: self.prefix.clone(),
+            jitter: 0.0,
+            // Generous for a busy CI machine; the timeout itself is tested elsewhere.
+            command_timeout: Duration::from_millis(500),
+            ..CacheOptions::default()
+        };
+        Cache::new(
+            options,
+            Some(self.l2.clone() as Arc<dyn L2Store>),
+            self.clock.clone(),
+        )
+    }
+
+    async fn raw(&self) -> catalog_core::redis_conn::RedisConnection {
+        self.l2.connection().unwrap().clone()
+    }
+}
+
+fn counting_loader(
+    loads: &Arc<AtomicUsize>,
+    value: Doc,
+) -> impl FnOnce() -> futures::future::BoxFuture<'static, catalog_core::Result<Option<Doc>>>
++ Send
++ 'static {
+    let loads = loads.clone();
+    move || {
+        Box::pin(async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Some(value))
+        })
+    }
+}
+
+async fn second_environment_reads_what_the_first_loaded(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let (a, b) = (env.engine(), env.engine());
+    let key = a.keys().product(&id("p1"));
+    let loads = Arc::new(AtomicUsize::new(0));
+
+    let first = a
+        .get_or_load(&key, counting_loader(&loads, doc("hello", 1)))
+        .await
+        .unwrap();
+    let second = b
+        .get_or_load(&key, counting_loader(&loads, doc("other", 1)))
+        .await
+        .unwrap();
+
+    assert_eq!((first.source, second.source), (Source::Loaded, Source::L2));
+    assert_eq!(second.value.unwrap().body, "hello");
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+async fn a_herd_across_eight_environments_loads_once(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let engines: Vec<Cache> = (0..8).map(|_| env.engine()).collect();
+    let key = engines[0].keys().product(&id("hot"));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for engine in &engines {
+        for _ in 0..16 {
+            let (engine, key) = (engine.clone(), key.clone());
+            let loader = counting_loader(&loads, doc("hot", 1));
+            readers.push(tokio::spawn(async move {
+                engine.get_or_load(&key, loader).await
+            }));
+        }
+    }
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap().value.unwrap().body, "hot");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+async fn a_batch_of_100_reads_in_one_mget_per_slot_group(config: RedisConfig) {
+    let cluster = config.mode == catalog_core::config::RedisMode::Cluster;
+    let env = Env::new(config).await;
+    let (writer, reader) = (env.engine(), env.engine());
+    let ids: Vec<ProductId> = (0..100).map(|i| id(&format!("p{i}"))).collect();
+    let items: Vec<_> = ids
+        .iter()
+        .map(|i| (writer.keys().product(i), doc(i.as_str(), 1)))
+        .collect();
+    assert!(
+        writer
+            .put_many(items)
+            .await
+            .iter()
+            .all(|o| *o == PutOutcome::Written)
+    );
+
+    let entries: Vec<_> = ids
+        .iter()
+        .map(|i| (reader.keys().product(i), i.clone()))
+        .collect();
+    let before = reader.round_trips();
+    let batch = reader
+        .get_many(entries.clone(), |_: Vec<ProductId>| async {
+            panic!("everything is cached");
+            #[allow(unreachable_code)]
+            Ok(HashMap::<ProductId, Doc>::new())
+        })
+        .await
+        .unwrap();
+    let trips = reader.round_trips() - before;
+
+    assert!(batch.items.iter().all(|l| l.source == Source::L2));
+    assert_eq!(batch.items[42].value.as_ref().unwrap().body, "p42");
+    if cluster {
+        let slots: std::collections::BTreeSet<u16> = entries
+            .iter()
+            .map(|(k, _)| hash_slot(k.as_str().as_bytes()))
+            .collect();
+        assert_eq!(trips as usize, slots.len(), "one MGET per slot group");
+    } else {
+        assert_eq!(trips, 1, "one MGET");
+    }
+}
+
+async fn concurrent_writers_leave_the_newest_version(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let key = env.engine().keys().product(&id("contended"));
+    let writers: Vec<_> = (1..=40u64)
+        .rev()
+        .map(|v| {
+            let (engine, key) = (env.engine(), key.clone());
+            tokio::spawn(async move { engine.put(&key, doc(&format!("v{v}"), v)).await })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = env
+        .engine()
+        .get_or_load(&key, || async { Ok(None::<Doc>) })
+        .await
+        .unwrap();
+    assert_eq!(seen.version, 40);
+    assert_eq!(
+        env.engine().put(&key, doc("old", 39)).await,
+        PutOutcome::OlderThanCached
+    );
+}
+
+async fn foreign_or_corrupt_values_are_counted_misses_and_replaced(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let engine = env.engine();
+    let list_key = engine.keys().product(&id("is-a-list"));
+    let junk_key = engine.keys().product(&id("is-junk"));
+    let mut raw = env.raw().await;
+    let _: () = raw.lpush(list_key.as_str(), "x").await.unwrap();
+    let _: () = raw.set(junk_key.as_str(), "not an envelope").await.unwrap();
+
+    for key in [&list_key, &junk_key] {
+        let lookup = engine
+            .get_or_load(key, || async { Ok(Some(doc("fixed", 1))) })
+            .await
+            .unwrap();
+        assert_eq!(lookup.source, Source::Loaded);
+    }
+    let m = engine.snapshot();
+    assert_eq!((m.decode_errors, m.l2_errors), (2, 0));
+    let again = env
+        .engine()
+        .get_or_load(&list_key, || async { Ok(None::<Doc>) })
+        .await
+        .unwrap();
+    assert_eq!(again.source, Source::L2);
+}
+
+async fn stale_entries_go_through_the_durable_queue(config: RedisConfig) {
+    let clock = ManualClock::at(SystemClock.now_ms());
+    let env = Env::with_clock(config, clock.clone()).await;
+    let engine = env.engine();
+    let key = engine.keys().stats(&id("p1"));
+    engine.put(&key, doc("old", 0)).await;
+    clock.advance(Duration::from_secs(901)); // stats are fresh for 900 s
+
+    let stale = env
+        .engine()
+        .get_or_load(&key, || async { Ok(Some(doc("new", 0))) })
+        .await
+        .unwrap();
+    assert_eq!(stale.source, Source::Stale);
+    assert_eq!(engine.pending_revalidations(10).await, [key.to_string()]);
+    // A second stale read does not queue the key twice.
+    let _ = env
+        .engine()
+        .get_or_load(&key, || async { Ok(Some(doc("new", 0))) })
+        .await
+        .unwrap();
+    assert_eq!(engine.revalidation_backlog().await, Some(1));
+
+    stale.revalidation.unwrap().run().await;
+    assert_eq!(engine.revalidation_backlog().await, Some(0));
+    let fresh = env
+        .engine()
+        .get_or_load(&key, || async { Ok(None::<Doc>) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.source, fresh.value.unwrap().body.as_str()),
+        (Source::L2, "new")
+    );
+}
+
+async fn a_lock_is_only_released_by_its_holder(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let lock = format!("{}lock:x", env.prefix);
+    assert!(
+        env.l2
+            .try_lock(&lock, "mine", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !env.l2
+            .try_lock(&lock, "yours", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    env.l2.unlock(&lock, "yours").await.unwrap();
+    assert!(
+        !env.l2
+            .try_lock(&lock, "yours", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    env.l2.unlock(&lock, "mine").await.unwrap();
+    assert!(
+        env.l2
+            .try_lock(&lock, "yours", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+}
+
+async fn generations_invalidate_a_namespace(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let (a, b) = (env.engine(), env.engine());
+    assert_eq!(a.generation("feed").await, 0);
+    assert_eq!(a.bump_generation("feed").await, Some(1));
+    assert_eq!(b.generation("feed").await, 1);
+}
+
+macro_rules! on_both_topologies {
+    ($($test:ident),* $(,)?) => {
+        mod standalone {
+            $(#[tokio::test] async fn $test() { super::$test(integration_tests::standalone_config()).await; })*
+        }
+        mod cluster {
+            $(#[tokio::test] async fn $test() { super::$test(integration_tests::cluster_config()).await; })*
+        }
+    };
+}
+
+on_both_topologies!(
+    second_environment_reads_what_the_first_loaded,
+    a_herd_across_eight_environments_loads_once,
+    a_batch_of_100_reads_in_one_mget_per_slot_group,
+    concurrent_writers_leave_the_newest_version,
+    foreign_or_corrupt_values_are_counted_misses_and_replaced,
+    stale_entries_go_through_the_durable_queue,
+    a_lock_is_only_released_by_its_holder,
+    generations_invalidate_a_namespace,
+);
+
+#[tokio::test]
+async fn our_hash_slots_match_cluster_keyslot() {
+    let mut conn = connect(&cluster_config()).await;
+    for key in [
+        "cc:v1:product:p1",
+        "foo",
+        "{user}:x",
+        "a{b}c",
+        "{}z",
+        "cc:v1:feed:trending:g3:p1:n20",
+    ] {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(hash_slot(key.as_bytes()), slot, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_cold_start_with_redis_down_serves_from_the_loader_and_uses_redis_once_it_appears() {
+    let port = RedisServer::free_port();
+    let config = RedisConfig {
+        connect_timeout: Duration::from_millis(200),
+        ..RedisConfig::standalone(format!("127.0.0.1:{port}"))
+    };
+    let started = std::time::Instant::now();
+    let l2 = RedisL2::connect(config, Duration::from_millis(300)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "init waits only the bound"
+    );
+    let options = CacheOptions {
+        key_prefix: "cold:".into(),
+        ..CacheOptions::default()
+    };
+    let engine = Cache::new(
+        options,
+        Some(l2.clone() as Arc<dyn L2Store>),
+        Arc::new(SystemClock),
+    );
+    let key = engine.keys().product(&id("p1"));
+
+    let down = engine
+        .get_or_load(&key, || async { Ok(Some(doc("db", 1))) })
+        .await
+        .unwrap();
+    assert_eq!(down.source, Source::Bypass);
+
+    let _server = RedisServer::start(port, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while l2.connection().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the breaker's cool-down the engine uses Redis again.
+    tokio::time::sleep(engine.options().breaker_cooldown).await;
+    let up = engine
+        .get_or_load(&engine.keys().product(&id("p2")), || async {
+            Ok(Some(doc("db", 1)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(up.source, Source::Loaded);
+}
+
+#[tokio::test]
+async fn a_redis_outage_mid_run_never_fails_a_read() {
+    let mut server = RedisServer::start(RedisServer::free_port(), &[]);
+    let config = RedisConfig {
+        command_timeout: Duration::from_millis(50),
+        connect_timeout: Duration::from_millis(100),
+        ..standalone_config_for(&server)
+    };
+    let l2 = RedisL2::connect(config, Duration::from_secs(2)).await;
+    let engine = Cache::new(
+        CacheOptions {
+            key_prefix: "outage:".into(),
+            ..CacheOptions::default()
+        },
+        Some(l2 as Arc<dyn L2Store>),
+        Arc::new(SystemClock),
+    );
+    let read = |i: usize| {
+        let engine = engine.clone();
+        async move {
+            let key = engine.keys().product(&id(&format!("p{i}")));
+            engine
+                .get_or_load(&key, || async { Ok(Some(doc("db", 1))) })
+                .await
+        }
+    };
+    for i in 0..20 {
+        read(i).await.unwrap();
+    }
+    server.stop();
+    // Keys never read before, so L1 cannot hide the outage.
+    for i in 1000..1050 {
+        let lookup = read(i).await.unwrap();
+        assert!(lookup.value.is_some());
+    }
+    assert!(engine.snapshot().l2_errors > 0);
+    assert!(engine.snapshot().breaker_opens >= 1);
+    server.restart(&[]);
+    tokio::time::sleep(engine.options().breaker_cooldown + Duration::from_millis(200)).await;
+    for i in 100..120 {
+        read(i).await.unwrap();
+    }
+    assert!(matches!(
+        engine.breaker_state(),
+        catalog_core::cache::breaker::BreakerState::Closed
+    ));
+}
+
+fn standalone_config_for(server: &RedisServer) -> RedisConfig {
+    RedisConfig::standalone(server.node())
+}
