@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help setup test lint validate
+.PHONY: help setup test lint validate bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,10 @@ setup: ## install the local tools (redis-server, moto[server], cfn-lint) and fet
 test: ## run every test: unit, then integration against real Redis (standalone + cluster) and moto, then cfn-lint
 	scripts/with-services.sh $(CARGO) test --workspace --all-targets
 	@$(MAKE) --no-print-directory validate
+
+bench: ## run the benchmarks; figures go to bench/results/latest.json and the README
+	scripts/with-services.sh $(CARGO) run --release -p bench
+	python3 scripts/bench-readme.py
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -18,7 +18,8 @@ mod write;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -191,6 +192,8 @@ struct Inner {
     metrics: CacheMetrics,
     clock: Arc<dyn Clock>,
     flights: Flights<LoadResult>,
+    /// A background task is probing Redis while the circuit is open.
+    probing: AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -219,6 +222,7 @@ impl Cache {
                 metrics: CacheMetrics::default(),
                 clock,
                 flights: Flights::new(),
+                probing: AtomicBool::new(false),
                 options,
             }),
         }
@@ -322,11 +326,44 @@ impl Cache {
         CacheMetrics::incr(&inner.metrics.bypasses);
         if inner.breaker.record_failure(self.now()) {
             CacheMetrics::incr(&inner.metrics.breaker_opens);
-            tracing::warn!(op, error.message = %error, "Redis circuit opened; skipping L2 for {:?}", inner.options.breaker_cooldown);
+            tracing::warn!(op, error.message = %error, "Redis circuit opened; skipping L2 until a probe succeeds");
+            self.probe_in_background();
         } else {
             tracing::warn!(op, error.message = %error, "Redis call failed; continuing without L2");
         }
         Err(L2Fail::Unavailable)
+    }
+
+    /// While the circuit is open, PINGs Redis every tenth of the cool-down and closes the
+    /// circuit on the first answer. A probe from a background task costs no request anything,
+    /// and its failures drive the client's reconnects, so the cache is back within a probe
+    /// interval of Redis recovering rather than after one or two whole cool-downs.
+    fn probe_in_background(&self) {
+        if self.inner.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let interval = (self.inner.options.breaker_cooldown / 10)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(l2) = inner.l2.clone() else { return };
+                let closed = inner.breaker.state(inner.clock.now_ms()) == BreakerState::Closed;
+                let healthy = closed
+                    || matches!(
+                        tokio::time::timeout(inner.options.command_timeout, l2.ping()).await,
+                        Ok(Ok(()))
+                    );
+                if healthy {
+                    inner.breaker.record_success();
+                    inner.probing.store(false, Ordering::Release);
+                    tracing::info!("Redis answers again; circuit closed");
+                    return;
+                }
+            }
+        });
     }
 
     /// Deadline of a single-key Redis call.

@@ -5,6 +5,7 @@
 //! semantics in process, for unit tests and the embedded dev mode.
 
 pub mod dynamo;
+pub mod latency;
 pub mod memory;
 
 use async_trait::async_trait;

@@ -265,6 +265,10 @@ impl L2Store for MemoryL2 {
         }
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.call("PING").map(drop)
+    }
+
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }

@@ -73,6 +73,9 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     /// Number of members in a queue.
     async fn queue_len(&self, queue: &str) -> Result<u64>;
 
+    /// Round-trips a `PING` (health probes).
+    async fn ping(&self) -> Result<()>;
+
     /// Round trips made so far (commands plus pipelines), for benchmarks and tests.
     fn round_trips(&self) -> u64;
 }

@@ -336,6 +336,14 @@ impl L2Store for RedisL2 {
             .map_err(|e| Error::redis("ZCARD", e))
     }
 
+    async fn ping(&self) -> Result<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.trip()?)
+            .await
+            .map(drop)
+            .map_err(|e| Error::redis("PING", e))
+    }
+
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }

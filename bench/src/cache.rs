@@ -1,0 +1,516 @@
+//! Cache engine benchmarks: herd, per-tier latency, compression, Redis outage, Zipf workload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use catalog_core::cache::envelope;
+use catalog_core::cache::l2::L2Store;
+use catalog_core::cache::l2::redis::RedisL2;
+use catalog_core::cache::{Cache, CacheOptions, Cacheable, Source};
+use catalog_core::clock::SystemClock;
+use catalog_core::config::{CategoryTtls, RedisConfig, Ttl};
+use catalog_core::model::{ProductDetail, ProductId};
+use catalog_core::redis_conn::RedisConnection;
+use integration_tests::RedisServer;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+
+use crate::fixtures::product_detail;
+use crate::report::Report;
+use crate::stats::{Samples, micros, millis};
+
+/// Modelled DynamoDB latency per call.
+const DB_LATENCY: Duration = Duration::from_millis(4);
+
+/// Benchmarks wrap the domain type so the cache sees a versioned value.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct Doc(ProductDetail);
+
+impl Cacheable for Doc {
+    fn cache_version(&self) -> u64 {
+        self.0.product.version
+    }
+}
+
+fn id(i: usize) -> ProductId {
+    ProductId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn l2_for(server: &RedisServer, timeout: Duration) -> anyhow::Result<Arc<RedisL2>> {
+    let config = RedisConfig {
+        command_timeout: timeout,
+        connect_timeout: Duration::from_millis(500),
+        ..RedisConfig::standalone(server.node())
+    };
+    Ok(Arc::new(RedisL2::new(
+        RedisConnection::connect(&config).await?,
+    )))
+}
+
+fn engine(l2: Arc<RedisL2>, tweak: impl FnOnce(&mut CacheOptions)) -> Cache {
+    let mut options = CacheOptions {
+        key_prefix: "bench:".into(),
+        ..CacheOptions::default()
+    };
+    tweak(&mut options);
+    Cache::new(options, Some(l2 as Arc<dyn L2Store>), Arc::new(SystemClock))
+}
+
+/// A loader that models one DynamoDB read and counts it.
+fn db_loader(
+    loads: &Arc<AtomicUsize>,
+    doc: Arc<Doc>,
+) -> impl FnOnce() -> futures::future::BoxFuture<'static, catalog_core::Result<Option<Doc>>>
++ Send
++ 'static {
+    let loads = loads.clone();
+    move || {
+        Box::pin(async move {
+            loads.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(DB_LATENCY).await;
+            Ok(Some(doc.as_ref().clone()))
+        })
+    }
+}
+
+pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+    report.set("db_latency_shim_ms", millis(DB_LATENCY), "ms");
+    herd(report).await?;
+    tier_latency(report).await?;
+    compression(report);
+    outage(report).await?;
+    zipf(report).await?;
+    Ok(())
+}
+
+/// 8 environments × 64 concurrent callers reading one expired hot key.
+async fn herd(report: &mut Report) -> anyhow::Result<()> {
+    let server = RedisServer::start(RedisServer::free_port(), &[]);
+    let doc = Arc::new(Doc(product_detail("hot", 2048)));
+    for (variant, (figure, single_flight)) in
+        [("herd_db_loads", true), ("herd_db_loads_plain", false)]
+            .into_iter()
+            .enumerate()
+    {
+        let mut worst = 0;
+        for round in 0..5 {
+            let mut engines = Vec::new();
+            for _ in 0..8 {
+                let l2 = l2_for(&server, Duration::from_millis(50)).await?;
+                engines.push(engine(l2, |o| o.single_flight = single_flight));
+            }
+            // A key nobody has read: expired and gone from Redis.
+            let key = engines[0].keys().product(&id(100 * variant + round));
+            let loads = Arc::new(AtomicUsize::new(0));
+            let start = Arc::new(tokio::sync::Barrier::new(8 * 64));
+            let mut callers = Vec::new();
+            for engine in &engines {
+                for _ in 0..64 {
+                    let (engine, key, start) = (engine.clone(), key.clone(), start.clone());
+                    let loader = db_loader(&loads, doc.clone());
+                    callers.push(tokio::spawn(async move {
+                        start.wait().await;
+                        engine
+                            .get_or_load(&key, loader)
+                            .await
+                            .map(|l| l.value.is_some())
+                    }));
+                }
+            }
+            for caller in callers {
+                anyhow::ensure!(caller.await??, "a herd caller got no value");
+            }
+            worst = worst.max(loads.load(Ordering::Relaxed));
+        }
+        report.set(figure, worst as f64, "loads");
+    }
+    Ok(())
+}
+
+/// `get_or_load` latency per source for a 2 KiB value on loopback Redis.
+async fn tier_latency(report: &mut Report) -> anyhow::Result<()> {
+    let server = RedisServer::start(RedisServer::free_port(), &[]);
+    let l2 = l2_for(&server, Duration::from_millis(50)).await?;
+    let doc = Arc::new(Doc(product_detail("p0", 2048)));
+    report.set(
+        "tier_value_bytes",
+        serde_json::to_vec(doc.as_ref())?.len() as f64,
+        "bytes",
+    );
+    let loads = Arc::new(AtomicUsize::new(0));
+
+    let warm = engine(l2.clone(), |_| {});
+    let key = warm.keys().product(&id(0));
+    warm.get_or_load(&key, db_loader(&loads, doc.clone()))
+        .await?;
+    let mut l1 = Samples::with_capacity(100_000);
+    for _ in 0..100_000 {
+        let started = Instant::now();
+        let lookup = warm
+            .get_or_load(&key, db_loader(&loads, doc.clone()))
+            .await?;
+        l1.push(started.elapsed());
+        anyhow::ensure!(lookup.source == Source::L1, "expected an L1 hit");
+    }
+    report.set("l1_hit_p50_us", micros(l1.percentile(50.0)), "us");
+
+    // Fill L2 with distinct keys, then read each once from a cold engine: every read is an L2 hit.
+    let keys = 20_000;
+    let items: Vec<_> = (0..keys)
+        .map(|i| (warm.keys().product(&id(i)), doc.as_ref().clone()))
+        .collect();
+    for chunk in items.chunks(500) {
+        warm.put_many(chunk.to_vec()).await;
+    }
+    let cold = engine(l2, |_| {});
+    let mut l2_samples = Samples::with_capacity(keys);
+    for i in 0..keys {
+        let key = cold.keys().product(&id(i));
+        let started = Instant::now();
+        let lookup = cold
+            .get_or_load(&key, db_loader(&loads, doc.clone()))
+            .await?;
+        l2_samples.push(started.elapsed());
+        anyhow::ensure!(
+            lookup.source == Source::L2,
+            "expected an L2 hit, got {:?}",
+            lookup.source
+        );
+    }
+    report.set("l2_hit_p50_us", micros(l2_samples.percentile(50.0)), "us");
+    report.set("l2_hit_p99_us", micros(l2_samples.percentile(99.0)), "us");
+    Ok(())
+}
+
+/// zstd on a realistic 10 KiB product document, and the cost of decoding it.
+fn compression(report: &mut Report) {
+    let doc = Doc(product_detail("big", 10 * 1024));
+    let payload = serde_json::to_vec(&doc).unwrap_or_default();
+    let meta = envelope::EntryMeta {
+        version: 3,
+        stored_at: 0,
+        fresh_until: 1,
+        stale_until: 2,
+        negative: false,
+    };
+    let encoded = envelope::encode(&meta, &payload, 1024);
+    report.set("zstd_doc_raw_bytes", payload.len() as f64, "bytes");
+    report.set("zstd_doc_stored_bytes", encoded.bytes.len() as f64, "bytes");
+    report.set(
+        "zstd_savings_pct",
+        100.0 * (1.0 - encoded.bytes.len() as f64 / payload.len() as f64),
+        "%",
+    );
+    let mut samples = Samples::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let started = Instant::now();
+        let decoded = envelope::decode(&encoded.bytes, 1 << 20)
+            .ok()
+            .and_then(|e| serde_json::from_slice::<Doc>(&e.payload).ok());
+        samples.push(started.elapsed());
+        assert!(decoded.is_some(), "decode failed");
+    }
+    report.set("decode_10k_p50_us", micros(samples.percentile(50.0)), "us");
+}
+
+/// Readers keep going while Redis is killed and restarted.
+async fn outage(report: &mut Report) -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(50);
+    let mut server = RedisServer::start(RedisServer::free_port(), &[]);
+    let config = RedisConfig {
+        command_timeout: timeout,
+        connect_timeout: Duration::from_millis(100),
+        ..RedisConfig::standalone(server.node())
+    };
+    let l2 = RedisL2::connect(config, Duration::from_secs(2)).await;
+    // L1 effectively off, so every read goes to Redis and sees the outage.
+    let cache = engine(l2, |o| {
+        o.l1_max_bytes = 1;
+        o.command_timeout = timeout;
+    });
+    let doc = Arc::new(Doc(product_detail("o", 2048)));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let phase = Arc::new(AtomicUsize::new(0)); // 0 before, 1 during, 2 after the outage
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..16u64 {
+        let (cache, doc, loads, errors, phase, stop) = (
+            cache.clone(),
+            doc.clone(),
+            loads.clone(),
+            errors.clone(),
+            phase.clone(),
+            stop.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(r);
+            let mut during = Samples::default();
+            while !stop.load(Ordering::Relaxed) {
+                let key = cache.keys().product(&id(rng.random_range(0..2000)));
+                let in_outage = phase.load(Ordering::Relaxed) == 1;
+                let started = Instant::now();
+                match cache
+                    .get_or_load(&key, db_loader(&loads, doc.clone()))
+                    .await
+                {
+                    Ok(lookup) if lookup.value.is_some() => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if in_outage {
+                    during.push(started.elapsed());
+                }
+            }
+            during
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    phase.store(1, Ordering::Relaxed);
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart(&[]);
+    let restarted = Instant::now();
+    phase.store(2, Ordering::Relaxed);
+    while !matches!(
+        cache.breaker_state(),
+        catalog_core::cache::breaker::BreakerState::Closed
+    ) {
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the circuit did not close after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let recovery = restarted.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut during = Samples::default();
+    for reader in readers {
+        during.extend(reader.await?);
+    }
+    let after = cache.snapshot();
+    report.set(
+        "outage_errors",
+        errors.load(Ordering::Relaxed) as f64,
+        "errors",
+    );
+    report.set("outage_reads", during.len() as f64, "reads");
+    report.set("outage_p99_ms", millis(during.percentile(99.0)), "ms");
+    report.set("outage_redis_timeout_ms", millis(timeout), "ms");
+    report.set("outage_breaker_opens", after.breaker_opens as f64, "opens");
+    report.set("outage_recovery_ms", millis(recovery), "ms");
+    Ok(())
+}
+
+const ZIPF_KEYS: usize = 100_000;
+const ZIPF_READS: usize = 1_000_000;
+const ZIPF_VALUE_BYTES: usize = 2048;
+/// Short enough that keys expire several times during the run.
+const ZIPF_FRESH: Duration = Duration::from_secs(5);
+const ZIPF_STALE: Duration = Duration::from_secs(15);
+const ZIPF_ENVIRONMENTS: usize = 8;
+const ZIPF_CONCURRENCY_PER_ENV: usize = 4;
+
+/// Redis `maxmemory` that holds about 10% of the Zipf key space in the plain format.
+async fn zipf_maxmemory(doc: &Doc) -> anyhow::Result<u64> {
+    let server = RedisServer::start(RedisServer::free_port(), &[]);
+    let mut conn = RedisConnection::connect(&RedisConfig::standalone(server.node())).await?;
+    let used = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?,
+    );
+    let payload = serde_json::to_vec(doc)?;
+    let sample = 5_000;
+    for chunk in (0..sample).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET")
+                .arg(format!("plain:product:p{i}"))
+                .arg(&payload)
+                .arg("EX")
+                .arg(600)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+    }
+    let after = used(
+        redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?,
+    );
+    let per_key = (after - before) / sample as u64;
+    Ok(before + per_key * (ZIPF_KEYS as u64 / 10))
+}
+
+/// Shared state of one Zipf run.
+struct ZipfRun {
+    hits: AtomicU64,
+    loads: AtomicUsize,
+}
+
+/// 1,000,000 Zipf(1.0) reads over 100,000 keys against a Redis that holds ~10% of them:
+/// hand-rolled cache-aside (GET, then load and SET EX) versus the engine.
+async fn zipf(report: &mut Report) -> anyhow::Result<()> {
+    let doc = Arc::new(Doc(product_detail("z", ZIPF_VALUE_BYTES)));
+    let maxmemory = zipf_maxmemory(&doc).await?;
+    report.set("zipf_redis_maxmemory_bytes", maxmemory as f64, "bytes");
+    let args = [
+        "--maxmemory",
+        &maxmemory.to_string(),
+        "--maxmemory-policy",
+        "allkeys-lru",
+    ];
+
+    // Plain cache-aside, as hand-rolled in the services we replace.
+    {
+        let server = RedisServer::start(RedisServer::free_port(), &args);
+        let conn = RedisConnection::connect(&RedisConfig::standalone(server.node())).await?;
+        let payload = Arc::new(serde_json::to_vec(doc.as_ref())?);
+        let run = Arc::new(ZipfRun {
+            hits: AtomicU64::new(0),
+            loads: AtomicUsize::new(0),
+        });
+        let started = Instant::now();
+        let workers = ZIPF_ENVIRONMENTS * ZIPF_CONCURRENCY_PER_ENV;
+        let tasks: Vec<_> = (0..workers)
+            .map(|w| {
+                let (mut conn, payload, run) = (conn.clone(), payload.clone(), run.clone());
+                tokio::spawn(async move {
+                    let zipf =
+                        Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let mut rng = SmallRng::seed_from_u64(w as u64);
+                    for _ in 0..ZIPF_READS / workers {
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        let key = format!("plain:product:p{}", zipf.sample(&mut rng) as u64);
+                        let cached: Option<Vec<u8>> =
+                            redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                        if let Some(bytes) = cached {
+                            let _: Doc = serde_json::from_slice(&bytes)?;
+                            run.hits.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            run.loads.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(DB_LATENCY).await;
+                            let () = redis::cmd("SET")
+                                .arg(&key)
+                                .arg(payload.as_slice())
+                                .arg("PX")
+                                .arg(ZIPF_FRESH.as_millis() as u64)
+                                .query_async(&mut conn)
+                                .await?;
+                        }
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        report.set("zipf_run_s_plain", started.elapsed().as_secs_f64(), "s");
+        report.set(
+            "zipf_hit_pct_plain",
+            pct(run.hits.load(Ordering::Relaxed)),
+            "%",
+        );
+        report.set(
+            "zipf_db_loads_plain",
+            run.loads.load(Ordering::Relaxed) as f64,
+            "loads",
+        );
+    }
+
+    // The engine: 8 environments, each with its own L1, sharing the same size of Redis.
+    {
+        let server = RedisServer::start(RedisServer::free_port(), &args);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut engines = Vec::new();
+        for _ in 0..ZIPF_ENVIRONMENTS {
+            let l2 = l2_for(&server, Duration::from_millis(50)).await?;
+            engines.push(engine(l2, |o| {
+                o.ttl = CategoryTtls {
+                    product: Ttl {
+                        fresh: ZIPF_FRESH,
+                        stale: ZIPF_STALE,
+                    },
+                    ..o.ttl
+                };
+            }));
+        }
+        let started = Instant::now();
+        let hits = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for (e, engine) in engines.iter().enumerate() {
+            for c in 0..ZIPF_CONCURRENCY_PER_ENV {
+                let (engine, doc, loads, hits) =
+                    (engine.clone(), doc.clone(), loads.clone(), hits.clone());
+                let seed = (e * ZIPF_CONCURRENCY_PER_ENV + c) as u64;
+                tasks.push(tokio::spawn(async move {
+                    let zipf =
+                        Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let mut rng = SmallRng::seed_from_u64(seed);
+                    for _ in 0..ZIPF_READS / (ZIPF_ENVIRONMENTS * ZIPF_CONCURRENCY_PER_ENV) {
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        let key = engine.keys().product(&id(zipf.sample(&mut rng) as usize));
+                        let lookup = engine
+                            .get_or_load(&key, db_loader(&loads, doc.clone()))
+                            .await?;
+                        if matches!(lookup.source, Source::L1 | Source::L2 | Source::Stale) {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(revalidation) = lookup.revalidation {
+                            // What the API does after responding.
+                            tokio::spawn(revalidation.run());
+                        }
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+        }
+        for task in tasks {
+            task.await??;
+        }
+        report.set("zipf_run_s", started.elapsed().as_secs_f64(), "s");
+        report.set("zipf_hit_pct", pct(hits.load(Ordering::Relaxed)), "%");
+        report.set(
+            "zipf_db_loads",
+            loads.load(Ordering::Relaxed) as f64,
+            "loads",
+        );
+        let stats: HashMap<&str, u64> = engines
+            .iter()
+            .map(Cache::snapshot)
+            .fold(
+                catalog_core::cache::metrics::MetricsSnapshot::default(),
+                |mut acc, s| {
+                    acc.add(&s);
+                    acc
+                },
+            )
+            .fields()
+            .into_iter()
+            .map(|(n, v, _)| (n, v))
+            .collect();
+        report.set("zipf_l1_hits", stats["l1_hits"] as f64, "reads");
+        report.set("zipf_stale_serves", stats["stale_serves"] as f64, "reads");
+    }
+    Ok(())
+}
+
+fn pct(hits: u64) -> f64 {
+    100.0 * hits as f64 / ZIPF_READS as f64
+}

@@ -1,0 +1,44 @@
+//! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
+//! or privately) and merges their figures into `bench/results/latest.json`.
+//!
+//! Usage: `bench [group...]` where a group is `cache` (default: every group).
+//! Figures are ratios and counts where possible; latencies are from one run on a shared,
+//! noisy machine and are reported, never asserted.
+
+mod cache;
+mod fixtures;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+
+use report::Report;
+
+const GROUPS: [&str; 1] = ["cache"];
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let requested: Vec<String> = std::env::args().skip(1).collect();
+    let groups: Vec<&str> = if requested.is_empty() {
+        GROUPS.to_vec()
+    } else {
+        requested.iter().map(String::as_str).collect()
+    };
+    let path = results_path();
+    let mut report = Report::load(&path)?;
+    for group in groups {
+        eprintln!("bench: running {group}");
+        match group {
+            "cache" => cache::run(&mut report).await?,
+            other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
+        }
+        // Save after every group so a later failure keeps what was measured.
+        report.save(&path)?;
+    }
+    eprintln!("bench: figures written to {}", path.display());
+    Ok(())
+}
+
+fn results_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.json")
+}
