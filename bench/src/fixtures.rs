@@ -92,7 +92,11 @@ pub fn prose(seed: u64, bytes: usize) -> String {
         #[allow(clippy::cast_possible_truncation)]
         let word = WORDS[(state >> 33) as usize % WORDS.len()];
         if !text.is_empty() {
-            text.push(if (state >> 20).is_multiple_of(11) { '.' } else { ' ' });
+            text.push(if (state >> 20).is_multiple_of(11) {
+                '.'
+            } else {
+                ' '
+            });
             if text.ends_with('.') {
                 text.push(' ');
             }

@@ -21,6 +21,15 @@ pub enum Error {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
 
+    /// Something the operation depends on does not exist (e.g. the product of a new offer).
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// What kind of entity.
+        entity: &'static str,
+        /// Its id.
+        id: String,
+    },
+
     /// A conditional write lost: the stored version is not the one the caller expected.
     #[error("version conflict on {entity} {id}: expected {expected}")]
     VersionConflict {
@@ -111,6 +120,7 @@ impl Error {
             Error::Timeout { .. } | Error::NotConnected => true,
             Error::Shared(inner) => inner.is_retryable(),
             Error::Invalid(_)
+            | Error::NotFound { .. }
             | Error::VersionConflict { .. }
             | Error::Codec { .. }
             | Error::WrongType { .. }

@@ -8,4 +8,5 @@ mod cache;
 mod helpers;
 mod redis_connection;
 mod store_dynamo;
+mod store_stats;
 mod template;

@@ -3,9 +3,12 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use catalog_core::model::OfferId;
 use catalog_core::model::OfferStatus;
 use catalog_core::store::dynamo::items::{EXPIRY_INDEX, expiry_shard};
-use catalog_core::store::{OfferWriter, ProductReader, ProductWriter};
+use catalog_core::store::{
+    ExpiryIndex, OfferReader, OfferWriter, ProductLister, ProductReader, ProductWriter,
+};
 use catalog_core::{Error, ExpectedVersion};
 use futures::{StreamExt, TryStreamExt};
 
@@ -56,6 +59,10 @@ async fn product_with_offers_round_trips_in_one_query() {
 #[tokio::test]
 async fn only_active_offers_are_in_the_expiry_index() {
     let env = spawn_dynamo_env().await;
+    env.store
+        .put_product(&product("p1"), ExpectedVersion::Absent)
+        .await
+        .unwrap();
     let live = offer("p1", "o-live", OfferStatus::Active);
     env.store
         .put_offer(&live, ExpectedVersion::Absent)
@@ -231,4 +238,131 @@ async fn config_built_client_reaches_the_endpoint_and_unreachable_is_retryable()
     );
     let err = store.product_detail(&id("x")).await.unwrap_err();
     assert!(err.is_retryable() && err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_offer_needs_its_product_and_a_fresh_id() {
+    let env = spawn_dynamo_env().await;
+    let orphan = offer("ghost", "o1", OfferStatus::Active);
+    let err = env
+        .store
+        .put_offer(&orphan, ExpectedVersion::Absent)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotFound {
+                entity: "product",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    env.store
+        .put_product(&product("p1"), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    env.store
+        .put_product(&product("p2"), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    env.store
+        .put_offer(
+            &offer("p1", "o1", OfferStatus::Active),
+            ExpectedVersion::Absent,
+        )
+        .await
+        .unwrap();
+    // The same offer id under another product is refused: offer ids are global.
+    let err = env
+        .store
+        .put_offer(
+            &offer("p2", "o1", OfferStatus::Active),
+            ExpectedVersion::Absent,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::VersionConflict {
+                entity: "offer",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let found = env
+        .store
+        .offer(&OfferId::parse("o1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.product_id.as_str(), "p1");
+    assert!(
+        env.store
+            .offer(&OfferId::parse("nope").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_expiry_index_lists_due_offers_soonest_first_across_shards() {
+    let env = spawn_dynamo_env().await;
+    env.store
+        .put_product(&product("p1"), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    for i in 0..12i64 {
+        let o = catalog_core::model::Offer {
+            expires_at: crate::helpers::NOW + i * 60_000,
+            ..offer("p1", &format!("o{i:02}"), OfferStatus::Active)
+        };
+        env.store
+            .put_offer(&o, ExpectedVersion::Absent)
+            .await
+            .unwrap();
+    }
+    let due = env
+        .store
+        .expiring(crate::helpers::NOW + 5 * 60_000, 100)
+        .await
+        .unwrap();
+    let ids: Vec<_> = due.iter().map(|o| o.offer_id.as_str()).collect();
+    assert_eq!(ids, ["o00", "o01", "o02", "o03", "o04", "o05"]);
+    assert_eq!(env.store.expiring(i64::MAX, 3).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn listing_pages_through_every_product_and_skips_offers() {
+    let env = spawn_dynamo_env().await;
+    for i in 0..9 {
+        env.store
+            .put_product(&product(&format!("p{i}")), ExpectedVersion::Absent)
+            .await
+            .unwrap();
+        env.store
+            .put_offer(
+                &offer(&format!("p{i}"), &format!("o{i}"), OfferStatus::Active),
+                ExpectedVersion::Absent,
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let (page, next) = env.store.list_products(cursor.as_deref(), 4).await.unwrap();
+        seen.extend(page.into_iter().map(|p| p.id.to_string()));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 9);
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::model::ProductId;
+use crate::model::{FeedKind, ProductId};
 
 /// What kind of data a key holds; selects the TTLs from config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,34 +14,6 @@ pub enum Category {
     Stats,
     /// A page of a ranked feed.
     Feed,
-}
-
-/// A ranked feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeedKind {
-    /// By views in the last 24 hours.
-    Trending,
-    /// By creation time, newest first.
-    New,
-}
-
-impl FeedKind {
-    /// All feeds, for jobs that rank every one.
-    pub const ALL: [FeedKind; 2] = [FeedKind::Trending, FeedKind::New];
-
-    /// The feed's name in keys and URLs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeedKind::Trending => "trending",
-            FeedKind::New => "new",
-        }
-    }
-
-    /// Parses a feed name.
-    pub fn parse(raw: &str) -> Option<FeedKind> {
-        FeedKind::ALL.into_iter().find(|k| k.as_str() == raw)
-    }
 }
 
 /// A validated cache key.
@@ -74,6 +46,8 @@ impl fmt::Display for CacheKey {
 pub enum KeyTarget {
     /// `product:<id>`.
     Product(ProductId),
+    /// `summary:<id>`.
+    Summary(ProductId),
     /// `stats:<id>`.
     Stats(ProductId),
 }
@@ -102,6 +76,11 @@ impl KeySpace {
         self.key(Category::Product, format_args!("product:{id}"))
     }
 
+    /// A product without its offers, as listed in batches and feeds: `<prefix>summary:<id>`.
+    pub fn summary(&self, id: &ProductId) -> CacheKey {
+        self.key(Category::Product, format_args!("summary:{id}"))
+    }
+
     /// A product's period stats: `<prefix>stats:<id>`.
     pub fn stats(&self, id: &ProductId) -> CacheKey {
         self.key(Category::Stats, format_args!("stats:{id}"))
@@ -123,6 +102,11 @@ impl KeySpace {
         )
     }
 
+    /// Every key that caches something about product `id` (not feeds, which use generations).
+    pub fn product_keys(&self, id: &ProductId) -> [CacheKey; 3] {
+        [self.product(id), self.summary(id), self.stats(id)]
+    }
+
     /// The generation counter of a namespace: `<prefix>gen:<namespace>`.
     pub fn generation(&self, namespace: &str) -> String {
         format!("{}gen:{namespace}", self.prefix)
@@ -139,9 +123,10 @@ impl KeySpace {
         format!("{}revalidate", self.prefix)
     }
 
-    /// Per-minute counter hash for a metric bucket: `<prefix>stats:minute:<epoch minute>`.
-    pub fn minute_counters(&self, epoch_minute: i64) -> String {
-        format!("{}counters:{epoch_minute}", self.prefix)
+    /// The hash of per-minute cache counters for one hour: `<prefix>{counters}:h<epoch hour>`.
+    /// The hash tag puts every hour in one cluster slot, so a day is one pipeline.
+    pub fn counters_hour(&self, epoch_hour: i64) -> String {
+        format!("{}{{counters}}:h{epoch_hour}", self.prefix)
     }
 
     /// Recovers what a key refers to, for keys this key space built.
@@ -151,6 +136,7 @@ impl KeySpace {
         let id = ProductId::parse(id).ok()?;
         match kind {
             "product" => Some(KeyTarget::Product(id)),
+            "summary" => Some(KeyTarget::Summary(id)),
             "stats" => Some(KeyTarget::Stats(id)),
             _ => None,
         }
@@ -211,8 +197,8 @@ mod tests {
             keys.feed_page(FeedKind::Trending, 7, 2, 20).as_str(),
             "t:feed:trending:g7:p2:n20"
         );
-        assert_eq!(FeedKind::parse("new"), Some(FeedKind::New));
-        assert_eq!(FeedKind::parse("hot"), None);
+        assert_eq!(FeedKind::parse("new"), Ok(FeedKind::New));
+        assert!(FeedKind::parse("hot").is_err());
     }
 
     #[test]

@@ -126,8 +126,138 @@ impl ViewEvent {
     }
 }
 
+/// A ranked feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedKind {
+    /// By views in the last 24 hours, most viewed first.
+    Trending,
+    /// By creation time, newest first.
+    New,
+}
+
+impl FeedKind {
+    /// Every feed, for jobs that rank them all.
+    pub const ALL: [FeedKind; 2] = [FeedKind::Trending, FeedKind::New];
+
+    /// The feed's name in keys and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Trending => "trending",
+            FeedKind::New => "new",
+        }
+    }
+
+    /// Parses a feed name.
+    pub fn parse(raw: &str) -> Result<FeedKind, ValidationError> {
+        FeedKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == raw)
+            .ok_or_else(|| ValidationError::new("kind", "must be one of: trending, new"))
+    }
+}
+
+/// The ranked product ids of a feed, as computed by the refresh job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankedFeed {
+    /// Which feed.
+    pub kind: FeedKind,
+    /// Product ids, best first.
+    pub ids: Vec<ProductId>,
+    /// When the ranking was computed.
+    pub computed_at: EpochMillis,
+}
+
+/// An active offer due to expire, as listed by the expiry index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiringOffer {
+    /// The offer.
+    pub offer_id: OfferId,
+    /// Its product.
+    pub product_id: ProductId,
+    /// When it expires.
+    pub expires_at: EpochMillis,
+}
+
+/// How a job run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Everything was processed.
+    Succeeded,
+    /// The run stopped early (deadline) or some items failed; the rest continues next run.
+    Partial,
+    /// Nothing useful was done.
+    Failed,
+}
+
+/// What one run of a scheduled job did; stored as the job's last run and in its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    /// The job's name, e.g. `refresh`.
+    pub job: String,
+    /// When the run started.
+    pub started_at: EpochMillis,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Items processed (products refreshed, offers expired, ...).
+    pub processed: u64,
+    /// Cache entries written.
+    pub entries_written: u64,
+    /// Items skipped (not due, invalid, left for the next run).
+    pub skipped: u64,
+    /// Items that failed.
+    pub errors: u64,
+    /// Where the next run resumes, if this one stopped early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A view counter bucket: one hour or one day (UTC), identified by its number since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterBucket {
+    /// Hours since the epoch.
+    Hour(i64),
+    /// Days since the epoch.
+    Day(i64),
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+impl CounterBucket {
+    /// The hour bucket containing `at`.
+    pub fn hour_of(at: EpochMillis) -> CounterBucket {
+        CounterBucket::Hour(at.div_euclid(HOUR_MS))
+    }
+
+    /// The day bucket containing `at`.
+    pub fn day_of(at: EpochMillis) -> CounterBucket {
+        CounterBucket::Day(at.div_euclid(DAY_MS))
+    }
+
+    /// When the bucket starts.
+    pub fn start_ms(self) -> EpochMillis {
+        match self {
+            CounterBucket::Hour(h) => h * HOUR_MS,
+            CounterBucket::Day(d) => d * DAY_MS,
+        }
+    }
+
+    /// When the bucket ends (exclusive).
+    pub fn end_ms(self) -> EpochMillis {
+        match self {
+            CounterBucket::Hour(h) => (h + 1) * HOUR_MS,
+            CounterBucket::Day(d) => (d + 1) * DAY_MS,
+        }
+    }
+}
+
 /// Views of one product over the standard trailing periods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeriodStats {
     /// Views in the last hour.
     pub views_1h: u64,

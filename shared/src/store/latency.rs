@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{OfferWriter, ProductReader, ProductWriter};
+use super::{
+    ExpiryIndex, OfferReader, OfferWriter, ProductLister, ProductReader, ProductWriter,
+    StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+};
 use crate::error::{ExpectedVersion, Result};
-use crate::model::{Offer, Product, ProductDetail, ProductId};
+use crate::model::{
+    CounterBucket, EpochMillis, ExpiringOffer, FeedKind, JobRun, Offer, OfferId, PeriodStats,
+    Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
+};
 
 /// Wraps a store; every call sleeps `per_call` first and is counted.
 #[derive(Debug)]
@@ -46,31 +52,55 @@ impl<S> LatencyShim<S> {
     }
 }
 
-#[async_trait]
-impl<S: ProductReader> ProductReader for LatencyShim<S> {
-    async fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>> {
-        self.delay().await;
-        self.inner.product_detail(id).await
-    }
-
-    async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>> {
-        self.delay().await;
-        self.inner.products(ids).await
-    }
+/// Implements a port for the shim: each method waits, then delegates.
+macro_rules! shim {
+    ($port:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* }) => {
+        #[async_trait]
+        impl<S: $port> $port for LatencyShim<S> {
+            $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                self.delay().await;
+                self.inner.$name($($arg),*).await
+            })*
+        }
+    };
 }
 
-#[async_trait]
-impl<S: ProductWriter> ProductWriter for LatencyShim<S> {
-    async fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product> {
-        self.delay().await;
-        self.inner.put_product(product, expected).await
-    }
-}
-
-#[async_trait]
-impl<S: OfferWriter> OfferWriter for LatencyShim<S> {
-    async fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer> {
-        self.delay().await;
-        self.inner.put_offer(offer, expected).await
-    }
-}
+shim!(ProductReader {
+    fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>>;
+    fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>>;
+});
+shim!(ProductLister {
+    fn list_products(&self, cursor: Option<&str>, limit: usize) -> Result<(Vec<Product>, Option<String>)>;
+});
+shim!(ProductWriter {
+    fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product>;
+});
+shim!(OfferReader {
+    fn offer(&self, id: &OfferId) -> Result<Option<Offer>>;
+});
+shim!(OfferWriter {
+    fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer>;
+});
+shim!(ExpiryIndex {
+    fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
+});
+shim!(ViewRecorder {
+    fn record_view(&self, event: &ViewEvent) -> Result<bool>;
+});
+shim!(ViewCounters {
+    fn add_views(&self, product: &ProductId, bucket: CounterBucket, count: u64) -> Result<()>;
+    fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>>;
+});
+shim!(StatsReader {
+    fn period_stats(&self, product: &ProductId) -> Result<Option<PeriodStats>>;
+    fn feed(&self, kind: FeedKind) -> Result<Option<RankedFeed>>;
+    fn last_runs(&self) -> Result<Vec<JobRun>>;
+    fn run_history(&self, job: &str, limit: usize) -> Result<Vec<JobRun>>;
+    fn cursor(&self, job: &str) -> Result<Option<String>>;
+});
+shim!(StatsWriter {
+    fn put_period_stats(&self, product: &ProductId, stats: &PeriodStats) -> Result<()>;
+    fn put_feed(&self, feed: &RankedFeed) -> Result<()>;
+    fn record_run(&self, run: &JobRun) -> Result<()>;
+    fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()>;
+});

@@ -1,14 +1,21 @@
-//! In-process adapter for the store ports: the same semantics as DynamoDB (conditional writes,
-//! batch reads of any size) without a network, for unit tests and the embedded dev mode.
+//! In-process adapter for every store port: the same semantics as DynamoDB (conditional writes,
+//! batch reads of any size, idempotent view events, last-run ordering) without a network, for
+//! unit tests and the embedded dev mode.
 
-use std::collections::BTreeMap;
-use std::sync::{PoisonError, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{OfferWriter, ProductReader, ProductWriter};
+use super::{
+    ExpiryIndex, OfferReader, OfferWriter, ProductLister, ProductReader, ProductWriter,
+    StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+};
 use crate::error::{Error, ExpectedVersion, Result};
-use crate::model::{Offer, OfferId, Product, ProductDetail, ProductId};
+use crate::model::{
+    CounterBucket, EpochMillis, EventId, ExpiringOffer, FeedKind, JobRun, Offer, OfferId,
+    OfferStatus, PeriodStats, Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
+};
 
 /// One product partition: the product item and its offers, like the catalog table's layout.
 #[derive(Debug, Default, Clone)]
@@ -17,14 +24,27 @@ struct Partition {
     offers: BTreeMap<OfferId, Offer>,
 }
 
-/// The catalog held in memory.
+#[derive(Debug, Default)]
+struct Tables {
+    catalog: BTreeMap<ProductId, Partition>,
+    offer_products: HashMap<OfferId, ProductId>,
+    views: HashMap<EventId, ViewEvent>,
+    counters: BTreeMap<(ProductId, CounterBucket), u64>,
+    period_stats: HashMap<ProductId, PeriodStats>,
+    feeds: HashMap<FeedKind, RankedFeed>,
+    last_runs: BTreeMap<String, JobRun>,
+    history: BTreeMap<(String, EpochMillis), JobRun>,
+    cursors: HashMap<String, String>,
+}
+
+/// Every table held in memory.
 ///
 /// ## Behavior
-/// - Every method takes a lock only for the copy in or out, never across an `.await`.
-/// - Writes check the version exactly as the DynamoDB condition expressions do.
+/// - One lock, taken only to copy data in or out, never across an `.await`.
+/// - Writes check versions exactly as the DynamoDB condition expressions do.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    catalog: RwLock<BTreeMap<ProductId, Partition>>,
+    tables: Mutex<Tables>,
 }
 
 impl MemoryStore {
@@ -35,8 +55,20 @@ impl MemoryStore {
 
     /// Number of products stored.
     pub fn product_count(&self) -> usize {
-        let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
-        catalog.values().filter(|p| p.product.is_some()).count()
+        self.lock()
+            .catalog
+            .values()
+            .filter(|p| p.product.is_some())
+            .count()
+    }
+
+    /// Number of view events stored.
+    pub fn view_count(&self) -> usize {
+        self.lock().views.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -65,8 +97,8 @@ fn check_version(
 #[async_trait]
 impl ProductReader for MemoryStore {
     async fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>> {
-        let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(catalog.get(id).and_then(|partition| {
+        let tables = self.lock();
+        Ok(tables.catalog.get(id).and_then(|partition| {
             partition.product.clone().map(|product| ProductDetail {
                 product,
                 offers: partition.offers.values().cloned().collect(),
@@ -75,12 +107,38 @@ impl ProductReader for MemoryStore {
     }
 
     async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>> {
-        let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
-        let unique: std::collections::BTreeSet<&ProductId> = ids.iter().collect();
+        let tables = self.lock();
+        let unique: BTreeSet<&ProductId> = ids.iter().collect();
         Ok(unique
             .into_iter()
-            .filter_map(|id| catalog.get(id)?.product.clone())
+            .filter_map(|id| tables.catalog.get(id)?.product.clone())
             .collect())
+    }
+}
+
+#[async_trait]
+impl ProductLister for MemoryStore {
+    async fn list_products(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Product>, Option<String>)> {
+        let tables = self.lock();
+        let after = cursor.map(str::to_owned);
+        let mut page: Vec<Product> = tables
+            .catalog
+            .iter()
+            .filter(|(id, _)| after.as_deref().is_none_or(|a| id.as_str() > a))
+            .filter_map(|(_, p)| p.product.clone())
+            .take(limit.max(1) + 1)
+            .collect();
+        let next = if page.len() > limit.max(1) {
+            page.pop();
+            page.last().map(|p| p.id.to_string())
+        } else {
+            None
+        };
+        Ok((page, next))
     }
 }
 
@@ -88,16 +146,34 @@ impl ProductReader for MemoryStore {
 impl ProductWriter for MemoryStore {
     async fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product> {
         product.validate()?;
-        let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
-        let partition = catalog.entry(product.id.clone()).or_default();
-        let stored_version = partition.product.as_ref().map(|p| p.version);
+        let mut tables = self.lock();
+        let stored_version = tables
+            .catalog
+            .get(&product.id)
+            .and_then(|p| p.product.as_ref())
+            .map(|p| p.version);
         check_version(stored_version, expected, "product", product.id.as_str())?;
         let stored = Product {
             version: expected.next(),
             ..product.clone()
         };
-        partition.product = Some(stored.clone());
+        tables
+            .catalog
+            .entry(product.id.clone())
+            .or_default()
+            .product = Some(stored.clone());
         Ok(stored)
+    }
+}
+
+#[async_trait]
+impl OfferReader for MemoryStore {
+    async fn offer(&self, id: &OfferId) -> Result<Option<Offer>> {
+        let tables = self.lock();
+        Ok(tables
+            .offer_products
+            .get(id)
+            .and_then(|product| tables.catalog.get(product)?.offers.get(id).cloned()))
     }
 }
 
@@ -105,23 +181,179 @@ impl ProductWriter for MemoryStore {
 impl OfferWriter for MemoryStore {
     async fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer> {
         offer.validate()?;
-        let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
-        let partition = catalog.entry(offer.product_id.clone()).or_default();
-        let stored_version = partition.offers.get(&offer.id).map(|o| o.version);
+        let mut tables = self.lock();
+        let product_exists = tables
+            .catalog
+            .get(&offer.product_id)
+            .is_some_and(|p| p.product.is_some());
+        if expected == ExpectedVersion::Absent && !product_exists {
+            return Err(Error::NotFound {
+                entity: "product",
+                id: offer.product_id.to_string(),
+            });
+        }
+        let stored_version = match tables.offer_products.get(&offer.id) {
+            Some(product) => tables
+                .catalog
+                .get(product)
+                .and_then(|p| p.offers.get(&offer.id))
+                .map(|o| o.version),
+            None => None,
+        };
         check_version(stored_version, expected, "offer", offer.id.as_str())?;
         let stored = Offer {
             version: expected.next(),
             ..offer.clone()
         };
-        partition.offers.insert(stored.id.clone(), stored.clone());
+        tables
+            .offer_products
+            .insert(stored.id.clone(), stored.product_id.clone());
+        tables
+            .catalog
+            .entry(stored.product_id.clone())
+            .or_default()
+            .offers
+            .insert(stored.id.clone(), stored.clone());
         Ok(stored)
+    }
+}
+
+#[async_trait]
+impl ExpiryIndex for MemoryStore {
+    async fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>> {
+        let tables = self.lock();
+        let mut due: Vec<ExpiringOffer> = tables
+            .catalog
+            .values()
+            .flat_map(|p| p.offers.values())
+            .filter(|o| o.status == OfferStatus::Active && o.expires_at <= until)
+            .map(|o| ExpiringOffer {
+                offer_id: o.id.clone(),
+                product_id: o.product_id.clone(),
+                expires_at: o.expires_at,
+            })
+            .collect();
+        due.sort_by_key(|o| (o.expires_at, o.offer_id.clone()));
+        due.truncate(limit);
+        Ok(due)
+    }
+}
+
+#[async_trait]
+impl ViewRecorder for MemoryStore {
+    async fn record_view(&self, event: &ViewEvent) -> Result<bool> {
+        event.validate()?;
+        let mut tables = self.lock();
+        if tables.views.contains_key(&event.event_id) {
+            return Ok(false);
+        }
+        tables.views.insert(event.event_id.clone(), event.clone());
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ViewCounters for MemoryStore {
+    async fn add_views(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        count: u64,
+    ) -> Result<()> {
+        *self
+            .lock()
+            .counters
+            .entry((product.clone(), bucket))
+            .or_default() += count;
+        Ok(())
+    }
+
+    async fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>> {
+        // Keys sort by product, then hours before days: one contiguous range per product.
+        let tables = self.lock();
+        Ok(tables
+            .counters
+            .range((product.clone(), CounterBucket::Hour(i64::MIN))..)
+            .take_while(|((p, _), _)| p == product)
+            .map(|((_, bucket), count)| (*bucket, *count))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl StatsReader for MemoryStore {
+    async fn period_stats(&self, product: &ProductId) -> Result<Option<PeriodStats>> {
+        Ok(self.lock().period_stats.get(product).cloned())
+    }
+
+    async fn feed(&self, kind: FeedKind) -> Result<Option<RankedFeed>> {
+        Ok(self.lock().feeds.get(&kind).cloned())
+    }
+
+    async fn last_runs(&self) -> Result<Vec<JobRun>> {
+        Ok(self.lock().last_runs.values().cloned().collect())
+    }
+
+    async fn run_history(&self, job: &str, limit: usize) -> Result<Vec<JobRun>> {
+        let tables = self.lock();
+        Ok(tables
+            .history
+            .iter()
+            .rev()
+            .filter(|((j, _), _)| j == job)
+            .take(limit)
+            .map(|(_, run)| run.clone())
+            .collect())
+    }
+
+    async fn cursor(&self, job: &str) -> Result<Option<String>> {
+        Ok(self.lock().cursors.get(job).cloned())
+    }
+}
+
+#[async_trait]
+impl StatsWriter for MemoryStore {
+    async fn put_period_stats(&self, product: &ProductId, stats: &PeriodStats) -> Result<()> {
+        self.lock()
+            .period_stats
+            .insert(product.clone(), stats.clone());
+        Ok(())
+    }
+
+    async fn put_feed(&self, feed: &RankedFeed) -> Result<()> {
+        self.lock().feeds.insert(feed.kind, feed.clone());
+        Ok(())
+    }
+
+    async fn record_run(&self, run: &JobRun) -> Result<()> {
+        let mut tables = self.lock();
+        tables
+            .history
+            .insert((run.job.clone(), run.started_at), run.clone());
+        let newer_recorded = tables
+            .last_runs
+            .get(&run.job)
+            .is_some_and(|last| last.started_at > run.started_at);
+        if !newer_recorded {
+            tables.last_runs.insert(run.job.clone(), run.clone());
+        }
+        Ok(())
+    }
+
+    async fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()> {
+        let mut tables = self.lock();
+        match cursor {
+            Some(c) => tables.cursors.insert(job.to_owned(), c.to_owned()),
+            None => tables.cursors.remove(job),
+        };
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Currency, Money, OfferStatus};
+    use crate::model::{Currency, Money};
 
     fn product(id: &str) -> Product {
         Product {
@@ -131,6 +363,19 @@ mod tests {
             category: "misc".into(),
             price: Money::new(100, Currency::parse("EUR").unwrap()),
             active: true,
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_000_000,
+            version: 0,
+        }
+    }
+
+    fn offer(product: &str, id: &str) -> Offer {
+        Offer {
+            id: OfferId::parse(id).unwrap(),
+            product_id: ProductId::parse(product).unwrap(),
+            status: OfferStatus::Active,
+            price: Money::new(50, Currency::parse("EUR").unwrap()),
+            expires_at: 1_800_000_000_000,
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_000_000,
             version: 0,
@@ -169,37 +414,91 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn detail_includes_offers_and_batch_skips_unknown_ids() {
+    async fn offers_need_their_product_and_are_found_by_id() {
         let store = MemoryStore::new();
+        let err = store
+            .put_offer(&offer("a", "o1"), ExpectedVersion::Absent)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::NotFound {
+                entity: "product",
+                ..
+            }
+        ));
         store
             .put_product(&product("a"), ExpectedVersion::Absent)
             .await
             .unwrap();
-        let offer = Offer {
-            id: OfferId::parse("o1").unwrap(),
-            product_id: ProductId::parse("a").unwrap(),
-            status: OfferStatus::Active,
-            price: Money::new(50, Currency::parse("EUR").unwrap()),
-            expires_at: 1_800_000_000_000,
-            created_at: 1_700_000_000_000,
-            updated_at: 1_700_000_000_000,
-            version: 0,
-        };
         store
-            .put_offer(&offer, ExpectedVersion::Absent)
+            .put_offer(&offer("a", "o1"), ExpectedVersion::Absent)
             .await
             .unwrap();
+        let found = store
+            .offer(&OfferId::parse("o1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.product_id.as_str(), "a");
         let detail = store
             .product_detail(&ProductId::parse("a").unwrap())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(detail.offers.len(), 1);
-        let ids = [
-            ProductId::parse("a").unwrap(),
-            ProductId::parse("zz").unwrap(),
-        ];
-        assert_eq!(store.products(&ids).await.unwrap().len(), 1);
-        assert!(store.product_detail(&ids[1]).await.unwrap().is_none());
+        assert_eq!(
+            store.expiring(1_800_000_000_000, 10).await.unwrap().len(),
+            1
+        );
+        assert!(
+            store
+                .expiring(1_799_999_999_999, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_pages_through_every_product() {
+        let store = MemoryStore::new();
+        for i in 0..7 {
+            store
+                .put_product(&product(&format!("p{i}")), ExpectedVersion::Absent)
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = store.list_products(cursor.as_deref(), 3).await.unwrap();
+            seen.extend(page.into_iter().map(|p| p.id.to_string()));
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 7);
+    }
+
+    #[tokio::test]
+    async fn an_older_run_never_replaces_a_newer_last_run() {
+        let store = MemoryStore::new();
+        let run = |started_at| JobRun {
+            job: "refresh".into(),
+            started_at,
+            duration_ms: 1,
+            outcome: crate::model::RunOutcome::Succeeded,
+            processed: 0,
+            entries_written: 0,
+            skipped: 0,
+            errors: 0,
+            next_cursor: None,
+        };
+        store.record_run(&run(2_000)).await.unwrap();
+        store.record_run(&run(1_000)).await.unwrap();
+        assert_eq!(store.last_runs().await.unwrap()[0].started_at, 2_000);
+        assert_eq!(store.run_history("refresh", 10).await.unwrap().len(), 2);
     }
 }

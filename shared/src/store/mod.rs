@@ -2,7 +2,8 @@
 //!
 //! Handlers take only the ports they need, mirroring the IAM policy of their function.
 //! [`dynamo::DynamoStore`] is the real adapter; [`memory::MemoryStore`] has the same
-//! semantics in process, for unit tests and the embedded dev mode.
+//! semantics in process, for unit tests and the embedded dev mode; [`latency::LatencyShim`]
+//! models DynamoDB's latency over the in-memory store for benchmarks.
 
 pub mod dynamo;
 pub mod latency;
@@ -11,7 +12,10 @@ pub mod memory;
 use async_trait::async_trait;
 
 use crate::error::{ExpectedVersion, Result};
-use crate::model::{Offer, Product, ProductDetail, ProductId};
+use crate::model::{
+    CounterBucket, EpochMillis, ExpiringOffer, FeedKind, JobRun, Offer, OfferId, PeriodStats,
+    Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
+};
 
 /// Most keys one DynamoDB BatchGetItem call accepts.
 pub const BATCH_GET_LIMIT: usize = 100;
@@ -28,6 +32,18 @@ pub trait ProductReader: Send + Sync {
     async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>>;
 }
 
+/// Lists every product, in pages (jobs that walk the catalog).
+#[async_trait]
+pub trait ProductLister: Send + Sync {
+    /// Up to about `limit` products starting at `cursor` (`None`: the beginning), in a stable
+    /// order, and the cursor of the next page (`None` at the end). Cursors are opaque.
+    async fn list_products(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Product>, Option<String>)>;
+}
+
 /// Writes products with optimistic concurrency.
 #[async_trait]
 pub trait ProductWriter: Send + Sync {
@@ -38,10 +54,97 @@ pub trait ProductWriter: Send + Sync {
     async fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product>;
 }
 
+/// Reads offers by their own id.
+#[async_trait]
+pub trait OfferReader: Send + Sync {
+    /// The offer, or `None` if no offer has that id.
+    async fn offer(&self, id: &OfferId) -> Result<Option<Offer>>;
+}
+
 /// Writes offers with optimistic concurrency.
 #[async_trait]
 pub trait OfferWriter: Send + Sync {
     /// Stores `offer` if its stored version matches `expected`; same contract as
-    /// [`ProductWriter::put_product`]. Active offers are indexed by expiry; others are not.
+    /// [`ProductWriter::put_product`]. Creating an offer (`Absent`) requires its product to
+    /// exist ([`crate::Error::NotFound`] otherwise) and an unused offer id. Active offers are
+    /// indexed by expiry; others are not.
     async fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer>;
 }
+
+/// The index of active offers by expiry.
+#[async_trait]
+pub trait ExpiryIndex: Send + Sync {
+    /// Active offers expiring at or before `until`, soonest first, at most `limit`.
+    async fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
+}
+
+/// Records product views.
+#[async_trait]
+pub trait ViewRecorder: Send + Sync {
+    /// Stores a view event. Returns false if an event with this id was already stored
+    /// (a retried request), which is not an error.
+    async fn record_view(&self, event: &ViewEvent) -> Result<bool>;
+}
+
+/// Hourly and daily view counters per product.
+#[async_trait]
+pub trait ViewCounters: Send + Sync {
+    /// Adds `count` views to a product's bucket.
+    async fn add_views(&self, product: &ProductId, bucket: CounterBucket, count: u64)
+    -> Result<()>;
+
+    /// Every counter bucket the product has (at most ~2 days of hours and ~1 month of days).
+    async fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>>;
+}
+
+/// Reads precomputed stats, feeds and job metadata.
+#[async_trait]
+pub trait StatsReader: Send + Sync {
+    /// A product's period stats as last computed, if any.
+    async fn period_stats(&self, product: &ProductId) -> Result<Option<PeriodStats>>;
+
+    /// A feed's ranking as last computed, if any.
+    async fn feed(&self, kind: FeedKind) -> Result<Option<RankedFeed>>;
+
+    /// The last run of every job that has run.
+    async fn last_runs(&self) -> Result<Vec<JobRun>>;
+
+    /// A job's most recent runs, newest first.
+    async fn run_history(&self, job: &str, limit: usize) -> Result<Vec<JobRun>>;
+
+    /// Where a job should resume, if a previous run left a cursor.
+    async fn cursor(&self, job: &str) -> Result<Option<String>>;
+}
+
+/// Writes precomputed stats, feeds and job metadata.
+#[async_trait]
+pub trait StatsWriter: Send + Sync {
+    /// Stores a product's period stats.
+    async fn put_period_stats(&self, product: &ProductId, stats: &PeriodStats) -> Result<()>;
+
+    /// Stores a feed's ranking.
+    async fn put_feed(&self, feed: &RankedFeed) -> Result<()>;
+
+    /// Appends a run to the job's history and makes it the job's last run, unless a run that
+    /// started later is already recorded (two runs at once never leave the older one as last).
+    async fn record_run(&self, run: &JobRun) -> Result<()>;
+
+    /// Sets or clears where the job resumes.
+    async fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()>;
+}
+
+/// Everything the catalog offers; both adapters implement it.
+pub trait CatalogStore:
+    ProductReader + ProductLister + ProductWriter + OfferReader + OfferWriter + ExpiryIndex
+{
+}
+
+impl<T> CatalogStore for T where
+    T: ProductReader + ProductLister + ProductWriter + OfferReader + OfferWriter + ExpiryIndex
+{
+}
+
+/// Everything the stats table offers; both adapters implement it.
+pub trait StatsStore: ViewCounters + StatsReader + StatsWriter {}
+
+impl<T> StatsStore for T where T: ViewCounters + StatsReader + StatsWriter {}

@@ -19,6 +19,24 @@ pub const EXPIRY_INDEX: &str = "active-by-expiry";
 /// hot `ACTIVE` partition from throttling; readers query every shard.
 pub const EXPIRY_SHARDS: u32 = 8;
 
+/// Sort key of the item that maps an offer id to its product.
+pub const OFFER_REF_SK: &str = "REF";
+
+/// Partition key of the item that maps an offer id to its product.
+pub fn offer_ref_pk(id: &OfferId) -> String {
+    format!("OFFER#{id}")
+}
+
+/// Parses `PRODUCT#<id>`.
+pub fn product_id_from_pk(pk: &str) -> Option<ProductId> {
+    ProductId::parse(pk.strip_prefix("PRODUCT#")?).ok()
+}
+
+/// Parses `OFFER#<id>` (a sort key).
+pub fn offer_id_from_sk(sk: &str) -> Option<OfferId> {
+    OfferId::parse(sk.strip_prefix(OFFER_SK_PREFIX)?).ok()
+}
+
 /// Partition key of a product's items.
 pub fn product_pk(id: &ProductId) -> String {
     format!("PRODUCT#{id}")
@@ -89,6 +107,17 @@ impl From<&Offer> for OfferItem {
             offer: offer.clone(),
         }
     }
+}
+
+/// Maps an offer id to its product, so `PATCH /offers/{id}` needs no product id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OfferRefItem {
+    /// `OFFER#<offer_id>`.
+    pub pk: String,
+    /// `REF`.
+    pub sk: String,
+    /// The offer's product.
+    pub product_id: ProductId,
 }
 
 #[cfg(test)]
