@@ -6,6 +6,7 @@
 //! - [`clock`]: injectable wall clock.
 //! - [`config`]: typed configuration from the environment.
 //! - [`error`]: the crate's error enum and its classification.
+//! - [`health`]: cache health evaluation (status, alerts, trends).
 //! - [`model`]: products, offers, view events and stats, with validation.
 //! - [`store`]: storage ports and the DynamoDB and in-memory adapters.
 //! - [`redis_conn`]: one Redis connection per process, standalone or cluster.
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod model;
 pub mod redis_conn;
 pub mod store;

@@ -94,14 +94,6 @@ impl KeySpace {
         )
     }
 
-    /// One page of a feed at a generation: `<prefix>feed:<kind>:g<generation>:p<page>:n<per_page>`.
-    pub fn feed_page(&self, kind: FeedKind, generation: u64, page: u32, per_page: u32) -> CacheKey {
-        self.key(
-            Category::Feed,
-            format_args!("feed:{}:g{generation}:p{page}:n{per_page}", kind.as_str()),
-        )
-    }
-
     /// Every key that caches something about product `id` (not feeds, which use generations).
     pub fn product_keys(&self, id: &ProductId) -> [CacheKey; 3] {
         [self.product(id), self.summary(id), self.stats(id)]
@@ -193,10 +185,7 @@ mod tests {
     #[test]
     fn feed_keys_carry_their_generation() {
         let keys = KeySpace::new("t:");
-        assert_eq!(
-            keys.feed_page(FeedKind::Trending, 7, 2, 20).as_str(),
-            "t:feed:trending:g7:p2:n20"
-        );
+        assert_eq!(keys.feed(FeedKind::Trending, 7).as_str(), "t:feed:trending:g7");
         assert_eq!(FeedKind::parse("new"), Ok(FeedKind::New));
         assert!(FeedKind::parse("hot").is_err());
     }

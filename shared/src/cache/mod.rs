@@ -7,12 +7,14 @@
 //! namespaces. See `../shared/DESIGN.md` ("The cache") for the reasoning.
 
 pub mod breaker;
+mod cacheable;
 pub mod envelope;
 mod flight;
 pub mod key;
 mod l1;
 pub mod l2;
 pub mod metrics;
+pub mod observe;
 mod read;
 mod write;
 
@@ -194,6 +196,8 @@ struct Inner {
     flights: Flights<LoadResult>,
     /// A background task is probing Redis while the circuit is open.
     probing: AtomicBool,
+    /// When the counters were last flushed to Redis, and what they were then.
+    flushed: std::sync::Mutex<(EpochMillis, MetricsSnapshot)>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -223,6 +227,7 @@ impl Cache {
                 clock,
                 flights: Flights::new(),
                 probing: AtomicBool::new(false),
+                flushed: std::sync::Mutex::new((EpochMillis::MIN / 2, MetricsSnapshot::default())),
                 options,
             }),
         }

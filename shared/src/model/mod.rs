@@ -17,6 +17,7 @@ pub type EpochMillis = i64;
 
 /// A catalog product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Product {
     /// Stable id.
     pub id: ProductId,
@@ -54,6 +55,7 @@ impl Product {
 /// Lifecycle of an offer. Only `Active` offers are served and indexed by expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OfferStatus {
     /// Live until `expires_at`.
     Active,
@@ -65,6 +67,7 @@ pub enum OfferStatus {
 
 /// A time-limited price for a product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Offer {
     /// Globally unique offer id.
     pub id: OfferId,
@@ -101,6 +104,7 @@ impl Offer {
 
 /// A product together with all its offers: what one DynamoDB Query on the product's partition returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProductDetail {
     /// The product.
     pub product: Product,
@@ -110,6 +114,7 @@ pub struct ProductDetail {
 
 /// One product view, as written to the views table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ViewEvent {
     /// Unique per view; makes counting idempotent.
     pub event_id: EventId,
@@ -129,6 +134,7 @@ impl ViewEvent {
 /// A ranked feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum FeedKind {
     /// By views in the last 24 hours, most viewed first.
     Trending,
@@ -159,6 +165,7 @@ impl FeedKind {
 
 /// The ranked product ids of a feed, as computed by the refresh job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RankedFeed {
     /// Which feed.
     pub kind: FeedKind,
@@ -170,6 +177,7 @@ pub struct RankedFeed {
 
 /// An active offer due to expire, as listed by the expiry index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExpiringOffer {
     /// The offer.
     pub offer_id: OfferId,
@@ -182,6 +190,7 @@ pub struct ExpiringOffer {
 /// How a job run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunOutcome {
     /// Everything was processed.
     Succeeded,
@@ -193,6 +202,7 @@ pub enum RunOutcome {
 
 /// What one run of a scheduled job did; stored as the job's last run and in its history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRun {
     /// The job's name, e.g. `refresh`.
     pub job: String,
@@ -258,6 +268,7 @@ impl CounterBucket {
 
 /// Views of one product over the standard trailing periods.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PeriodStats {
     /// Views in the last hour.
     pub views_1h: u64,

@@ -9,6 +9,7 @@ use super::validation::ValidationError;
 /// An ISO 4217 alphabetic currency code, e.g. `EUR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "EUR", pattern = "^[A-Z]{3}$"))]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -52,6 +53,7 @@ impl fmt::Display for Currency {
 
 /// An amount in the currency's minor unit (cents for EUR and USD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     /// Amount in minor units; prices are never negative.
     pub amount_minor: i64,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{L2Store, L2Write, WriteOutcome};
+use super::{L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::envelope;
 use crate::error::{Error, Result};
 
@@ -17,6 +17,7 @@ enum Value {
     Bytes(Vec<u8>),
     Counter(u64),
     Queue(BTreeMap<String, i64>),
+    Hash(HashMap<String, i64>),
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +264,76 @@ impl L2Store for MemoryL2 {
             Some(Value::Queue(members)) => Ok(members.len() as u64),
             _ => Ok(0),
         }
+    }
+
+    async fn hash_add(&self, key: &str, increments: &[(String, i64)], ttl: Duration) -> Result<()> {
+        let mut entries = self.call("HINCRBY")?;
+        let entry = entries.entry(key.to_owned()).or_insert(Entry {
+            value: Value::Hash(HashMap::new()),
+            expires_at: None,
+        });
+        entry.expires_at = Some(Instant::now() + ttl);
+        let Value::Hash(fields) = &mut entry.value else {
+            return Err(wrong_type("HINCRBY"));
+        };
+        for (field, by) in increments {
+            *fields.entry(field.clone()).or_default() += by;
+        }
+        Ok(())
+    }
+
+    async fn hash_get_all(&self, keys: &[String]) -> Result<Vec<HashMap<String, i64>>> {
+        let entries = self.call("HGETALL")?;
+        Ok(keys
+            .iter()
+            .map(|k| match entries.get(k).map(|e| &e.value) {
+                Some(Value::Hash(fields)) => fields.clone(),
+                _ => HashMap::new(),
+            })
+            .collect())
+    }
+
+    async fn hash_update(
+        &self,
+        key: &str,
+        set_if_absent: &[(String, i64)],
+        delete: &[String],
+    ) -> Result<HashMap<String, i64>> {
+        let mut entries = self.call("HSETNX")?;
+        let entry = entries.entry(key.to_owned()).or_insert(Entry {
+            value: Value::Hash(HashMap::new()),
+            expires_at: None,
+        });
+        let Value::Hash(fields) = &mut entry.value else {
+            return Err(wrong_type("HSETNX"));
+        };
+        for (field, value) in set_if_absent {
+            fields.entry(field.clone()).or_insert(*value);
+        }
+        for field in delete {
+            fields.remove(field);
+        }
+        Ok(fields.clone())
+    }
+
+    async fn server_info(&self) -> Result<ServerInfo> {
+        let entries = self.call("INFO")?;
+        let used: usize = entries
+            .values()
+            .map(|e| match &e.value {
+                Value::Bytes(b) => b.len(),
+                _ => 64,
+            })
+            .sum();
+        Ok(ServerInfo {
+            nodes: 1,
+            used_memory: used as u64,
+            used_memory_peak: used as u64,
+            maxmemory: 0,
+            evicted_keys: 0,
+            expired_keys: 0,
+            keys: entries.len() as u64,
+        })
     }
 
     async fn ping(&self) -> Result<()> {

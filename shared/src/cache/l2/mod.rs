@@ -4,9 +4,11 @@
 pub mod memory;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Serialize;
 
 use crate::error::Result;
 
@@ -73,9 +75,72 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     /// Number of members in a queue.
     async fn queue_len(&self, queue: &str) -> Result<u64>;
 
+    /// Adds to integer fields of a hash and sets its time to live (`HINCRBY`s and `PEXPIRE` in
+    /// one pipeline).
+    async fn hash_add(&self, key: &str, increments: &[(String, i64)], ttl: Duration) -> Result<()>;
+
+    /// Integer fields of several hashes in one pipeline (the keys must share a hash slot on a
+    /// cluster, e.g. through a hash tag). Absent hashes are empty; non-integer fields are skipped.
+    async fn hash_get_all(&self, keys: &[String]) -> Result<Vec<HashMap<String, i64>>>;
+
+    /// Sets fields that are not set yet (`HSETNX`) and deletes others (`HDEL`), in one pipeline;
+    /// returns the hash afterwards.
+    async fn hash_update(
+        &self,
+        key: &str,
+        set_if_absent: &[(String, i64)],
+        delete: &[String],
+    ) -> Result<HashMap<String, i64>>;
+
+    /// Memory and key figures of the server (summed over primaries on a cluster).
+    async fn server_info(&self) -> Result<ServerInfo>;
+
     /// Round-trips a `PING` (health probes).
     async fn ping(&self) -> Result<()>;
 
     /// Round trips made so far (commands plus pipelines), for benchmarks and tests.
     fn round_trips(&self) -> u64;
+}
+
+/// What Redis reports about itself, for the admin endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    /// Primaries the figures are summed over.
+    pub nodes: u64,
+    /// Bytes in use.
+    pub used_memory: u64,
+    /// Peak bytes in use.
+    pub used_memory_peak: u64,
+    /// Configured limit (0: none).
+    pub maxmemory: u64,
+    /// Keys evicted for memory since start.
+    pub evicted_keys: u64,
+    /// Keys expired since start.
+    pub expired_keys: u64,
+    /// Keys stored now.
+    pub keys: u64,
+}
+
+impl ServerInfo {
+    /// Adds the figures of one node's `INFO` text (the `memory` and `stats` sections).
+    pub fn add_info_text(&mut self, info: &str) {
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        self.nodes += 1;
+        self.used_memory += field("used_memory");
+        self.used_memory_peak += field("used_memory_peak");
+        self.maxmemory += field("maxmemory");
+        self.evicted_keys += field("evicted_keys");
+        self.expired_keys += field("expired_keys");
+    }
+
+    /// Used memory as a share of `maxmemory`, if a limit is set.
+    pub fn memory_ratio(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)] // byte counts far below 2^52
+        (self.maxmemory > 0).then(|| self.used_memory as f64 / self.maxmemory as f64)
+    }
 }

@@ -1,6 +1,6 @@
 //! The L2 port on Redis, standalone or cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{Pipeline, Script};
 
-use super::{L2Store, L2Write, WriteOutcome};
+use super::{L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::key::hash_slot;
 use crate::config::{RedisConfig, RedisMode};
 use crate::error::{Error, Result};
@@ -336,6 +336,79 @@ impl L2Store for RedisL2 {
             .map_err(|e| Error::redis("ZCARD", e))
     }
 
+    async fn hash_add(&self, key: &str, increments: &[(String, i64)], ttl: Duration) -> Result<()> {
+        if increments.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (field, by) in increments {
+            pipe.cmd("HINCRBY").arg(key).arg(field).arg(*by).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(key)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .ignore();
+        pipe.query_async::<()>(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("HINCRBY", e))
+    }
+
+    async fn hash_get_all(&self, keys: &[String]) -> Result<Vec<HashMap<String, i64>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("HGETALL", e))?;
+        Ok(hashes.into_iter().map(numeric_fields).collect())
+    }
+
+    async fn hash_update(
+        &self,
+        key: &str,
+        set_if_absent: &[(String, i64)],
+        delete: &[String],
+    ) -> Result<HashMap<String, i64>> {
+        let mut pipe = redis::pipe();
+        for (field, value) in set_if_absent {
+            pipe.cmd("HSETNX").arg(key).arg(field).arg(*value).ignore();
+        }
+        if !delete.is_empty() {
+            pipe.cmd("HDEL").arg(key).arg(delete).ignore();
+        }
+        pipe.cmd("HGETALL").arg(key);
+        let (hash,): (HashMap<String, String>,) = pipe
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("HSETNX", e))?;
+        Ok(numeric_fields(hash))
+    }
+
+    async fn server_info(&self) -> Result<ServerInfo> {
+        let mut conn = self.trip()?;
+        // A cluster answers INFO with one text per primary; a standalone server with one text.
+        let info: redis::Value = redis::cmd("INFO")
+            .arg("memory")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| Error::redis("INFO", e))?;
+        let mut summary = ServerInfo::default();
+        for text in info_texts(info) {
+            summary.add_info_text(&text);
+        }
+        summary.keys = redis::cmd("DBSIZE")
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("DBSIZE", e))?;
+        Ok(summary)
+    }
+
     async fn ping(&self) -> Result<()> {
         redis::cmd("PING")
             .query_async::<String>(&mut self.trip()?)
@@ -346,5 +419,19 @@ impl L2Store for RedisL2 {
 
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
+    }
+}
+
+fn numeric_fields(hash: HashMap<String, String>) -> HashMap<String, i64> {
+    hash.into_iter()
+        .filter_map(|(field, value)| Some((field, value.parse().ok()?)))
+        .collect()
+}
+
+/// The INFO text of every node in a reply.
+fn info_texts(value: redis::Value) -> Vec<String> {
+    match value {
+        redis::Value::Map(entries) => entries.into_iter().flat_map(|(_, v)| info_texts(v)).collect(),
+        other => redis::from_redis_value::<String>(other).into_iter().collect(),
     }
 }

@@ -1,0 +1,172 @@
+//! Observability of the cache across processes: each process adds what it counted to
+//! per-minute buckets in Redis, so the admin endpoints see every environment's traffic
+//! over the last 5 minutes, hour or day; plus alert bookkeeping and CloudWatch EMF lines.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use super::Cache;
+use super::l2::ServerInfo;
+use super::metrics::MetricsSnapshot;
+use crate::model::EpochMillis;
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+/// Buckets live a little longer than the longest window (24 h).
+const BUCKET_TTL: Duration = Duration::from_secs(26 * 3600);
+/// Field of a minute bucket holding a memory sample (a gauge, first sample of the minute wins).
+const MEMORY_SAMPLE: &str = "used_memory_sample";
+
+/// Cache counters summed over a trailing window, from every process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Length of the window in minutes.
+    pub minutes: i64,
+    /// Counters summed over the window.
+    pub counters: MetricsSnapshot,
+}
+
+/// Windows of the counters and the memory samples, read in one round trip.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Last 5 minutes.
+    pub last_5m: Window,
+    /// Last hour.
+    pub last_1h: Window,
+    /// Last 24 hours.
+    pub last_24h: Window,
+    /// The 55 minutes before the last 5 (the baseline trends compare against).
+    pub previous_55m: Window,
+    /// Oldest memory sample of the last hour, if any.
+    pub memory_hour_ago: Option<u64>,
+}
+
+impl Cache {
+    /// Adds what this process counted since its last flush to the shared per-minute buckets,
+    /// if at least `every` has passed, and prints the same delta as an EMF line for
+    /// CloudWatch. Returns the delta flushed.
+    pub async fn flush_counters(&self, every: Duration, function: &str) -> Option<MetricsSnapshot> {
+        let now = self.now();
+        let delta = {
+            let mut last = self
+                .inner
+                .flushed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if now - last.0 < crate::clock::millis(every) {
+                return None;
+            }
+            let current = self.snapshot();
+            let delta = current.delta_since(&last.1);
+            *last = (now, current);
+            delta
+        };
+        let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
+        let increments: Vec<(String, i64)> = delta
+            .fields()
+            .into_iter()
+            .filter(|(_, value, _)| *value > 0)
+            .map(|(name, value, _)| (format!("{minute:02}:{name}"), i64::try_from(value).unwrap_or(i64::MAX)))
+            .collect();
+        let key = self.keys().counters_hour(now.div_euclid(HOUR_MS));
+        let _ = self
+            .with_l2("HINCRBY", self.single_deadline(), |l2| {
+                l2.hash_add(&key, &increments, BUCKET_TTL)
+            })
+            .await;
+        // EMF lines must be the whole log line, so they go straight to stdout.
+        let line = delta.emf_line("CatalogCache", &[("Function", function)], now);
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        Some(delta)
+    }
+
+    /// The shared counters over the standard windows, and the memory trend samples.
+    /// Empty without Redis.
+    pub async fn history(&self) -> History {
+        let now = self.now();
+        let first_hour = (now - 24 * HOUR_MS).div_euclid(HOUR_MS);
+        let last_hour = now.div_euclid(HOUR_MS);
+        let keys: Vec<String> = (first_hour..=last_hour)
+            .map(|h| self.keys().counters_hour(h))
+            .collect();
+        let Ok(hashes) = self
+            .with_l2("HGETALL", self.batch_deadline(), |l2| l2.hash_get_all(&keys))
+            .await
+        else {
+            return History::default();
+        };
+        let current_minute = now.div_euclid(MINUTE_MS);
+        // (minutes ago, counter name, value) of every bucket field.
+        let mut fields = Vec::new();
+        for (hour, hash) in (first_hour..=last_hour).zip(hashes) {
+            for (field, value) in hash {
+                let Some((minute, name)) = field.split_once(':') else { continue };
+                let Ok(minute) = minute.parse::<i64>() else { continue };
+                let ago = current_minute - (hour * 60 + minute);
+                fields.push((ago, name.to_owned(), value));
+            }
+        }
+        let window = |from: i64, to: i64| -> Window {
+            let pairs = fields
+                .iter()
+                .filter(|(ago, _, _)| (from..to).contains(ago))
+                .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0)));
+            let mut sums: HashMap<&str, u64> = HashMap::new();
+            for (name, value) in pairs {
+                *sums.entry(name).or_default() += value;
+            }
+            Window {
+                minutes: to - from,
+                counters: MetricsSnapshot::from_fields(sums),
+            }
+        };
+        let memory_hour_ago = fields
+            .iter()
+            .filter(|(ago, name, _)| *ago < 60 && name == MEMORY_SAMPLE)
+            .max_by_key(|(ago, _, _)| *ago)
+            .and_then(|(_, _, v)| u64::try_from(*v).ok());
+        History {
+            last_5m: window(0, 5),
+            last_1h: window(0, 60),
+            last_24h: window(0, 24 * 60),
+            previous_55m: window(5, 60),
+            memory_hour_ago,
+        }
+    }
+
+    /// What Redis reports about itself (and a memory sample for the trend); `None` without Redis.
+    pub async fn server_info(&self) -> Option<ServerInfo> {
+        let info = self
+            .with_l2("INFO", self.batch_deadline(), |l2| l2.server_info())
+            .await
+            .ok()?;
+        let now = self.now();
+        let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
+        let key = self.keys().counters_hour(now.div_euclid(HOUR_MS));
+        let sample = [(
+            format!("{minute:02}:{MEMORY_SAMPLE}"),
+            i64::try_from(info.used_memory).unwrap_or(i64::MAX),
+        )];
+        let _ = self
+            .with_l2("HSETNX", self.single_deadline(), |l2| {
+                l2.hash_update(&key, &sample, &[])
+            })
+            .await;
+        Some(info)
+    }
+
+    /// Records which alerts are active now and returns since when each has been active
+    /// (shared by every process, so "since" survives across requests and environments).
+    pub async fn alert_since(&self, active: &[&str], inactive: &[&str]) -> HashMap<String, EpochMillis> {
+        let now = self.now();
+        let key = format!("{}health:alerts", self.keys().prefix());
+        let set: Vec<(String, i64)> = active.iter().map(|a| ((*a).to_owned(), now)).collect();
+        let delete: Vec<String> = inactive.iter().map(|a| (*a).to_owned()).collect();
+        self.with_l2("HSETNX", self.single_deadline(), |l2| {
+            l2.hash_update(&key, &set, &delete)
+        })
+        .await
+        .unwrap_or_else(|_| active.iter().map(|a| ((*a).to_owned(), now)).collect())
+    }
+}
