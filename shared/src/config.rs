@@ -38,6 +38,29 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Cache engine settings.
     pub cache: CacheConfig,
+    /// Bearer token of the admin API (`ADMIN_TOKEN`); admin routes refuse every request without it.
+    pub admin_token: Option<SecretString>,
+    /// Scheduled job settings.
+    pub jobs: JobsConfig,
+}
+
+/// Scheduled job settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobsConfig {
+    /// How often the refresh job runs (`REFRESH_INTERVAL_SECS`, default 900); health warns when
+    /// it has not succeeded for twice this.
+    pub refresh_interval: Duration,
+    /// Products refreshed at once (`REFRESH_CONCURRENCY`, default 16).
+    pub refresh_concurrency: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            refresh_interval: Duration::from_secs(900),
+            refresh_concurrency: 16,
+        }
+    }
 }
 
 /// Names of the three tables (see the design's data model).
@@ -193,6 +216,25 @@ impl Config {
                     )?,
                     feed: env.ttl(["CACHE_TTL_FEED_SECS", "CACHE_STALE_FEED_SECS"], ttl.feed)?,
                     negative: env.secs("CACHE_TTL_NEGATIVE_SECS", ttl.negative)?,
+                },
+            },
+            admin_token: env.optional("ADMIN_TOKEN").map(SecretString::from),
+            jobs: JobsConfig {
+                refresh_interval: env.secs(
+                    "REFRESH_INTERVAL_SECS",
+                    JobsConfig::default().refresh_interval,
+                )?,
+                refresh_concurrency: match env.parse(
+                    "REFRESH_CONCURRENCY",
+                    JobsConfig::default().refresh_concurrency,
+                )? {
+                    0 => {
+                        return Err(ConfigError::Invalid {
+                            name: "REFRESH_CONCURRENCY",
+                            reason: "must be at least 1".into(),
+                        });
+                    }
+                    n => n,
                 },
             },
         })

@@ -127,9 +127,8 @@ pub struct HealthInputs {
 
 /// Redis calls that failed over all Redis calls.
 fn error_rate(c: &MetricsSnapshot) -> Option<f64> {
-    let calls = c.redis_round_trips + c.l2_errors;
     #[allow(clippy::cast_precision_loss)]
-    (calls > 0).then(|| c.l2_errors as f64 / calls as f64)
+    (c.l2_calls > 0).then(|| c.l2_errors.min(c.l2_calls) as f64 / c.l2_calls as f64)
 }
 
 fn reads(c: &MetricsSnapshot) -> u64 {
@@ -137,7 +136,12 @@ fn reads(c: &MetricsSnapshot) -> u64 {
 }
 
 /// Compares a recent value with a baseline; `higher_is_better` orients the result.
-fn trend(recent: Option<f64>, baseline: Option<f64>, tolerance: f64, higher_is_better: bool) -> Trend {
+fn trend(
+    recent: Option<f64>,
+    baseline: Option<f64>,
+    tolerance: f64,
+    higher_is_better: bool,
+) -> Trend {
     match (recent, baseline) {
         (Some(r), Some(b)) if (r - b).abs() <= tolerance => Trend::Stable,
         (Some(r), Some(b)) if (r > b) == higher_is_better => Trend::Improving,
@@ -148,7 +152,13 @@ fn trend(recent: Option<f64>, baseline: Option<f64>, tolerance: f64, higher_is_b
 
 /// Grades a figure against a warning and a critical threshold.
 fn grade(value: f64, warning: f64, critical: f64, higher_is_worse: bool) -> Option<Status> {
-    let past = |limit: f64| if higher_is_worse { value > limit } else { value < limit };
+    let past = |limit: f64| {
+        if higher_is_worse {
+            value > limit
+        } else {
+            value < limit
+        }
+    };
     if past(critical) {
         Some(Status::Critical)
     } else if past(warning) {
@@ -178,31 +188,54 @@ pub fn evaluate(
 
     let recent_reads = reads(&h.last_5m.counters);
     let hit_ratio = h.last_5m.counters.hit_ratio();
-    if let Some(ratio) = hit_ratio.filter(|_| recent_reads >= thresholds.min_reads) {
-        if let Some(severity) = grade(ratio, thresholds.hit_ratio_warning, thresholds.hit_ratio_critical, false) {
-            alert("hit_ratio", severity, format!("hit ratio {:.1}% over the last 5 minutes", ratio * 100.0));
-        }
-    }
-
     let errors = error_rate(&h.last_5m.counters);
-    if let Some(rate) = errors {
-        if let Some(severity) = grade(rate, thresholds.error_rate_warning, thresholds.error_rate_critical, true) {
-            alert("redis_error_rate", severity, format!("{:.1}% of Redis calls failed over the last 5 minutes", rate * 100.0));
-        }
-    }
-
     let memory = inputs.server.and_then(|s| s.memory_ratio());
-    if let Some(ratio) = memory {
-        if let Some(severity) = grade(ratio, thresholds.memory_warning, thresholds.memory_critical, true) {
-            alert("memory", severity, format!("Redis uses {:.1}% of maxmemory", ratio * 100.0));
+    // (figure, value, warning, critical, higher is worse, what the value means)
+    let graded = [
+        (
+            "hit_ratio",
+            hit_ratio.filter(|_| recent_reads >= thresholds.min_reads),
+            thresholds.hit_ratio_warning,
+            thresholds.hit_ratio_critical,
+            false,
+            "hit ratio over the last 5 minutes",
+        ),
+        (
+            "redis_error_rate",
+            errors,
+            thresholds.error_rate_warning,
+            thresholds.error_rate_critical,
+            true,
+            "of Redis calls failed over the last 5 minutes",
+        ),
+        (
+            "memory",
+            memory,
+            thresholds.memory_warning,
+            thresholds.memory_critical,
+            true,
+            "of Redis maxmemory in use",
+        ),
+    ];
+    for (figure, value, warning, critical, higher_is_worse, meaning) in graded {
+        let Some(value) = value else { continue };
+        if let Some(severity) = grade(value, warning, critical, higher_is_worse) {
+            alert(figure, severity, format!("{:.1}% {meaning}", value * 100.0));
         }
     }
     if inputs.server.is_none() {
         alert("redis", Status::Critical, "Redis did not answer".into());
     }
 
-    if matches!(inputs.breaker, BreakerState::Open { .. } | BreakerState::HalfOpen) {
-        alert("circuit", Status::Critical, "circuit breaker open: reads bypass Redis".into());
+    if matches!(
+        inputs.breaker,
+        BreakerState::Open { .. } | BreakerState::HalfOpen
+    ) {
+        alert(
+            "circuit",
+            Status::Critical,
+            "circuit breaker open: reads bypass Redis".into(),
+        );
     }
 
     let last_good = inputs
@@ -216,9 +249,16 @@ pub fn evaluate(
         Some(at) => alert(
             "refresh",
             Status::Warning,
-            format!("refresh has not succeeded for {} s", (inputs.now - at) / 1000),
+            format!(
+                "refresh has not succeeded for {} s",
+                (inputs.now - at) / 1000
+            ),
         ),
-        None => alert("refresh", Status::Warning, "refresh has never succeeded".into()),
+        None => alert(
+            "refresh",
+            Status::Warning,
+            "refresh has never succeeded".into(),
+        ),
     }
 
     #[allow(clippy::cast_precision_loss)]
@@ -245,7 +285,11 @@ pub fn evaluate(
             trend: memory_trend,
         },
     ];
-    let status = alerts.iter().map(|a| a.severity).max().unwrap_or(Status::Healthy);
+    let status = alerts
+        .iter()
+        .map(|a| a.severity)
+        .max()
+        .unwrap_or(Status::Healthy);
     HealthReport {
         status,
         alerts,
@@ -264,7 +308,7 @@ mod tests {
         MetricsSnapshot {
             l2_hits: hits,
             misses,
-            redis_round_trips: hits + misses,
+            l2_calls: hits + misses,
             ..MetricsSnapshot::default()
         }
     }
@@ -286,8 +330,14 @@ mod tests {
     fn inputs(last_5m: MetricsSnapshot, previous: MetricsSnapshot) -> HealthInputs {
         HealthInputs {
             history: History {
-                last_5m: Window { minutes: 5, counters: last_5m },
-                previous_55m: Window { minutes: 55, counters: previous },
+                last_5m: Window {
+                    minutes: 5,
+                    counters: last_5m,
+                },
+                previous_55m: Window {
+                    minutes: 55,
+                    counters: previous,
+                },
                 ..History::default()
             },
             server: Some(ServerInfo {
@@ -305,7 +355,11 @@ mod tests {
 
     #[test]
     fn a_good_cache_is_healthy_and_a_rising_ratio_is_improving() {
-        let report = evaluate(&inputs(counters(950, 50), counters(800, 200)), &Thresholds::default(), &HashMap::new());
+        let report = evaluate(
+            &inputs(counters(950, 50), counters(800, 200)),
+            &Thresholds::default(),
+            &HashMap::new(),
+        );
         assert_eq!(report.status, Status::Healthy, "{report:?}");
         assert_eq!(report.figures[0].trend, Trend::Improving);
     }
@@ -313,49 +367,87 @@ mod tests {
     #[test]
     fn hit_ratio_thresholds_warn_at_70_and_are_critical_at_50() {
         let t = Thresholds::default();
-        let warn = evaluate(&inputs(counters(600, 400), counters(600, 400)), &t, &HashMap::new());
+        let warn = evaluate(
+            &inputs(counters(600, 400), counters(600, 400)),
+            &t,
+            &HashMap::new(),
+        );
         assert_eq!(warn.status, Status::Warning);
-        let crit = evaluate(&inputs(counters(400, 600), counters(900, 100)), &t, &HashMap::new());
+        let crit = evaluate(
+            &inputs(counters(400, 600), counters(900, 100)),
+            &t,
+            &HashMap::new(),
+        );
         assert_eq!(crit.status, Status::Critical);
         assert_eq!(crit.figures[0].trend, Trend::Degrading);
         // Too few reads to judge.
-        let quiet = evaluate(&inputs(counters(1, 9), MetricsSnapshot::default()), &t, &HashMap::new());
+        let quiet = evaluate(
+            &inputs(counters(1, 9), MetricsSnapshot::default()),
+            &t,
+            &HashMap::new(),
+        );
         assert_eq!(quiet.status, Status::Healthy);
     }
 
     #[test]
     fn memory_and_an_open_circuit_raise_alerts_with_their_since() {
         let mut i = inputs(counters(950, 50), counters(950, 50));
-        i.server = Some(ServerInfo { nodes: 1, used_memory: 96, maxmemory: 100, ..ServerInfo::default() });
+        i.server = Some(ServerInfo {
+            nodes: 1,
+            used_memory: 96,
+            maxmemory: 100,
+            ..ServerInfo::default()
+        });
         i.breaker = BreakerState::Open { until: NOW + 1000 };
         let since = HashMap::from([("memory".to_owned(), NOW - 60_000)]);
         let report = evaluate(&i, &Thresholds::default(), &since);
         assert_eq!(report.status, Status::Critical);
         let memory = report.alerts.iter().find(|a| a.figure == "memory").unwrap();
         assert_eq!(memory.since, NOW - 60_000);
-        assert!(report.alerts.iter().any(|a| a.figure == "circuit" && a.since == NOW));
+        assert!(
+            report
+                .alerts
+                .iter()
+                .any(|a| a.figure == "circuit" && a.since == NOW)
+        );
     }
 
     #[test]
     fn a_refresh_that_has_not_succeeded_for_two_intervals_warns() {
         let mut i = inputs(counters(950, 50), counters(950, 50));
         i.refresh_runs = vec![
-            JobRun { outcome: RunOutcome::Failed, ..refreshed(60) },
+            JobRun {
+                outcome: RunOutcome::Failed,
+                ..refreshed(60)
+            },
             refreshed(1801),
         ];
         let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
         assert_eq!(report.status, Status::Warning);
         assert_eq!(report.alerts[0].figure, "refresh");
         i.refresh_runs = vec![refreshed(1799)];
-        assert_eq!(evaluate(&i, &Thresholds::default(), &HashMap::new()).status, Status::Healthy);
+        assert_eq!(
+            evaluate(&i, &Thresholds::default(), &HashMap::new()).status,
+            Status::Healthy
+        );
     }
 
     #[test]
     fn redis_errors_are_graded() {
         let mut failing = counters(950, 50);
         failing.l2_errors = 100;
-        let report = evaluate(&inputs(failing, counters(950, 50)), &Thresholds::default(), &HashMap::new());
-        assert!(report.alerts.iter().any(|a| a.figure == "redis_error_rate" && a.severity == Status::Critical));
+        failing.l2_calls += 100;
+        let report = evaluate(
+            &inputs(failing, counters(950, 50)),
+            &Thresholds::default(),
+            &HashMap::new(),
+        );
+        assert!(
+            report
+                .alerts
+                .iter()
+                .any(|a| a.figure == "redis_error_rate" && a.severity == Status::Critical)
+        );
         assert_eq!(report.figures[1].trend, Trend::Degrading);
     }
 }

@@ -9,6 +9,7 @@
 //! - [`health`]: cache health evaluation (status, alerts, trends).
 //! - [`model`]: products, offers, view events and stats, with validation.
 //! - [`store`]: storage ports and the DynamoDB and in-memory adapters.
+//! - [`reads`]: cached reads of the catalog (keys and loaders every function shares).
 //! - [`redis_conn`]: one Redis connection per process, standalone or cluster.
 //! - [`telemetry`]: tracing set-up.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod model;
+pub mod reads;
 pub mod redis_conn;
 pub mod store;
 pub mod telemetry;

@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn feed_keys_carry_their_generation() {
         let keys = KeySpace::new("t:");
-        assert_eq!(keys.feed(FeedKind::Trending, 7).as_str(), "t:feed:trending:g7");
+        assert_eq!(
+            keys.feed(FeedKind::Trending, 7).as_str(),
+            "t:feed:trending:g7"
+        );
         assert_eq!(FeedKind::parse("new"), Ok(FeedKind::New));
         assert!(FeedKind::parse("hot").is_err());
     }

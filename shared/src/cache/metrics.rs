@@ -95,8 +95,8 @@ counters! {
     revalidations_enqueued: "Count",
     /// Times the circuit breaker opened.
     breaker_opens: "Count",
-    /// Redis round trips (a command or a pipeline).
-    redis_round_trips: "Count",
+    /// Redis calls made, failed ones included (a command, a batch or a pipeline).
+    l2_calls: "Count",
     /// Payload bytes written before compression.
     bytes_raw: "Bytes",
     /// Bytes written to Redis after compression, headers included.

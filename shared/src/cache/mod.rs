@@ -311,6 +311,7 @@ impl Cache {
             CacheMetrics::incr(&inner.metrics.bypasses);
             return Err(L2Fail::Unavailable);
         }
+        CacheMetrics::incr(&inner.metrics.l2_calls);
         let outcome = tokio::time::timeout(deadline, call(l2)).await;
         let error = match outcome {
             Ok(Ok(value)) => {

@@ -44,9 +44,14 @@ pub struct History {
 
 impl Cache {
     /// Adds what this process counted since its last flush to the shared per-minute buckets,
-    /// if at least `every` has passed, and prints the same delta as an EMF line for
-    /// CloudWatch. Returns the delta flushed.
-    pub async fn flush_counters(&self, every: Duration, function: &str) -> Option<MetricsSnapshot> {
+    /// if at least `every` has passed. With `emf_function`, also prints the delta as a
+    /// CloudWatch Embedded Metric Format line with that `Function` dimension (in Lambda, where
+    /// stdout goes to CloudWatch Logs). Returns the delta flushed.
+    pub async fn flush_counters(
+        &self,
+        every: Duration,
+        emf_function: Option<&str>,
+    ) -> Option<MetricsSnapshot> {
         let now = self.now();
         let delta = {
             let mut last = self
@@ -67,7 +72,12 @@ impl Cache {
             .fields()
             .into_iter()
             .filter(|(_, value, _)| *value > 0)
-            .map(|(name, value, _)| (format!("{minute:02}:{name}"), i64::try_from(value).unwrap_or(i64::MAX)))
+            .map(|(name, value, _)| {
+                (
+                    format!("{minute:02}:{name}"),
+                    i64::try_from(value).unwrap_or(i64::MAX),
+                )
+            })
             .collect();
         let key = self.keys().counters_hour(now.div_euclid(HOUR_MS));
         let _ = self
@@ -75,9 +85,11 @@ impl Cache {
                 l2.hash_add(&key, &increments, BUCKET_TTL)
             })
             .await;
-        // EMF lines must be the whole log line, so they go straight to stdout.
-        let line = delta.emf_line("CatalogCache", &[("Function", function)], now);
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        if let Some(function) = emf_function {
+            // EMF lines must be the whole log line, so they go straight to stdout.
+            let line = delta.emf_line("CatalogCache", &[("Function", function)], now);
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
         Some(delta)
     }
 
@@ -91,7 +103,9 @@ impl Cache {
             .map(|h| self.keys().counters_hour(h))
             .collect();
         let Ok(hashes) = self
-            .with_l2("HGETALL", self.batch_deadline(), |l2| l2.hash_get_all(&keys))
+            .with_l2("HGETALL", self.batch_deadline(), |l2| {
+                l2.hash_get_all(&keys)
+            })
             .await
         else {
             return History::default();
@@ -101,8 +115,12 @@ impl Cache {
         let mut fields = Vec::new();
         for (hour, hash) in (first_hour..=last_hour).zip(hashes) {
             for (field, value) in hash {
-                let Some((minute, name)) = field.split_once(':') else { continue };
-                let Ok(minute) = minute.parse::<i64>() else { continue };
+                let Some((minute, name)) = field.split_once(':') else {
+                    continue;
+                };
+                let Ok(minute) = minute.parse::<i64>() else {
+                    continue;
+                };
                 let ago = current_minute - (hour * 60 + minute);
                 fields.push((ago, name.to_owned(), value));
             }
@@ -158,7 +176,11 @@ impl Cache {
 
     /// Records which alerts are active now and returns since when each has been active
     /// (shared by every process, so "since" survives across requests and environments).
-    pub async fn alert_since(&self, active: &[&str], inactive: &[&str]) -> HashMap<String, EpochMillis> {
+    pub async fn alert_since(
+        &self,
+        active: &[&str],
+        inactive: &[&str],
+    ) -> HashMap<String, EpochMillis> {
         let now = self.now();
         let key = format!("{}health:alerts", self.keys().prefix());
         let set: Vec<(String, i64)> = active.iter().map(|a| ((*a).to_owned(), now)).collect();

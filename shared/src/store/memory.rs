@@ -3,6 +3,7 @@
 //! unit tests and the embedded dev mode.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -42,9 +43,11 @@ struct Tables {
 /// ## Behavior
 /// - One lock, taken only to copy data in or out, never across an `.await`.
 /// - Writes check versions exactly as the DynamoDB condition expressions do.
+/// - [`MemoryStore::set_unavailable`] makes every call fail as a DynamoDB outage would.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
+    unavailable: AtomicBool,
 }
 
 impl MemoryStore {
@@ -55,7 +58,7 @@ impl MemoryStore {
 
     /// Number of products stored.
     pub fn product_count(&self) -> usize {
-        self.lock()
+        self.tables()
             .catalog
             .values()
             .filter(|p| p.product.is_some())
@@ -64,11 +67,28 @@ impl MemoryStore {
 
     /// Number of view events stored.
     pub fn view_count(&self) -> usize {
-        self.lock().views.len()
+        self.tables().views.len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Tables> {
+    /// While `true`, every call fails with a retryable error, as during a DynamoDB outage.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tables for one call, or the injected outage.
+    fn lock(&self) -> Result<MutexGuard<'_, Tables>> {
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(Error::Dynamo {
+                op: "memory store",
+                retryable: true,
+                source: "injected outage".into(),
+            });
+        }
+        Ok(self.tables())
     }
 }
 
@@ -97,7 +117,7 @@ fn check_version(
 #[async_trait]
 impl ProductReader for MemoryStore {
     async fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>> {
-        let tables = self.lock();
+        let tables = self.lock()?;
         Ok(tables.catalog.get(id).and_then(|partition| {
             partition.product.clone().map(|product| ProductDetail {
                 product,
@@ -107,7 +127,7 @@ impl ProductReader for MemoryStore {
     }
 
     async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>> {
-        let tables = self.lock();
+        let tables = self.lock()?;
         let unique: BTreeSet<&ProductId> = ids.iter().collect();
         Ok(unique
             .into_iter()
@@ -123,7 +143,7 @@ impl ProductLister for MemoryStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Product>, Option<String>)> {
-        let tables = self.lock();
+        let tables = self.lock()?;
         let after = cursor.map(str::to_owned);
         let mut page: Vec<Product> = tables
             .catalog
@@ -146,7 +166,7 @@ impl ProductLister for MemoryStore {
 impl ProductWriter for MemoryStore {
     async fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product> {
         product.validate()?;
-        let mut tables = self.lock();
+        let mut tables = self.lock()?;
         let stored_version = tables
             .catalog
             .get(&product.id)
@@ -169,7 +189,7 @@ impl ProductWriter for MemoryStore {
 #[async_trait]
 impl OfferReader for MemoryStore {
     async fn offer(&self, id: &OfferId) -> Result<Option<Offer>> {
-        let tables = self.lock();
+        let tables = self.lock()?;
         Ok(tables
             .offer_products
             .get(id)
@@ -181,7 +201,7 @@ impl OfferReader for MemoryStore {
 impl OfferWriter for MemoryStore {
     async fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer> {
         offer.validate()?;
-        let mut tables = self.lock();
+        let mut tables = self.lock()?;
         let product_exists = tables
             .catalog
             .get(&offer.product_id)
@@ -221,7 +241,7 @@ impl OfferWriter for MemoryStore {
 #[async_trait]
 impl ExpiryIndex for MemoryStore {
     async fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>> {
-        let tables = self.lock();
+        let tables = self.lock()?;
         let mut due: Vec<ExpiringOffer> = tables
             .catalog
             .values()
@@ -243,7 +263,7 @@ impl ExpiryIndex for MemoryStore {
 impl ViewRecorder for MemoryStore {
     async fn record_view(&self, event: &ViewEvent) -> Result<bool> {
         event.validate()?;
-        let mut tables = self.lock();
+        let mut tables = self.lock()?;
         if tables.views.contains_key(&event.event_id) {
             return Ok(false);
         }
@@ -261,7 +281,7 @@ impl ViewCounters for MemoryStore {
         count: u64,
     ) -> Result<()> {
         *self
-            .lock()
+            .lock()?
             .counters
             .entry((product.clone(), bucket))
             .or_default() += count;
@@ -270,7 +290,7 @@ impl ViewCounters for MemoryStore {
 
     async fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>> {
         // Keys sort by product, then hours before days: one contiguous range per product.
-        let tables = self.lock();
+        let tables = self.lock()?;
         Ok(tables
             .counters
             .range((product.clone(), CounterBucket::Hour(i64::MIN))..)
@@ -283,19 +303,19 @@ impl ViewCounters for MemoryStore {
 #[async_trait]
 impl StatsReader for MemoryStore {
     async fn period_stats(&self, product: &ProductId) -> Result<Option<PeriodStats>> {
-        Ok(self.lock().period_stats.get(product).cloned())
+        Ok(self.lock()?.period_stats.get(product).cloned())
     }
 
     async fn feed(&self, kind: FeedKind) -> Result<Option<RankedFeed>> {
-        Ok(self.lock().feeds.get(&kind).cloned())
+        Ok(self.lock()?.feeds.get(&kind).cloned())
     }
 
     async fn last_runs(&self) -> Result<Vec<JobRun>> {
-        Ok(self.lock().last_runs.values().cloned().collect())
+        Ok(self.lock()?.last_runs.values().cloned().collect())
     }
 
     async fn run_history(&self, job: &str, limit: usize) -> Result<Vec<JobRun>> {
-        let tables = self.lock();
+        let tables = self.lock()?;
         Ok(tables
             .history
             .iter()
@@ -307,26 +327,26 @@ impl StatsReader for MemoryStore {
     }
 
     async fn cursor(&self, job: &str) -> Result<Option<String>> {
-        Ok(self.lock().cursors.get(job).cloned())
+        Ok(self.lock()?.cursors.get(job).cloned())
     }
 }
 
 #[async_trait]
 impl StatsWriter for MemoryStore {
     async fn put_period_stats(&self, product: &ProductId, stats: &PeriodStats) -> Result<()> {
-        self.lock()
+        self.lock()?
             .period_stats
             .insert(product.clone(), stats.clone());
         Ok(())
     }
 
     async fn put_feed(&self, feed: &RankedFeed) -> Result<()> {
-        self.lock().feeds.insert(feed.kind, feed.clone());
+        self.lock()?.feeds.insert(feed.kind, feed.clone());
         Ok(())
     }
 
     async fn record_run(&self, run: &JobRun) -> Result<()> {
-        let mut tables = self.lock();
+        let mut tables = self.lock()?;
         tables
             .history
             .insert((run.job.clone(), run.started_at), run.clone());
@@ -341,7 +361,7 @@ impl StatsWriter for MemoryStore {
     }
 
     async fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()> {
-        let mut tables = self.lock();
+        let mut tables = self.lock()?;
         match cursor {
             Some(c) => tables.cursors.insert(job.to_owned(), c.to_owned()),
             None => tables.cursors.remove(job),

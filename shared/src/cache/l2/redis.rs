@@ -431,7 +431,12 @@ fn numeric_fields(hash: HashMap<String, String>) -> HashMap<String, i64> {
 /// The INFO text of every node in a reply.
 fn info_texts(value: redis::Value) -> Vec<String> {
     match value {
-        redis::Value::Map(entries) => entries.into_iter().flat_map(|(_, v)| info_texts(v)).collect(),
-        other => redis::from_redis_value::<String>(other).into_iter().collect(),
+        redis::Value::Map(entries) => entries
+            .into_iter()
+            .flat_map(|(_, v)| info_texts(v))
+            .collect(),
+        other => redis::from_redis_value::<String>(other)
+            .into_iter()
+            .collect(),
     }
 }

@@ -1,0 +1,99 @@
+//! Work that runs after the response: stale-while-revalidate refreshes, next-page prefetch and
+//! the counters flush.
+//!
+//! Lambda freezes the execution environment as soon as the runtime has posted a response and
+//! every extension has asked for its next event, so a task spawned by the handler would only
+//! run at the next invoke. In Lambda the work therefore goes to an internal extension (see
+//! [`crate::lambda`]) that runs it after the response is posted and only then lets the
+//! environment freeze. On a long-running server nothing freezes, so the work is spawned.
+//! Handlers do not know which: they push onto [`Deferred`].
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use catalog_core::cache::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The work one request leaves behind.
+#[derive(Clone, Default)]
+pub struct Deferred(Arc<Mutex<Vec<BoxFuture>>>);
+
+impl Deferred {
+    /// Adds work to run after the response.
+    pub fn push(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::pin(work));
+    }
+
+    fn take(&self) -> Vec<BoxFuture> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Deferred {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Deferred>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("the deferred-work layer is missing".into()))
+    }
+}
+
+/// Where the work of a finished request goes.
+#[derive(Clone, Debug)]
+pub enum AfterResponse {
+    /// Spawned on the runtime: a long-running server, where nothing freezes.
+    Spawn,
+    /// Sent to the internal extension, once per invocation (possibly empty), which runs it
+    /// after the response and before the environment freezes.
+    Extension(mpsc::UnboundedSender<Vec<BoxFuture>>),
+}
+
+impl AfterResponse {
+    fn dispatch(&self, work: Vec<BoxFuture>) {
+        match self {
+            AfterResponse::Spawn => {
+                if !work.is_empty() {
+                    tokio::spawn(futures::future::join_all(work));
+                }
+            }
+            AfterResponse::Extension(sender) => {
+                if sender.send(work).is_err() {
+                    tracing::warn!(
+                        "the after-response extension is gone; deferred work dropped (the revalidation queue still holds it)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Gives every request a [`Deferred`], adds the counters flush to it, and hands the work on
+/// once the handler has produced the response.
+pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let deferred = Deferred::default();
+    request.extensions_mut().insert(deferred.clone());
+    let response = next.run(request).await;
+    let (cache, every, emf) = (
+        state.cache.clone(),
+        state.counters_flush_every,
+        state.emf_function.clone(),
+    );
+    deferred.push(async move {
+        cache.flush_counters(every, emf.as_deref()).await;
+    });
+    state.after_response.dispatch(deferred.take());
+    response
+}

@@ -1,0 +1,62 @@
+//! The catalog HTTP API: one axum [`Router`] with every route, served by `lambda_http` in
+//! Lambda ([`lambda::run`]) and by a TCP listener locally ([`serve`]).
+//!
+//! # Layout
+//! - [`routes`]: handlers per resource (products, offers, feeds, admin).
+//! - [`state`]: shared state (store ports, cache, clock, admin token).
+//! - [`deferred`]: work that runs after the response (revalidation, prefetch, counters).
+//! - [`lambda`]: the Lambda runtime and the internal extension that runs deferred work.
+//! - `respond`, `error`, `extract`: cache headers, JSON errors, validated inputs.
+
+pub mod deferred;
+mod error;
+mod extract;
+pub mod lambda;
+pub mod openapi;
+mod respond;
+pub mod routes;
+pub mod state;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+pub use error::{ApiError, ErrorBody};
+pub use state::AppState;
+
+/// Largest request body accepted (a batch of 100 ids is about 7 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The API's router, with the OpenAPI document at `/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = openapi::routes().split_for_parts();
+    let document = std::sync::Arc::new(document);
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deferred::layer,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_| -> Response { ApiError::Internal("handler panicked".into()).into_response() },
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on a TCP listener (local runs, tests, benchmarks). Deferred work is spawned.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! The `api` Lambda function: configuration and clients are built once at cold start, then
+//! invocations are served by the shared router.
+
+use catalog_core::config::Config;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    catalog_core::telemetry::init();
+    let config = Config::from_env()?;
+    let state = api::AppState::from_config(&config).await;
+    api::lambda::run(state).await
+}

@@ -1,0 +1,340 @@
+//! Admin routes: cache statistics and health, warming, invalidation, job runs.
+//! Every route needs `Authorization: Bearer <ADMIN_TOKEN>`; without it nothing is revealed.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use catalog_core::cache::breaker::BreakerState;
+use catalog_core::cache::key::KeyTarget;
+use catalog_core::cache::l2::ServerInfo;
+use catalog_core::cache::metrics::MetricsSnapshot;
+use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
+use catalog_core::model::{FeedKind, JobRun, ProductId};
+use catalog_core::reads::{self, WarmReport};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::ApiJson;
+use crate::routes::products::parse_ids;
+use crate::state::AppState;
+
+/// Proof that the request carries the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (&state.admin_token, presented) {
+            (Some(token), Some(presented)) if token.matches(presented) => Ok(Admin),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Reads and ratios over one window.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WindowStats {
+    /// Reads in the window.
+    pub reads: u64,
+    /// Share of reads served from cache (L1, L2, stale and cached not-found).
+    pub hit_ratio: Option<f64>,
+    /// Share served by L1.
+    pub l1_ratio: Option<f64>,
+    /// Share served fresh by Redis.
+    pub l2_ratio: Option<f64>,
+    /// Share served stale while revalidating.
+    pub stale_ratio: Option<f64>,
+    /// Database loads.
+    pub loads: u64,
+    /// Failed database loads.
+    pub load_errors: u64,
+    /// Failed Redis calls.
+    pub redis_errors: u64,
+    /// Reads and writes that skipped Redis.
+    pub bypasses: u64,
+}
+
+impl From<&MetricsSnapshot> for WindowStats {
+    fn from(c: &MetricsSnapshot) -> Self {
+        let reads = c.l1_hits + c.l2_hits + c.stale_serves + c.negative_hits + c.misses;
+        #[allow(clippy::cast_precision_loss)]
+        let share = |n: u64| (reads > 0).then(|| n as f64 / reads as f64);
+        WindowStats {
+            reads,
+            hit_ratio: c.hit_ratio(),
+            l1_ratio: share(c.l1_hits),
+            l2_ratio: share(c.l2_hits),
+            stale_ratio: share(c.stale_serves),
+            loads: c.loads,
+            load_errors: c.load_errors,
+            redis_errors: c.l2_errors,
+            bypasses: c.bypasses,
+        }
+    }
+}
+
+/// This process's L1.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct L1Stats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (encoded size).
+    pub bytes: u64,
+    /// Byte bound.
+    pub max_bytes: u64,
+}
+
+/// `GET /admin/cache/stats`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CacheStats {
+    /// Every process's counters over the last 5 minutes.
+    pub last_5m: WindowStats,
+    /// Over the last hour.
+    pub last_1h: WindowStats,
+    /// Over the last 24 hours.
+    pub last_24h: WindowStats,
+    /// Redis' own figures (`null` if Redis did not answer).
+    #[schema(value_type = Option<Object>)]
+    pub redis: Option<ServerInfo>,
+    /// This process's L1.
+    pub l1: L1Stats,
+    /// This process's circuit breaker.
+    #[schema(value_type = Object)]
+    pub circuit: BreakerState,
+    /// Keys waiting on the revalidation queue (`null` without Redis).
+    pub revalidation_backlog: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/admin/cache/stats", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = CacheStats), (status = 401, body = ErrorBody))
+)]
+/// Hit ratios per tier over 5 min, 1 h and 24 h, Redis memory and keys, L1 size.
+pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<Json<CacheStats>> {
+    let cache = &state.cache;
+    let (history, redis, backlog) = tokio::join!(
+        cache.history(),
+        cache.server_info(),
+        cache.revalidation_backlog()
+    );
+    let (entries, bytes) = cache.l1_usage();
+    Ok(Json(CacheStats {
+        last_5m: (&history.last_5m.counters).into(),
+        last_1h: (&history.last_1h.counters).into(),
+        last_24h: (&history.last_24h.counters).into(),
+        redis,
+        l1: L1Stats {
+            entries,
+            bytes,
+            max_bytes: cache.options().l1_max_bytes,
+        },
+        circuit: cache.breaker_state(),
+        revalidation_backlog: backlog,
+    }))
+}
+
+/// Figures that can raise alerts, for the since-when bookkeeping.
+const ALERT_FIGURES: [&str; 6] = [
+    "hit_ratio",
+    "redis_error_rate",
+    "memory",
+    "redis",
+    "circuit",
+    "refresh",
+];
+
+/// `GET /admin/cache/health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthResponse {
+    /// `HEALTHY`, `WARNING` or `CRITICAL`, alerts and figures with trends.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub report: HealthReport,
+    /// When this was evaluated (epoch ms).
+    pub checked_at: i64,
+}
+
+#[utoipa::path(
+    get, path = "/admin/cache/health", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = HealthResponse), (status = 401, body = ErrorBody))
+)]
+/// Health from thresholds (hit ratio, memory, circuit, error rate, refresh), with trends.
+pub async fn cache_health(
+    _: Admin,
+    State(state): State<AppState>,
+) -> ApiResult<Json<HealthResponse>> {
+    let cache = &state.cache;
+    let (history, server) = tokio::join!(cache.history(), cache.server_info());
+    let refresh_runs = match state.stats.run_history("refresh", 10).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            tracing::warn!(error.message = %e, "cannot read refresh history for health");
+            Vec::new()
+        }
+    };
+    let now = state.clock.now_ms();
+    let inputs = HealthInputs {
+        history,
+        server,
+        breaker: cache.breaker_state(),
+        refresh_runs,
+        refresh_interval: state.refresh_interval,
+        now,
+    };
+    let thresholds = Thresholds::default();
+    let first = health::evaluate(&inputs, &thresholds, &HashMap::new());
+    let active: Vec<&str> = first.alerts.iter().map(|a| a.figure).collect();
+    let inactive: Vec<&str> = ALERT_FIGURES
+        .into_iter()
+        .filter(|f| !active.contains(f))
+        .collect();
+    let since = cache.alert_since(&active, &inactive).await;
+    Ok(Json(HealthResponse {
+        report: health::evaluate(&inputs, &thresholds, &since),
+        checked_at: now,
+    }))
+}
+
+/// What to warm: explicit ids, or the most viewed products.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarmRequest {
+    /// Up to 100 product ids.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// The top N products by 24 h views (1 to 1000).
+    #[serde(default)]
+    pub top: Option<usize>,
+}
+
+#[utoipa::path(
+    post, path = "/admin/cache/warm", tag = "admin", security(("bearer" = [])), request_body = WarmRequest,
+    responses((status = 200, body = WarmReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
+)]
+/// Loads products, their offers and stats into the cache.
+pub async fn warm(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<WarmRequest>,
+) -> ApiResult<Json<WarmReport>> {
+    let ids: Vec<ProductId> = match (request.ids, request.top) {
+        (Some(ids), None) => parse_ids(&ids)?,
+        (None, Some(top)) if (1..=1000).contains(&top) => {
+            let ranking = state.stats.feed(FeedKind::Trending).await?;
+            ranking
+                .map(|r| r.ids.into_iter().take(top).collect())
+                .unwrap_or_default()
+        }
+        _ => {
+            return Err(ApiError::Invalid(
+                "give either ids (1 to 100) or top (1 to 1000)".into(),
+            ));
+        }
+    };
+    Ok(Json(
+        reads::warm(&state.cache, &state.product_reader(), &state.stats, &ids).await?,
+    ))
+}
+
+/// What to invalidate: exactly one of the fields.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateRequest {
+    /// Products whose every entry (detail, summary, stats) is dropped.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Individual keys, as the cache names them (`<prefix>product:<id>`, `summary:`, `stats:`).
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// A namespace moved to a new generation (`feed`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// What was invalidated.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InvalidateResponse {
+    /// Keys dropped (or 0 for a namespace).
+    pub invalidated: usize,
+    /// The namespace's new generation.
+    pub generation: Option<u64>,
+    /// False if Redis could not be reached: only this process's L1 was cleared.
+    pub redis_reached: bool,
+}
+
+#[utoipa::path(
+    post, path = "/admin/cache/invalidate", tag = "admin", security(("bearer" = [])), request_body = InvalidateRequest,
+    responses((status = 200, body = InvalidateResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+/// Drops products, keys or a whole namespace from the cache.
+pub async fn invalidate(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<InvalidateRequest>,
+) -> ApiResult<Json<InvalidateResponse>> {
+    let cache = &state.cache;
+    let keys = cache.keys();
+    let targets = match (request.ids, request.keys, request.namespace) {
+        (Some(ids), None, None) => parse_ids(&ids)?
+            .iter()
+            .flat_map(|id| keys.product_keys(id))
+            .collect::<Vec<_>>(),
+        (None, Some(raw), None) if !raw.is_empty() && raw.len() <= 100 => raw
+            .iter()
+            .map(|k| match keys.parse(k) {
+                Some(KeyTarget::Product(id)) => Ok(keys.product(&id)),
+                Some(KeyTarget::Summary(id)) => Ok(keys.summary(&id)),
+                Some(KeyTarget::Stats(id)) => Ok(keys.stats(&id)),
+                None => Err(ApiError::Invalid(
+                    "keys: only product, summary and stats keys of this cache".into(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, None, Some(namespace)) if namespace == reads::FEED_NAMESPACE => {
+            let generation = cache.bump_generation(&namespace).await;
+            return Ok(Json(InvalidateResponse {
+                invalidated: 0,
+                redis_reached: generation.is_some(),
+                generation,
+            }));
+        }
+        _ => {
+            return Err(ApiError::Invalid(
+                "give exactly one of ids (1 to 100), keys (1 to 100) or namespace (feed)".into(),
+            ));
+        }
+    };
+    let redis_reached = cache.invalidate(&targets).await;
+    Ok(Json(InvalidateResponse {
+        invalidated: targets.len(),
+        generation: None,
+        redis_reached,
+    }))
+}
+
+/// `GET /admin/jobs`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobsResponse {
+    /// The last run of every job that has run.
+    pub jobs: Vec<JobRun>,
+}
+
+#[utoipa::path(
+    get, path = "/admin/jobs", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = JobsResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
+)]
+/// The last run of each scheduled job.
+pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<JobsResponse>> {
+    Ok(Json(JobsResponse {
+        jobs: state.stats.last_runs().await?,
+    }))
+}

@@ -1,0 +1,118 @@
+//! What every handler shares: the store ports the API's IAM policy allows, the cache, the clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog_core::cache::l2::L2Store;
+use catalog_core::cache::l2::redis::RedisL2;
+use catalog_core::cache::{Cache, CacheOptions};
+use catalog_core::clock::{Clock, SystemClock};
+use catalog_core::config::Config;
+use catalog_core::store::dynamo::{self, DynamoStore};
+use catalog_core::store::{CatalogStore, StatsReader, ViewRecorder};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::deferred::AfterResponse;
+
+/// The admin bearer token, kept only as a digest so comparisons are constant-time and of
+/// fixed length.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// From the configured secret.
+    pub fn new(secret: &SecretString) -> Self {
+        AdminToken(Sha256::digest(secret.expose_secret().as_bytes()).into())
+    }
+
+    /// Whether `presented` is the token, in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// Products and offers: read and write.
+    pub catalog: Arc<dyn CatalogStore>,
+    /// Stats, feeds and job metadata: read only.
+    pub stats: Arc<dyn StatsReader>,
+    /// View events: write only.
+    pub views: Arc<dyn ViewRecorder>,
+    /// The two-tier cache.
+    pub cache: Cache,
+    /// Wall clock (injected in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Admin credentials; `None` disables the admin routes.
+    pub admin_token: Option<AdminToken>,
+    /// The refresh job's schedule, for health.
+    pub refresh_interval: Duration,
+    /// How often this process adds its counters to the shared per-minute buckets.
+    pub counters_flush_every: Duration,
+    /// `Function` dimension of the EMF metric lines; `None` outside Lambda, where nobody
+    /// collects them.
+    pub emf_function: Option<Arc<str>>,
+    /// Where post-response work goes.
+    pub after_response: AfterResponse,
+}
+
+/// How long init waits for the first Redis connection before serving without it.
+const REDIS_INIT_WAIT: Duration = Duration::from_millis(1500);
+
+impl AppState {
+    /// State on DynamoDB and Redis from the configuration: clients built once, at cold start.
+    pub async fn from_config(config: &Config) -> AppState {
+        let client = dynamo::client(&config.dynamodb).await;
+        let store = Arc::new(DynamoStore::new(client, config.tables.clone()));
+        let l2 = match &config.redis {
+            Some(redis) => {
+                Some(RedisL2::connect(redis.clone(), REDIS_INIT_WAIT).await as Arc<dyn L2Store>)
+            }
+            None => {
+                tracing::warn!(
+                    "REDIS_ENDPOINTS is not set: running with the in-process cache only"
+                );
+                None
+            }
+        };
+        let cache = Cache::new(
+            CacheOptions::from_config(&config.cache, config.redis.as_ref()),
+            l2,
+            Arc::new(SystemClock),
+        );
+        AppState::new(store.clone(), store.clone(), store, cache, config)
+    }
+
+    /// State over any adapters (the embedded dev mode, tests, benchmarks).
+    pub fn new(
+        catalog: Arc<dyn CatalogStore>,
+        stats: Arc<dyn StatsReader>,
+        views: Arc<dyn ViewRecorder>,
+        cache: Cache,
+        config: &Config,
+    ) -> AppState {
+        AppState {
+            catalog,
+            stats,
+            views,
+            cache,
+            clock: Arc::new(SystemClock),
+            admin_token: config.admin_token.as_ref().map(AdminToken::new),
+            refresh_interval: config.jobs.refresh_interval,
+            counters_flush_every: Duration::from_secs(10),
+            emf_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+                .ok()
+                .map(Into::into),
+            after_response: AfterResponse::Spawn,
+        }
+    }
+
+    /// The catalog as a reader, for the shared cached reads.
+    pub fn product_reader(&self) -> Arc<dyn catalog_core::store::ProductReader> {
+        self.catalog.clone()
+    }
+}

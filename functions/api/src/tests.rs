@@ -1,0 +1,795 @@
+//! Router tests over the in-memory adapters: every route, status and header, no network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::Response;
+use catalog_core::ExpectedVersion;
+use catalog_core::cache::l2::L2Store;
+use catalog_core::cache::l2::memory::MemoryL2;
+use catalog_core::cache::{Cache, CacheOptions};
+use catalog_core::clock::ManualClock;
+use catalog_core::config::Config;
+use catalog_core::model::{
+    Currency, FeedKind, Money, Offer, OfferId, OfferStatus, Product, ProductId, RankedFeed,
+};
+use catalog_core::store::memory::MemoryStore;
+use catalog_core::store::{OfferWriter, ProductWriter, StatsWriter};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::AppState;
+
+const NOW: i64 = 1_800_000_000_000;
+const TOKEN: &str = "s3cret-admin-token";
+
+struct TestApp {
+    state: AppState,
+    store: Arc<MemoryStore>,
+    l2: Arc<MemoryL2>,
+    clock: Arc<ManualClock>,
+}
+
+impl TestApp {
+    fn new() -> TestApp {
+        let store = Arc::new(MemoryStore::new());
+        let l2 = Arc::new(MemoryL2::new());
+        let clock = ManualClock::at(NOW);
+        let config = Config::from_lookup(|name| match name {
+            "CATALOG_TABLE" | "VIEWS_TABLE" | "STATS_TABLE" => Some("t".repeat(3)),
+            "ADMIN_TOKEN" => Some(TOKEN.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let cache = Cache::new(
+            CacheOptions {
+                jitter: 0.0,
+                ..CacheOptions::default()
+            },
+            Some(l2.clone() as Arc<dyn L2Store>),
+            clock.clone(),
+        );
+        let mut state = AppState::new(store.clone(), store.clone(), store.clone(), cache, &config);
+        state.clock = clock.clone();
+        TestApp {
+            state,
+            store,
+            l2,
+            clock,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Response {
+        crate::router(self.state.clone())
+            .oneshot(request)
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, uri: &str) -> Response {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn json(&self, method: &str, uri: &str, body: Value) -> Response {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn admin(&self, method: &str, uri: &str, body: Option<Value>) -> Response {
+        let builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    async fn seed_product(&self, id: &str) -> Product {
+        self.store
+            .put_product(&product(id), ExpectedVersion::Absent)
+            .await
+            .unwrap()
+    }
+
+    async fn seed_offer(&self, product: &str, offer: &str, expires_in: Duration) -> Offer {
+        let offer = Offer {
+            id: OfferId::parse(offer).unwrap(),
+            product_id: ProductId::parse(product).unwrap(),
+            status: OfferStatus::Active,
+            price: Money::new(999, Currency::parse("EUR").unwrap()),
+            expires_at: NOW + i64::try_from(expires_in.as_millis()).unwrap(),
+            created_at: NOW,
+            updated_at: NOW,
+            version: 0,
+        };
+        self.store
+            .put_offer(&offer, ExpectedVersion::Absent)
+            .await
+            .unwrap()
+    }
+}
+
+fn product(id: &str) -> Product {
+    Product {
+        id: ProductId::parse(id).unwrap(),
+        name: format!("Product {id}"),
+        description: "desc".into(),
+        category: "kitchen".into(),
+        price: Money::new(1999, Currency::parse("EUR").unwrap()),
+        active: true,
+        created_at: NOW,
+        updated_at: NOW,
+        version: 0,
+    }
+}
+
+async fn body(response: Response) -> Value {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn header_of<'a>(response: &'a Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_product_is_loaded_once_then_served_from_l1_with_cache_headers() {
+    let app = TestApp::new();
+    app.seed_product("kettle").await;
+    app.seed_offer("kettle", "o-live", Duration::from_secs(3600))
+        .await;
+
+    let first = app.get("/products/kettle").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header_of(&first, "x-cache"), "MISS");
+    assert_eq!(header_of(&first, "age"), "0");
+    assert!(header_of(&first, "cache-control").starts_with("public, max-age=300"));
+    let etag = header_of(&first, "etag").to_owned();
+    let json = body(first).await;
+    assert_eq!(json["product"]["name"], "Product kettle");
+    assert_eq!(json["offers"][0]["id"], "o-live");
+    assert_eq!(json["cache"]["source"], "LOADED");
+    assert!(json["processing_time_ms"].is_number());
+    assert_eq!(json["stats"]["views_24h"], 0);
+
+    app.clock.advance(Duration::from_secs(2));
+    let second = app.get("/products/kettle").await;
+    assert_eq!(header_of(&second, "x-cache"), "HIT-L1");
+    assert_eq!(header_of(&second, "etag"), etag);
+    assert_eq!(body(second).await["cache"]["age_ms"], 2000);
+
+    let revalidated = app
+        .send(
+            Request::get("/products/kettle")
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header_of(&revalidated, "etag"), etag);
+    assert_eq!(body(revalidated).await, Value::Null);
+}
+
+#[tokio::test]
+async fn expired_and_cancelled_offers_are_not_served() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    app.seed_offer("p1", "o-soon", Duration::from_secs(60))
+        .await;
+    app.seed_offer("p1", "o-later", Duration::from_secs(7200))
+        .await;
+    // Past the first offer's expiry, within the product's fresh TTL.
+    app.clock.advance(Duration::from_secs(61));
+    let json = body(app.get("/products/p1").await).await;
+    let ids: Vec<&str> = json["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o-later"]);
+}
+
+#[tokio::test]
+async fn bad_ids_unknown_products_routes_and_methods_are_json_errors() {
+    let app = TestApp::new();
+    let cases = [
+        (
+            app.get("/products/bad%20id").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            app.get(&format!("/products/{}", "x".repeat(65))).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            app.get("/products/ghost").await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (app.get("/nowhere").await, StatusCode::NOT_FOUND, "no_route"),
+        (
+            app.send(Request::delete("/products/p1").body(Body::empty()).unwrap())
+                .await,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            app.get("/feed?kind=hot").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            app.get("/feed?per_page=500").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            app.get("/offers/expiring?within=8d").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            app.get("/offers/expiring?within=soon").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (response, status, code) in cases {
+        assert_eq!(response.status(), status);
+        assert_eq!(header_of(&response, "content-type"), "application/json");
+        let json = body(response).await;
+        assert_eq!(json["error"], code, "{json}");
+        assert!(json["message"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn a_batch_lists_what_it_did_not_find_and_rejects_bad_bodies() {
+    let app = TestApp::new();
+    for id in ["a", "b"] {
+        app.seed_product(id).await;
+    }
+    let response = app
+        .json(
+            "POST",
+            "/products/batch",
+            json!({"ids": ["b", "zz", "a", "b"]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "x-cache"), "MISS");
+    let json = body(response).await;
+    let names: Vec<&str> = json["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b", "a"]);
+    assert_eq!(json["not_found"], json!(["zz"]));
+    assert_eq!(json["cache"]["loaded"], 3);
+
+    let again = app
+        .json("POST", "/products/batch", json!({"ids": ["a", "b"]}))
+        .await;
+    assert_eq!(header_of(&again, "x-cache"), "HIT-L1");
+
+    let too_many: Vec<String> = (0..101).map(|i| format!("p{i}")).collect();
+    let cases = [
+        (json!({"ids": too_many}), StatusCode::BAD_REQUEST),
+        (json!({"ids": []}), StatusCode::BAD_REQUEST),
+        (json!({"ids": ["ok", "not ok"]}), StatusCode::BAD_REQUEST),
+        (json!({"idz": ["a"]}), StatusCode::BAD_REQUEST),
+        (
+            json!({"ids": ["x".repeat(40_000), "y".repeat(40_000)]}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (request, status) in cases {
+        let response = app.json("POST", "/products/batch", request).await;
+        assert_eq!(response.status(), status);
+        assert!(body(response).await["error"].is_string());
+    }
+    let not_json = app
+        .send(
+            Request::post("/products/batch")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn writes_are_conditional_on_version_and_invalidate_at_once() {
+    let app = TestApp::new();
+    let input = |name: &str, expected: Option<u64>| {
+        json!({"name": name, "category": "kitchen", "price": {"amount_minor": 1500, "currency": "EUR"},
+               "active": true, "expected_version": expected})
+    };
+    let created = app.json("PUT", "/products/lamp", input("Lamp", None)).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(body(created).await["version"], 1);
+    assert_eq!(
+        app.json("PUT", "/products/lamp", input("Lamp", None))
+            .await
+            .status(),
+        StatusCode::CONFLICT
+    );
+
+    // Cache it, then update: the next read sees the update, not the cached copy.
+    assert_eq!(
+        body(app.get("/products/lamp").await).await["product"]["name"],
+        "Lamp"
+    );
+    let updated = app
+        .json("PUT", "/products/lamp", input("Lamp v2", Some(1)))
+        .await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    let read = app.get("/products/lamp").await;
+    assert_eq!(header_of(&read, "x-cache"), "MISS");
+    assert_eq!(body(read).await["product"]["name"], "Lamp v2");
+
+    assert_eq!(
+        app.json("PUT", "/products/lamp", input("stale", Some(1)))
+            .await
+            .status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        app.json("PUT", "/products/ghost", input("x", Some(1)))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let invalid = app.json("PUT", "/products/lamp", json!({"name": "", "category": "k", "price": {"amount_minor": 1, "currency": "EUR"}, "active": true, "expected_version": 2})).await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    let bad_currency = app.json("PUT", "/products/lamp2", json!({"name": "x", "category": "k", "price": {"amount_minor": 1, "currency": "euro"}, "active": true})).await;
+    assert_eq!(bad_currency.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn offers_are_created_extended_and_cancelled_with_their_product_invalidated() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    assert_eq!(
+        body(app.get("/products/p1").await).await["offers"],
+        json!([])
+    );
+
+    let created = app
+        .json("POST", "/products/p1/offers", json!({"offer_id": "o1", "price": {"amount_minor": 900, "currency": "EUR"}, "expires_at": NOW + 3_600_000}))
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        body(app.get("/products/p1").await).await["offers"][0]["id"],
+        "o1"
+    );
+
+    let extended = app
+        .json(
+            "PATCH",
+            "/offers/o1",
+            json!({"action": "extend", "expires_at": NOW + 7_200_000, "expected_version": 1}),
+        )
+        .await;
+    assert_eq!(extended.status(), StatusCode::OK);
+    assert_eq!(body(extended).await["version"], 2);
+    let stale = app
+        .json(
+            "PATCH",
+            "/offers/o1",
+            json!({"action": "cancel", "expected_version": 1}),
+        )
+        .await;
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    let cancelled = app
+        .json(
+            "PATCH",
+            "/offers/o1",
+            json!({"action": "cancel", "expected_version": 2}),
+        )
+        .await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    assert_eq!(
+        body(app.get("/products/p1").await).await["offers"],
+        json!([])
+    );
+
+    let cases = [
+        (
+            "POST",
+            "/products/ghost/offers",
+            json!({"price": {"amount_minor": 1, "currency": "EUR"}, "expires_at": NOW + 1000}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/products/p1/offers",
+            json!({"price": {"amount_minor": 1, "currency": "EUR"}, "expires_at": NOW - 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/products/p1/offers",
+            json!({"offer_id": "o1", "price": {"amount_minor": 1, "currency": "EUR"}, "expires_at": NOW + 1000}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "PATCH",
+            "/offers/ghost",
+            json!({"action": "cancel", "expected_version": 1}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "PATCH",
+            "/offers/o1",
+            json!({"action": "explode", "expected_version": 3}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "PATCH",
+            "/offers/o1",
+            json!({"action": "cancel", "expected_version": 3}),
+            StatusCode::CONFLICT,
+        ),
+    ];
+    for (method, uri, request, status) in cases {
+        assert_eq!(
+            app.json(method, uri, request).await.status(),
+            status,
+            "{method} {uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retried_view_counts_once_and_unknown_products_are_404() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    let first = app
+        .json("POST", "/products/p1/views", json!({"event_id": "evt-1"}))
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        body(first).await,
+        json!({"event_id": "evt-1", "recorded": true})
+    );
+    let retry = app
+        .json("POST", "/products/p1/views", json!({"event_id": "evt-1"}))
+        .await;
+    assert_eq!(body(retry).await["recorded"], false);
+    let anonymous = app
+        .send(
+            Request::post("/products/p1/views")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(anonymous.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.store.view_count(), 2);
+    assert_eq!(
+        app.json("POST", "/products/ghost/views", json!({}))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_feed_pages_through_the_ranking_and_prefetches_the_next_page() {
+    let app = TestApp::new();
+    let ids: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+    for id in &ids {
+        app.seed_product(id).await;
+    }
+    let ranking = RankedFeed {
+        kind: FeedKind::Trending,
+        ids: ids
+            .iter()
+            .rev()
+            .map(|i| ProductId::parse(i).unwrap())
+            .collect(),
+        computed_at: NOW,
+    };
+    app.store.put_feed(&ranking).await.unwrap();
+
+    let page1 = body(app.get("/feed?kind=trending&page=1&per_page=2").await).await;
+    let names = |page: &Value| -> Vec<String> {
+        page["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&page1), ["p4", "p3"]);
+    assert_eq!(
+        (page1["total"].clone(), page1["next_page"].clone()),
+        (json!(5), json!(2))
+    );
+
+    // The prefetch of page 2 ran after the response: page 2 is already in L1.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let page2 = app.get("/feed?kind=trending&page=2&per_page=2").await;
+    assert_eq!(header_of(&page2, "x-cache"), "HIT-L1");
+    assert_eq!(names(&body(page2).await), ["p2", "p1"]);
+    let last = body(app.get("/feed?page=3&per_page=2").await).await;
+    assert_eq!(last["next_page"], Value::Null);
+    let empty = body(app.get("/feed?kind=new").await).await;
+    assert_eq!(empty["total"], 0);
+}
+
+#[tokio::test]
+async fn expiring_offers_are_listed_soonest_first() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    app.seed_offer("p1", "o-2h", Duration::from_secs(7200))
+        .await;
+    app.seed_offer("p1", "o-10m", Duration::from_secs(600))
+        .await;
+    let json = body(app.get("/offers/expiring?within=1h").await).await;
+    assert_eq!(json["within_s"], 3600);
+    assert_eq!(json["offers"].as_array().unwrap().len(), 1);
+    assert_eq!(json["offers"][0]["offer_id"], "o-10m");
+    let all = body(app.get("/offers/expiring?within=3h").await).await;
+    assert_eq!(all["offers"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_stale_product_is_served_at_once_and_refreshed_after_the_response() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    app.get("/products/p1").await;
+    let mut renamed = product("p1");
+    renamed.name = "Renamed behind the cache".into();
+    app.store
+        .put_product(&renamed, ExpectedVersion::Exactly(1))
+        .await
+        .unwrap();
+    app.clock.advance(Duration::from_secs(301)); // past fresh (300 s), inside stale
+
+    let stale = app.get("/products/p1").await;
+    assert_eq!(header_of(&stale, "x-cache"), "STALE");
+    assert!(header_of(&stale, "cache-control").contains("max-age=0"));
+    assert_eq!(body(stale).await["product"]["name"], "Product p1");
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fresh = app.get("/products/p1").await;
+    assert_eq!(header_of(&fresh, "x-cache"), "HIT-L1");
+    assert_eq!(
+        body(fresh).await["product"]["name"],
+        "Renamed behind the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_never_a_5xx() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    app.l2.set_failing(true);
+    let response = app.get("/products/p1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "x-cache"), "BYPASS");
+    let batch = app
+        .json("POST", "/products/batch", json!({"ids": ["p1", "p2"]}))
+        .await;
+    assert_eq!(batch.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_dynamodb_outage_is_a_503_with_retry_after_unless_a_stale_copy_exists() {
+    let app = TestApp::new();
+    app.seed_product("cached").await;
+    app.get("/products/cached").await;
+    app.store.set_unavailable(true);
+
+    let response = app.get("/products/uncached").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header_of(&response, "retry-after"), "1");
+    let json = body(response).await;
+    assert_eq!(json["error"], "unavailable");
+    assert!(
+        !json.to_string().contains("injected"),
+        "internals leaked: {json}"
+    );
+
+    app.clock.advance(Duration::from_secs(301));
+    let stale = app.get("/products/cached").await;
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert_eq!(header_of(&stale, "x-cache"), "STALE");
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_and_reveal_nothing_without_it() {
+    let app = TestApp::new();
+    for uri in ["/admin/cache/stats", "/admin/cache/health", "/admin/jobs"] {
+        for auth in [None, Some("Bearer wrong"), Some("Basic abc")] {
+            let mut request = Request::get(uri);
+            if let Some(auth) = auth {
+                request = request.header(header::AUTHORIZATION, auth);
+            }
+            let response = app.send(request.body(Body::empty()).unwrap()).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{uri} {auth:?}"
+            );
+            assert_eq!(header_of(&response, "www-authenticate"), "Bearer");
+            let json = body(response).await;
+            assert_eq!(
+                json.as_object().unwrap().keys().collect::<Vec<_>>(),
+                ["error", "message"]
+            );
+        }
+    }
+    let warm = app
+        .json("POST", "/admin/cache/warm", json!({"top": 5}))
+        .await;
+    assert_eq!(warm.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn admin_stats_health_warm_invalidate_and_jobs() {
+    let app = TestApp::new();
+    for id in ["a", "b"] {
+        app.seed_product(id).await;
+    }
+    let warm = app
+        .admin(
+            "POST",
+            "/admin/cache/warm",
+            Some(json!({"ids": ["a", "b", "ghost"]})),
+        )
+        .await;
+    assert_eq!(warm.status(), StatusCode::OK);
+    let warm = body(warm).await;
+    assert_eq!(
+        (warm["warmed"].clone(), warm["not_found"].clone()),
+        (json!(2), json!(["ghost"]))
+    );
+    assert_eq!(warm["entries_written"], 6);
+    assert_eq!(
+        header_of(&app.get("/products/a").await, "x-cache"),
+        "HIT-L1"
+    );
+
+    // Reads are flushed into the shared per-minute counters after each response.
+    app.clock.advance(Duration::from_secs(11));
+    app.get("/products/a").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = body(app.admin("GET", "/admin/cache/stats", None).await).await;
+    assert!(stats["last_5m"]["reads"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["last_24h"]["hit_ratio"].is_number());
+    assert!(stats["redis"]["keys"].as_u64().unwrap() > 0);
+    assert!(stats["l1"]["entries"].as_u64().unwrap() > 0);
+    assert_eq!(stats["circuit"]["state"], "closed");
+
+    let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    // No refresh has ever run: a warning, with the refresh alert and since when.
+    assert_eq!(health["status"], "WARNING");
+    assert_eq!(health["alerts"][0]["figure"], "refresh");
+    assert_eq!(health["alerts"][0]["since"], NOW + 11_000);
+    assert!(
+        health["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "hit_ratio")
+    );
+
+    let invalidated = body(
+        app.admin(
+            "POST",
+            "/admin/cache/invalidate",
+            Some(json!({"ids": ["a"]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(invalidated["invalidated"], 3);
+    assert_eq!(header_of(&app.get("/products/a").await, "x-cache"), "MISS");
+    let key = format!("{}summary:b", app.state.cache.keys().prefix());
+    let by_key = app
+        .admin(
+            "POST",
+            "/admin/cache/invalidate",
+            Some(json!({"keys": [key]})),
+        )
+        .await;
+    assert_eq!(body(by_key).await["invalidated"], 1);
+    let namespace = body(
+        app.admin(
+            "POST",
+            "/admin/cache/invalidate",
+            Some(json!({"namespace": "feed"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(namespace["generation"], 1);
+    for bad in [
+        json!({"keys": ["*"]}),
+        json!({"namespace": "everything"}),
+        json!({"ids": ["a"], "namespace": "feed"}),
+    ] {
+        assert_eq!(
+            app.admin("POST", "/admin/cache/invalidate", Some(bad))
+                .await
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
+    assert_eq!(jobs["jobs"], json!([]));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_every_path_is_served() {
+    let app = TestApp::new();
+    let document = body(app.get("/openapi.json").await).await;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = document["paths"].as_object().unwrap();
+    let expected = [
+        ("get", "/products/{id}"),
+        ("put", "/products/{id}"),
+        ("post", "/products/batch"),
+        ("get", "/products/{id}/stats"),
+        ("post", "/products/{id}/offers"),
+        ("post", "/products/{id}/views"),
+        ("patch", "/offers/{id}"),
+        ("get", "/offers/expiring"),
+        ("get", "/feed"),
+        ("get", "/admin/cache/stats"),
+        ("get", "/admin/cache/health"),
+        ("post", "/admin/cache/warm"),
+        ("post", "/admin/cache/invalidate"),
+        ("get", "/admin/jobs"),
+    ];
+    let mut documented = 0;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            documented += 1;
+            assert!(
+                expected.contains(&(method.as_str(), path.as_str())),
+                "undocumented expectation: {method} {path}"
+            );
+            // Every documented operation reaches a handler (never the no-route fallback).
+            let uri = path.replace("{id}", "p1");
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let response = app.send(request).await;
+            let json = body(response).await;
+            assert_ne!(json["error"], "no_route", "{method} {path}");
+            assert_ne!(json["error"], "method_not_allowed", "{method} {path}");
+        }
+    }
+    assert_eq!(documented, expected.len(), "every route is documented");
+}
