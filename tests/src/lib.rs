@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+pub mod lambda_emulator;
+
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use catalog_core::config::{RedisConfig, RedisMode};

@@ -56,13 +56,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Deferred {
 pub enum AfterResponse {
     /// Spawned on the runtime: a long-running server, where nothing freezes.
     Spawn,
-    /// Sent to the internal extension, once per invocation (possibly empty), which runs it
-    /// after the response and before the environment freezes.
-    Extension(mpsc::UnboundedSender<Vec<BoxFuture>>),
+    /// Sent to the internal extension, once per invocation (possibly empty), tagged with the
+    /// invocation's request id, to run after the response and before the environment freezes.
+    Extension(mpsc::UnboundedSender<DeferredBatch>),
+}
+
+/// One invocation's deferred work.
+pub struct DeferredBatch {
+    /// The Lambda request id of the invocation that left the work, if known.
+    pub request_id: Option<String>,
+    /// The work.
+    pub work: Vec<BoxFuture>,
 }
 
 impl AfterResponse {
-    fn dispatch(&self, work: Vec<BoxFuture>) {
+    fn dispatch(&self, request_id: Option<String>, work: Vec<BoxFuture>) {
         match self {
             AfterResponse::Spawn => {
                 if !work.is_empty() {
@@ -70,7 +78,7 @@ impl AfterResponse {
                 }
             }
             AfterResponse::Extension(sender) => {
-                if sender.send(work).is_err() {
+                if sender.send(DeferredBatch { request_id, work }).is_err() {
                     tracing::warn!(
                         "the after-response extension is gone; deferred work dropped (the revalidation queue still holds it)"
                     );
@@ -85,6 +93,11 @@ impl AfterResponse {
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let deferred = Deferred::default();
     request.extensions_mut().insert(deferred.clone());
+    // Under lambda_http the invocation's context rides along with the request.
+    let request_id = request
+        .extensions()
+        .get::<lambda_http::Context>()
+        .map(|c| c.request_id.clone());
     let response = next.run(request).await;
     let (cache, every, emf) = (
         state.cache.clone(),
@@ -94,6 +107,6 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     deferred.push(async move {
         cache.flush_counters(every, emf.as_deref()).await;
     });
-    state.after_response.dispatch(deferred.take());
+    state.after_response.dispatch(request_id, deferred.take());
     response
 }

@@ -4,19 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use catalog_core::cache::BoxFuture;
 use lambda_extension::{Extension, LambdaEvent, NextEvent, service_fn};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::deferred::AfterResponse;
+use crate::deferred::{AfterResponse, DeferredBatch};
 use crate::state::AppState;
 
 /// Time kept back from the invocation deadline, so the extension always reports back in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
+/// Budget when the event carries no usable deadline (local emulators send `deadlineMs: 0`).
+const FALLBACK_BUDGET: Duration = Duration::from_secs(10);
 
 /// Registers the extension, then serves invocations until the environment shuts down.
 pub async fn run(state: AppState) -> Result<(), lambda_http::Error> {
-    let (sender, receiver) = mpsc::unbounded_channel::<Vec<BoxFuture>>();
+    let (sender, receiver) = mpsc::unbounded_channel::<DeferredBatch>();
     let receiver = Arc::new(Mutex::new(receiver));
     // Registration must happen during init, before the runtime asks for its first event.
     let extension = Extension::new()
@@ -39,11 +40,13 @@ pub async fn run(state: AppState) -> Result<(), lambda_http::Error> {
     Ok(())
 }
 
-/// For one INVOKE event: waits for the handler's deferred work, runs it, and returns, which
-/// tells Lambda this extension is done with the invocation. Bounded by the deadline.
+/// For one INVOKE event: runs deferred work until this invocation's batch has run, then
+/// returns, which tells Lambda this extension is done with the invocation. Batches of earlier
+/// invocations still in the channel (their extension gave up at a deadline) run first: late,
+/// but before this freeze, so nothing is lost. Bounded by the deadline.
 async fn run_deferred(
     event: LambdaEvent,
-    receiver: &Mutex<mpsc::UnboundedReceiver<Vec<BoxFuture>>>,
+    receiver: &Mutex<mpsc::UnboundedReceiver<DeferredBatch>>,
 ) {
     let NextEvent::Invoke(invoke) = event.next else {
         return;
@@ -51,19 +54,31 @@ async fn run_deferred(
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let budget = Duration::from_millis(invoke.deadline_ms.saturating_sub(now_ms))
-        .saturating_sub(DEADLINE_MARGIN);
-    let started = tokio::time::Instant::now();
-    let mut receiver = receiver.lock().await;
-    let Ok(Some(work)) = tokio::time::timeout(budget, receiver.recv()).await else {
-        tracing::warn!(request_id = %invoke.request_id, "no deferred work arrived before the deadline");
-        return;
+    let budget = if invoke.deadline_ms > now_ms {
+        Duration::from_millis(invoke.deadline_ms - now_ms).saturating_sub(DEADLINE_MARGIN)
+    } else {
+        FALLBACK_BUDGET
     };
-    let remaining = budget.saturating_sub(started.elapsed());
-    if tokio::time::timeout(remaining, futures::future::join_all(work))
-        .await
-        .is_err()
-    {
-        tracing::warn!(request_id = %invoke.request_id, "deferred work cut off by the deadline; the revalidation queue keeps it");
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut receiver = receiver.lock().await;
+    loop {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, receiver.recv()).await else {
+            tracing::warn!(request_id = %invoke.request_id, "no deferred work arrived before the deadline");
+            return;
+        };
+        let ours = batch
+            .request_id
+            .as_deref()
+            .is_none_or(|id| id == invoke.request_id);
+        if tokio::time::timeout_at(deadline, futures::future::join_all(batch.work))
+            .await
+            .is_err()
+        {
+            tracing::warn!(request_id = %invoke.request_id, "deferred work cut off by the deadline; the revalidation queue keeps it");
+            return;
+        }
+        if ours {
+            return;
+        }
     }
 }

@@ -1,0 +1,159 @@
+//! The `api` binary under a Lambda runtime: work after the response, and a GET through
+//! `cargo lambda watch`.
+
+use std::time::Duration;
+
+use catalog_core::ExpectedVersion;
+use catalog_core::cache::envelope;
+use catalog_core::store::ProductWriter;
+use integration_tests::lambda_emulator::{Emulator, Event};
+use integration_tests::{connect, standalone_config};
+use redis::AsyncCommands;
+
+use crate::support::{ApiProcess, Services, get_event, http_response, product};
+
+const INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Given a product whose cached copy is stale, when it is read through the real runtime, then
+/// the stale copy is answered at once, the revalidation finishes after the response was posted
+/// and before the next invocation is delivered (Lambda would freeze the environment in
+/// between), and the next invocation sees the fresh product.
+#[tokio::test]
+async fn the_response_arrives_before_the_revalidation_which_finishes_before_the_next_invocation() {
+    let services = Services::new().await;
+    services.seed("p1", "Old name").await;
+    let emulator = Emulator::start().await;
+    let _api = ApiProcess::start(
+        &emulator.runtime_api(),
+        services.env(&[
+            ("CACHE_TTL_PRODUCT_SECS", "1"),
+            ("CACHE_STALE_PRODUCT_SECS", "300"),
+        ]),
+    );
+
+    let first = http_response(
+        &emulator
+            .invoke(get_event("/products/p1"), INVOKE_TIMEOUT)
+            .await
+            .response,
+    );
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.headers["x-cache"], "MISS");
+    assert_eq!(emulator.extensions().await, ["after-response"]);
+
+    // The product changes behind the cache, and the cached copy goes stale.
+    services
+        .store
+        .put_product(&product("p1", "New name"), ExpectedVersion::Exactly(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let stale = emulator
+        .invoke(get_event("/products/p1"), INVOKE_TIMEOUT)
+        .await;
+    let stale_response = http_response(&stale.response);
+    assert_eq!(stale_response.headers["x-cache"], "STALE");
+    assert_eq!(stale_response.body["product"]["name"], "Old name");
+
+    let third = http_response(
+        &emulator
+            .invoke(get_event("/products/p1"), INVOKE_TIMEOUT)
+            .await
+            .response,
+    );
+    assert_eq!(third.body["product"]["name"], "New name");
+    assert_eq!(
+        third.headers["x-cache"], "HIT-L1",
+        "the revalidation filled this environment's L1"
+    );
+
+    // When the revalidation wrote the fresh copy to Redis.
+    let mut redis = connect(&standalone_config()).await;
+    let bytes: Vec<u8> = redis
+        .get(format!("{}product:p1", services.prefix))
+        .await
+        .unwrap();
+    let revalidated_at = envelope::decode_header(&bytes).unwrap().stored_at;
+
+    let events = emulator.events().await;
+    let delivered: Vec<i64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delivered { at_ms, .. } => Some(*at_ms),
+            _ => None,
+        })
+        .collect();
+    let extension_done = events.iter().find_map(|e| match e {
+        Event::ExtensionDone {
+            request_id, at_ms, ..
+        } if *request_id == stale.request_id => Some(*at_ms),
+        _ => None,
+    });
+    assert!(
+        stale.responded_at_ms < revalidated_at,
+        "the response was posted before the revalidation finished: {events:?}"
+    );
+    assert!(
+        revalidated_at <= extension_done.unwrap(),
+        "the extension waited for the revalidation"
+    );
+    assert!(
+        extension_done.unwrap() <= delivered[2],
+        "the next invocation came only after the extension was done"
+    );
+}
+
+/// One GET through cargo-lambda's runtime emulator (`cargo lambda watch --only-lambda-apis`),
+/// the function running as the real `api` binary, invoked as a Lambda function URL.
+#[tokio::test]
+async fn a_get_through_cargo_lambda_watch() {
+    let services = Services::new().await;
+    services.seed("p1", "Kettle").await;
+    let port = integration_tests::RedisServer::free_port();
+    let mut watch = tokio::process::Command::new("cargo")
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("`cargo lambda` is needed: `make test` installs it (PyPI cargo-lambda)");
+    let base = format!("http://127.0.0.1:{port}");
+    // A function that dies would leave the request waiting; a timeout turns that into a failure.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Any HTTP request to the invoke port would be an invocation, so only connect.
+    let mut ready = false;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "cargo lambda watch did not start");
+    let _api = ApiProcess::start(&format!("http://127.0.0.1:{port}/.rt"), services.env(&[]));
+
+    let url = format!("{base}/lambda-url/_/products/p1");
+    let first = client.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let body: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(body["product"]["name"], "Kettle");
+    let second = client.get(&url).send().await.unwrap();
+    assert_eq!(second.headers()["x-cache"], "HIT-L1");
+    let _ = watch.kill().await;
+}
