@@ -6,23 +6,27 @@
 //! - [`clock`]: injectable wall clock.
 //! - [`config`]: typed configuration from the environment.
 //! - [`error`]: the crate's error enum and its classification.
+//! - [`jobs`]: scheduled jobs (refresh), each one testable step.
 //! - [`health`]: cache health evaluation (status, alerts, trends).
 //! - [`model`]: products, offers, view events and stats, with validation.
 //! - [`store`]: storage ports and the DynamoDB and in-memory adapters.
 //! - [`reads`]: cached reads of the catalog (keys and loaders every function shares).
 //! - [`redis_conn`]: one Redis connection per process, standalone or cluster.
 //! - [`telemetry`]: tracing set-up.
+//! - [`wiring`]: clients built once at cold start from the configuration.
 
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod model;
 pub mod reads;
 pub mod redis_conn;
 pub mod store;
 pub mod telemetry;
+pub mod wiring;
 
 pub use config::Config;
 pub use error::{Error, ExpectedVersion, Result};

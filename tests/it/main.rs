@@ -7,6 +7,7 @@
 mod cache;
 mod helpers;
 mod redis_connection;
+mod refresh;
 mod store_dynamo;
 mod store_stats;
 mod template;

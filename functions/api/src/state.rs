@@ -3,13 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog_core::cache::l2::L2Store;
-use catalog_core::cache::l2::redis::RedisL2;
-use catalog_core::cache::{Cache, CacheOptions};
+use catalog_core::cache::Cache;
 use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::config::Config;
-use catalog_core::store::dynamo::{self, DynamoStore};
 use catalog_core::store::{CatalogStore, StatsReader, ViewRecorder};
+use catalog_core::wiring;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -60,30 +58,11 @@ pub struct AppState {
     pub after_response: AfterResponse,
 }
 
-/// How long init waits for the first Redis connection before serving without it.
-const REDIS_INIT_WAIT: Duration = Duration::from_millis(1500);
-
 impl AppState {
     /// State on DynamoDB and Redis from the configuration: clients built once, at cold start.
     pub async fn from_config(config: &Config) -> AppState {
-        let client = dynamo::client(&config.dynamodb).await;
-        let store = Arc::new(DynamoStore::new(client, config.tables.clone()));
-        let l2 = match &config.redis {
-            Some(redis) => {
-                Some(RedisL2::connect(redis.clone(), REDIS_INIT_WAIT).await as Arc<dyn L2Store>)
-            }
-            None => {
-                tracing::warn!(
-                    "REDIS_ENDPOINTS is not set: running with the in-process cache only"
-                );
-                None
-            }
-        };
-        let cache = Cache::new(
-            CacheOptions::from_config(&config.cache, config.redis.as_ref()),
-            l2,
-            Arc::new(SystemClock),
-        );
+        let store = wiring::dynamo_store(config).await;
+        let cache = wiring::cache(config).await;
         AppState::new(store.clone(), store.clone(), store, cache, config)
     }
 

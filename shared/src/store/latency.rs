@@ -1,6 +1,7 @@
 //! A store wrapper that adds a fixed latency to every call and counts calls: how benchmarks
 //! model DynamoDB on top of the in-memory store (moto is correct but far too slow to time).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,17 +17,17 @@ use crate::model::{
     Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
 };
 
-/// Wraps a store; every call sleeps `per_call` first and is counted.
+/// Wraps a shared store; every call sleeps `per_call` first and is counted.
 #[derive(Debug)]
-pub struct LatencyShim<S> {
-    inner: S,
+pub struct LatencyShim<S: ?Sized> {
+    inner: Arc<S>,
     per_call: Duration,
     calls: AtomicU64,
 }
 
-impl<S> LatencyShim<S> {
+impl<S: ?Sized> LatencyShim<S> {
     /// `inner` behind `per_call` of latency (4 ms models a DynamoDB call from Lambda).
-    pub fn new(inner: S, per_call: Duration) -> Self {
+    pub fn new(inner: Arc<S>, per_call: Duration) -> Self {
         LatencyShim {
             inner,
             per_call,
@@ -56,7 +57,7 @@ impl<S> LatencyShim<S> {
 macro_rules! shim {
     ($port:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* }) => {
         #[async_trait]
-        impl<S: $port> $port for LatencyShim<S> {
+        impl<S: $port + ?Sized> $port for LatencyShim<S> {
             $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
                 self.delay().await;
                 self.inner.$name($($arg),*).await
