@@ -4,14 +4,17 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help setup test lint validate bench
+.PHONY: help setup dev test lint validate bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## install the local tools (redis-server, moto[server], cfn-lint) and fetch crates
+setup: ## install the local tools (redis-server, moto[server], cfn-lint, cargo-lambda) and fetch crates
 	@source scripts/ensure-tools.sh && ensure_redis && ensure_python_tools
 	$(CARGO) fetch
+
+dev: ## run the API and the refresh job locally on 127.0.0.1:3000 (embedded store and cache, demo data)
+	$(CARGO) run -p local
 
 test: ## run every test: unit, then integration against real Redis (standalone + cluster) and moto, then cfn-lint
 	scripts/with-services.sh $(CARGO) test --workspace --all-targets

@@ -22,10 +22,15 @@ ensure_python_tools() {
   local missing=()
   "$python_bin" -c 'import moto.server, flask, flask_cors' 2>/dev/null || missing+=("moto[server]")
   [ -x "$python_scripts/cfn-lint" ] || missing+=("cfn-lint")
+  [ -x "$python_scripts/cargo-lambda" ] || missing+=("cargo-lambda")
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "ensure-tools: installing ${missing[*]} from PyPI" >&2
   "$python_bin" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
 }
+
+# pip puts console scripts (cargo-lambda, cfn-lint) next to the interpreter; `cargo lambda`
+# finds its subcommand through PATH.
+export PATH="$python_scripts:$PATH"
 
 cfn_lint() {
   "$python_scripts/cfn-lint" "$@"

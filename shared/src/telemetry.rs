@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 /// - `AWS_LAMBDA_LOG_FORMAT=JSON` (set by Lambda's advanced logging controls) selects JSON lines
 ///   that CloudWatch Logs Insights can query; anything else gives one compact text line per event.
 /// - The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`, defaulting to `info`.
-/// - No timestamps or colours under Lambda: CloudWatch adds the time and shows escape codes raw.
+/// - No timestamps or colours under Lambda (CloudWatch adds the time and shows escape codes
+///   raw), and no colours when stdout is not a terminal.
 pub fn init() {
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -17,10 +18,11 @@ pub fn init() {
     let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
 
+    let colour = !in_lambda && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(!in_lambda);
+        .with_ansi(colour);
     // A second initialisation (tests calling init twice) is harmless, so its error is ignored.
     let _ = if json {
         builder

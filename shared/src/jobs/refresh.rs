@@ -140,15 +140,15 @@ pub async fn refresh_once(
 
     // Products in popularity order, `concurrency` at a time; `buffered` keeps the order of
     // results, so the first product not started is exactly where the next run resumes.
+    //
+    // The futures are built before streaming them (they do nothing until polled): a closure
+    // inside the stream would make the whole job's future fail `tokio::spawn`'s `Send` check.
     let mut computed: HashMap<ProductId, PeriodStats> = HashMap::new();
-    let mut results = futures::stream::iter(&order[start..])
-        .map(|product| async move {
-            if out_of_time() {
-                return (product, None);
-            }
-            (product, Some(refresh_product(deps, product, now).await))
-        })
-        .buffered(options.concurrency.max(1));
+    let refreshes: Vec<_> = order[start..]
+        .iter()
+        .map(|product| refresh_unless_late(deps, product, now, deadline, options.stop_before))
+        .collect();
+    let mut results = futures::stream::iter(refreshes).buffered(options.concurrency.max(1));
     while let Some((product, outcome)) = results.next().await {
         match outcome {
             None => {
@@ -231,6 +231,20 @@ fn popularity_order<'a>(active: &'a [Product], ranking: Option<&RankedFeed>) -> 
     order
 }
 
+/// Refreshes one product, or reports it not started when the deadline is too close.
+async fn refresh_unless_late<'a>(
+    deps: &RefreshDeps,
+    product: &'a Product,
+    now: EpochMillis,
+    deadline: Option<Instant>,
+    stop_before: Duration,
+) -> (&'a Product, Option<Result<(PeriodStats, u64)>>) {
+    if deadline.is_some_and(|d| Instant::now() + stop_before >= d) {
+        return (product, None);
+    }
+    (product, Some(refresh_product(deps, product, now).await))
+}
+
 /// Recomputes one product's stats, stores them, and writes its stats, summary and detail
 /// through the cache. Returns the stats and the number of cache entries written.
 async fn refresh_product(
@@ -274,10 +288,8 @@ async fn rank_feeds(
     mut computed: HashMap<ProductId, PeriodStats>,
     now: EpochMillis,
 ) -> Result<u64> {
-    let stored: Vec<(ProductId, Option<PeriodStats>)> = futures::stream::iter(earlier.iter())
-        .map(|p| async move {
-            Ok::<_, crate::Error>((p.id.clone(), deps.stats.period_stats(&p.id).await?))
-        })
+    let reads: Vec<_> = earlier.iter().map(|p| stored_stats(deps, &p.id)).collect();
+    let stored: Vec<(ProductId, Option<PeriodStats>)> = futures::stream::iter(reads)
         .buffer_unordered(options.concurrency.max(1))
         .try_collect()
         .await?;
@@ -331,6 +343,25 @@ async fn rank_feeds(
         .count() as u64)
 }
 
+/// A product's stats as stored by an earlier run.
+async fn stored_stats(
+    deps: &RefreshDeps,
+    id: &ProductId,
+) -> Result<(ProductId, Option<PeriodStats>)> {
+    Ok((id.clone(), deps.stats.period_stats(id).await?))
+}
+
+/// Reloads one queued key.
+async fn reload(
+    deps: &RefreshDeps,
+    catalog: &Arc<dyn ProductReader>,
+    stats: &Arc<dyn crate::store::StatsReader>,
+    key: String,
+) -> (String, Result<bool>) {
+    let outcome = reads::reload_key(&deps.cache, catalog, stats, &key).await;
+    (key, outcome)
+}
+
 /// Refreshes keys the API queued on stale reads. Returns (refreshed, failed); failed keys stay
 /// queued for the next run.
 async fn drain_revalidations(deps: &RefreshDeps, options: &RefreshOptions) -> (u64, u64) {
@@ -340,14 +371,11 @@ async fn drain_revalidations(deps: &RefreshDeps, options: &RefreshOptions) -> (u
     }
     let catalog: Arc<dyn ProductReader> = deps.catalog.clone();
     let stats: Arc<dyn crate::store::StatsReader> = deps.stats.clone();
-    let outcomes: Vec<(String, Result<bool>)> = futures::stream::iter(keys)
-        .map(|key| {
-            let (catalog, stats) = (&catalog, &stats);
-            async move {
-                let outcome = reads::reload_key(&deps.cache, catalog, stats, &key).await;
-                (key, outcome)
-            }
-        })
+    let reloads: Vec<_> = keys
+        .into_iter()
+        .map(|key| reload(deps, &catalog, &stats, key))
+        .collect();
+    let outcomes: Vec<(String, Result<bool>)> = futures::stream::iter(reloads)
         .buffer_unordered(options.concurrency.max(1))
         .collect()
         .await;
