@@ -21,6 +21,7 @@ test: ## run every test: unit, then integration against real Redis (standalone +
 	@$(MAKE) --no-print-directory validate
 
 bench: ## run the benchmarks; figures go to bench/results/latest.json and the README
+	$(CARGO) build --release -p api -p bench
 	scripts/with-services.sh $(CARGO) run --release -p bench
 	python3 scripts/bench-readme.py
 

@@ -1,12 +1,15 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache` (default: every group).
+//! Usage: `bench [group...]` where a group is `cache`, `api` or `refresh` (default: all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
 
+mod api;
 mod cache;
 mod fixtures;
+mod load;
+mod refresh;
 mod report;
 mod stats;
 
@@ -14,7 +17,7 @@ use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 1] = ["cache"];
+const GROUPS: [&str; 3] = ["cache", "api", "refresh"];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bench: running {group}");
         match group {
             "cache" => cache::run(&mut report).await?,
+            "api" => api::run(&mut report).await?,
+            "refresh" => refresh::run(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

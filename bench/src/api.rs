@@ -1,0 +1,363 @@
+//! API benchmarks: GET from L2 versus no cache through the local HTTP server, a cached batch
+//! of 100, the API against an empty handler under `cargo lambda watch`, cold start, binary size.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use catalog_core::ExpectedVersion;
+use catalog_core::cache::l2::L2Store;
+use catalog_core::cache::l2::redis::RedisL2;
+use catalog_core::cache::{Cache, CacheOptions};
+use catalog_core::clock::{Clock, SystemClock};
+use catalog_core::config::{Config, RedisConfig};
+use catalog_core::model::{PeriodStats, ProductId};
+use catalog_core::reads;
+use catalog_core::redis_conn::RedisConnection;
+use catalog_core::store::latency::LatencyShim;
+use catalog_core::store::memory::MemoryStore;
+use catalog_core::store::{OfferWriter, ProductReader, ProductWriter, StatsReader, StatsWriter};
+use integration_tests::RedisServer;
+use integration_tests::lambda_emulator::Emulator;
+
+use crate::fixtures::product_detail;
+use crate::load::{client, get_load};
+use crate::report::Report;
+use crate::stats::{Samples, millis};
+
+const DB_LATENCY: Duration = Duration::from_millis(4);
+const PRODUCTS: usize = 1000;
+const CONCURRENCY: usize = 32;
+const LOAD_FOR: Duration = Duration::from_secs(5);
+
+fn id(i: usize) -> ProductId {
+    ProductId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn config() -> Config {
+    Config::from_lookup(|name| match name {
+        "CATALOG_TABLE" | "VIEWS_TABLE" | "STATS_TABLE" => Some("bench".into()),
+        "ADMIN_TOKEN" => Some("bench-token-bench-token".into()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The release binaries `make bench` builds.
+fn release_binary(name: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release").join(name)
+}
+
+/// 1000 products of about 2 KiB (with offers) and their stats, in memory.
+async fn seeded_store() -> anyhow::Result<Arc<MemoryStore>> {
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..PRODUCTS {
+        let detail = product_detail(&format!("p{i}"), 2048);
+        store
+            .put_product(&detail.product, ExpectedVersion::Absent)
+            .await?;
+        for offer in &detail.offers {
+            store.put_offer(offer, ExpectedVersion::Absent).await?;
+        }
+        let stats = PeriodStats {
+            views_24h: (PRODUCTS - i) as u64,
+            computed_at: SystemClock.now_ms(),
+            ..PeriodStats::default()
+        };
+        store.put_period_stats(&detail.product.id, &stats).await?;
+    }
+    Ok(store)
+}
+
+async fn redis_l2(server: &RedisServer) -> anyhow::Result<Arc<RedisL2>> {
+    let config = RedisConfig {
+        command_timeout: Duration::from_millis(200),
+        ..RedisConfig::standalone(server.node())
+    };
+    Ok(Arc::new(RedisL2::new(
+        RedisConnection::connect(&config).await?,
+    )))
+}
+
+/// Serves `state` on a loopback port; returns the base URL.
+async fn serve(state: api::AppState) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(api::serve(listener, state));
+    Ok(base)
+}
+
+pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+    report.set("api_db_latency_shim_ms", millis(DB_LATENCY), "ms");
+    let redis = RedisServer::start(RedisServer::free_port(), &[]);
+    let store = seeded_store().await?;
+    let shim = Arc::new(LatencyShim::new(store.clone(), DB_LATENCY));
+    let config = config();
+    let ids: Vec<ProductId> = (0..PRODUCTS).map(id).collect();
+
+    // The L2 path: L1 effectively off, so every read is answered by Redis.
+    let cache = Cache::new(
+        CacheOptions {
+            key_prefix: "bench-api:".into(),
+            l1_max_bytes: 1,
+            ..CacheOptions::default()
+        },
+        Some(redis_l2(&redis).await? as Arc<dyn L2Store>),
+        Arc::new(SystemClock),
+    );
+    let reader: Arc<dyn ProductReader> = store.clone();
+    let stats: Arc<dyn StatsReader> = store.clone();
+    reads::warm(&cache, &reader, &stats, &ids).await?;
+    let base = serve(api::AppState::new(
+        shim.clone(),
+        shim.clone(),
+        shim.clone(),
+        cache.clone(),
+        &config,
+    ))
+    .await?;
+    let url = move |i: usize| format!("{base}/products/p{}", i % PRODUCTS);
+    let mut l2 = get_load(url.clone(), CONCURRENCY, LOAD_FOR).await;
+    anyhow::ensure!(l2.failures == 0, "{} failed requests", l2.failures);
+    report.set("api_l2_hit_rps", l2.rps(), "req/s");
+    report.set(
+        "api_l2_hit_p50_ms",
+        millis(l2.latencies.percentile(50.0)),
+        "ms",
+    );
+    report.set(
+        "api_l2_hit_p99_ms",
+        millis(l2.latencies.percentile(99.0)),
+        "ms",
+    );
+    report.set("api_l2_hit_share_pct", 100.0 * l2.share("HIT-L2"), "%");
+
+    // The same route with the cache off: every request reads the shimmed store.
+    let no_cache = Cache::new(
+        CacheOptions {
+            l1_max_bytes: 1,
+            ..CacheOptions::default()
+        },
+        None,
+        Arc::new(SystemClock),
+    );
+    let calls_before = shim.calls();
+    let base_off = serve(api::AppState::new(
+        shim.clone(),
+        shim.clone(),
+        shim.clone(),
+        no_cache,
+        &config,
+    ))
+    .await?;
+    let mut off = get_load(
+        move |i| format!("{base_off}/products/p{}", i % PRODUCTS),
+        CONCURRENCY,
+        LOAD_FOR,
+    )
+    .await;
+    anyhow::ensure!(off.failures == 0, "{} failed requests", off.failures);
+    report.set("api_nocache_rps", off.rps(), "req/s");
+    report.set(
+        "api_nocache_p50_ms",
+        millis(off.latencies.percentile(50.0)),
+        "ms",
+    );
+    report.set(
+        "api_nocache_db_calls_per_request",
+        (shim.calls() - calls_before) as f64 / off.requests as f64,
+        "calls",
+    );
+    report.set(
+        "api_l2_vs_nocache_p50_speedup",
+        off.latencies.percentile(50.0).as_secs_f64() / l2.latencies.percentile(50.0).as_secs_f64(),
+        "x",
+    );
+
+    batch(report, &cache, &shim, &config).await?;
+    lambda_watch(report, &redis, &cache).await?;
+    cold_start(report, &redis, &cache).await?;
+    let bytes = std::fs::metadata(release_binary("api"))?.len();
+    report.set("api_binary_bytes", bytes as f64, "bytes");
+    Ok(())
+}
+
+/// POST /products/batch with 100 cached ids: Redis round trips and latency.
+async fn batch(
+    report: &mut Report,
+    cache: &Cache,
+    shim: &Arc<LatencyShim<MemoryStore>>,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let base = serve(api::AppState::new(
+        shim.clone(),
+        shim.clone(),
+        shim.clone(),
+        cache.clone(),
+        config,
+    ))
+    .await?;
+    let body = serde_json::json!({"ids": (0..100).map(|i| format!("p{i}")).collect::<Vec<_>>()});
+    let client = client(1);
+    let post = || {
+        client
+            .post(format!("{base}/products/batch"))
+            .json(&body)
+            .send()
+    };
+    // The first request of a process also flushes its counters after the response.
+    post().await?.bytes().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cache.round_trips();
+    let response = post().await?;
+    anyhow::ensure!(
+        response.headers()["x-cache"] == "HIT-L2",
+        "the batch was not answered by Redis"
+    );
+    response.bytes().await?;
+    report.set(
+        "api_batch100_redis_roundtrips",
+        (cache.round_trips() - before) as f64,
+        "round trips",
+    );
+    let mut samples = Samples::with_capacity(300);
+    for _ in 0..300 {
+        let sent = Instant::now();
+        post().await?.bytes().await?;
+        samples.push(sent.elapsed());
+    }
+    report.set(
+        "api_batch100_hit_ms",
+        millis(samples.percentile(50.0)),
+        "ms",
+    );
+    Ok(())
+}
+
+fn lambda_env(redis: &RedisServer, cache: &Cache) -> Vec<(String, String)> {
+    [
+        ("CATALOG_TABLE", "bench"),
+        ("VIEWS_TABLE", "bench"),
+        ("STATS_TABLE", "bench"),
+        // Nothing may reach DynamoDB: the product is cached. A read that did would fail.
+        ("DYNAMODB_ENDPOINT", "http://127.0.0.1:9"),
+        ("AWS_ACCESS_KEY_ID", "bench"),
+        ("AWS_SECRET_ACCESS_KEY", "bench"),
+        ("AWS_REGION", "us-east-1"),
+        ("CACHE_KEY_PREFIX", cache.keys().prefix()),
+        ("RUST_LOG", "error"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "1"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain([("REDIS_ENDPOINTS".to_owned(), redis.node())])
+    .collect()
+}
+
+fn start_function(
+    binary: &str,
+    runtime_api: &str,
+    name: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(release_binary(binary))
+        .envs(env.iter().cloned())
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Requests per second through `cargo lambda watch` for the API and for an empty handler.
+async fn lambda_watch(
+    report: &mut Report,
+    redis: &RedisServer,
+    cache: &Cache,
+) -> anyhow::Result<()> {
+    let port = RedisServer::free_port();
+    let mut watch = tokio::process::Command::new("cargo")
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runtime_api = format!("http://127.0.0.1:{port}/.rt");
+    let env = lambda_env(redis, cache);
+    let mut measured = Vec::new();
+    for (binary, path) in [("empty-lambda", "/"), ("api", "/products/p1")] {
+        let mut function = start_function(binary, &runtime_api, "_", &env)?;
+        let url = format!("http://127.0.0.1:{port}/lambda-url/_{path}");
+        // Warm up (the first invoke waits for the process to start).
+        client(1).get(&url).send().await?.bytes().await?;
+        // cargo lambda runs one instance per function, so requests are served one at a time.
+        let result = get_load(move |_| url.clone(), 4, LOAD_FOR).await;
+        anyhow::ensure!(
+            result.failures == 0,
+            "{binary}: {} failed requests",
+            result.failures
+        );
+        measured.push(result.rps());
+        let _ = function.kill().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = watch.kill().await;
+    report.set("lambda_watch_empty_handler_rps", measured[0], "req/s");
+    report.set("lambda_watch_api_rps", measured[1], "req/s");
+    report.set(
+        "lambda_watch_api_fraction_of_empty_pct",
+        100.0 * measured[1] / measured[0],
+        "%",
+    );
+    Ok(())
+}
+
+/// Process start to first response of the release binary under the runtime API emulator,
+/// with the product in Redis (the first read is an L2 hit; DynamoDB is never called).
+async fn cold_start(report: &mut Report, redis: &RedisServer, cache: &Cache) -> anyhow::Result<()> {
+    let event: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/apigw-v2-http-get.json"))?;
+    let env = lambda_env(redis, cache);
+    let mut samples = Samples::default();
+    for _ in 0..7 {
+        let emulator = Emulator::start().await;
+        let started = Instant::now();
+        let mut function = start_function("api", &emulator.runtime_api(), "api", &env)?;
+        let invocation = emulator
+            .invoke(event.clone(), Duration::from_secs(30))
+            .await;
+        samples.push(started.elapsed());
+        let status = invocation.response["statusCode"].as_u64();
+        anyhow::ensure!(
+            status == Some(200),
+            "cold start answered {status:?}: {}",
+            invocation.response
+        );
+        let _ = function.kill().await;
+    }
+    report.set("api_cold_start_ms", millis(samples.percentile(50.0)), "ms");
+    Ok(())
+}
