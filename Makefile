@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: help setup dev test lint validate bench
+.PHONY: help setup dev test lint validate bench build deploy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,13 @@ bench: ## run the benchmarks; figures go to bench/results/latest.json and the RE
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build: ## sam build: cargo-lambda release builds of every function for arm64
+	cd infra && sam build --template template.yaml --beta-features
+
+deploy: build ## sam deploy, then one refresh run to warm the cache
+	cd infra && sam deploy --guided
+	cd infra && aws lambda invoke --function-name "$$(aws cloudformation describe-stacks --stack-name "$${STACK:-catalog-cache}" --query "Stacks[0].Outputs[?OutputKey=='RefreshFunctionName'].OutputValue" --output text)" --payload '{}' /dev/stdout
 
 validate: ## check the SAM template with cfn-lint
 	@source scripts/ensure-tools.sh && ensure_python_tools && cfn_lint infra/template.yaml && echo "cfn-lint: infra/template.yaml ok"
