@@ -15,7 +15,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
-use catalog_core::cache::BoxFuture;
+use catalog_core::cache::{BoxFuture, Revalidation};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -32,6 +32,13 @@ impl Deferred {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Box::pin(work));
+    }
+
+    /// Adds a stale answer's refresh, if there is one.
+    pub fn revalidate(&self, revalidation: Option<Revalidation>) {
+        if let Some(revalidation) = revalidation {
+            self.push(revalidation.run());
+        }
     }
 
     fn take(&self) -> Vec<BoxFuture> {

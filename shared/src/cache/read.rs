@@ -523,7 +523,7 @@ impl Cache {
             tracing::warn!(key = key.as_str(), error.message = %e, "cache loader failed");
         })?;
         let value = loaded.map(Arc::new);
-        let version = self
+        let (version, _) = self
             .write_entries(&[(key.clone(), policy, value.clone())], l2_usable)
             .await[0];
         Ok(LoadedAny {
@@ -579,11 +579,11 @@ impl Cache {
         } else {
             Source::Bypass
         };
-        let versions = self.write_entries(&writes, l2_usable).await;
+        let written = self.write_entries(&writes, l2_usable).await;
         Ok(writes
             .into_iter()
-            .zip(versions)
-            .map(|((_, _, value), version)| Lookup {
+            .zip(written)
+            .map(|((_, _, value), (version, _))| Lookup {
                 value,
                 source,
                 age_ms: 0,

@@ -32,8 +32,9 @@ impl Cache {
     /// Writes `value` under `key` with the key category's policy (write-through).
     pub async fn put<T: Cacheable>(&self, key: &CacheKey, value: T) -> PutOutcome {
         let policy = self.policy(key.category());
-        self.put_outcomes(&[(key.clone(), policy, Some(Arc::new(value)))])
+        self.write_entries(&[(key.clone(), policy, Some(Arc::new(value)))], true)
             .await[0]
+            .1
     }
 
     /// Writes many values in one pipeline (one per hash slot on a cluster).
@@ -45,7 +46,11 @@ impl Cache {
                 (key, policy, Some(Arc::new(value)))
             })
             .collect();
-        self.put_outcomes(&writes).await
+        self.write_entries(&writes, true)
+            .await
+            .into_iter()
+            .map(|(_, outcome)| outcome)
+            .collect()
     }
 
     /// Removes keys from L1 and L2. Returns false if Redis could not be reached, in which case
@@ -133,33 +138,10 @@ impl Cache {
         }
     }
 
-    /// Writes entries to both tiers and returns the entity version each one was cached with.
-    pub(super) async fn write_entries<T: Cacheable>(
-        &self,
-        items: &[(CacheKey, Policy, Option<Arc<T>>)],
-        use_l2: bool,
-    ) -> Vec<u64> {
-        self.put_outcomes_with(items, use_l2)
-            .await
-            .into_iter()
-            .map(|(version, _)| version)
-            .collect()
-    }
-
-    async fn put_outcomes<T: Cacheable>(
-        &self,
-        items: &[(CacheKey, Policy, Option<Arc<T>>)],
-    ) -> Vec<PutOutcome> {
-        self.put_outcomes_with(items, true)
-            .await
-            .into_iter()
-            .map(|(_, outcome)| outcome)
-            .collect()
-    }
-
     /// Encodes every entry, writes them to L2 in one guarded batch (when `use_l2`), then
-    /// updates L1 for those the guard did not refuse.
-    async fn put_outcomes_with<T: Cacheable>(
+    /// updates L1 for those the guard did not refuse. Returns each entry's entity version and
+    /// what happened to it.
+    pub(super) async fn write_entries<T: Cacheable>(
         &self,
         items: &[(CacheKey, Policy, Option<Arc<T>>)],
         use_l2: bool,

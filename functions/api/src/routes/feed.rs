@@ -76,9 +76,7 @@ pub async fn feed(
         return Err(ApiError::Invalid("page: from 1; per_page: 1 to 100".into()));
     }
     let mut ranking = reads::ranked_feed(&state.cache, &state.stats, kind).await?;
-    if let Some(revalidation) = ranking.revalidation.take() {
-        deferred.push(revalidation.run());
-    }
+    deferred.revalidate(ranking.revalidation.take());
     let ranked = ranking
         .value
         .clone()
@@ -98,9 +96,7 @@ pub async fn feed(
             &ranked.ids[start..end],
         )
         .await?;
-        if let Some(revalidation) = lookup.revalidation.take() {
-            deferred.push(revalidation.run());
-        }
+        deferred.revalidate(lookup.revalidation.take());
         for item in lookup.items {
             sources.push(item.source);
             // A product deactivated since the ranking was computed is left out.

@@ -8,9 +8,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use catalog_core::ExpectedVersion;
+use catalog_core::cache::Lookup;
 use catalog_core::cache::key::Category;
 use catalog_core::model::{
-    EventId, Money, Offer, OfferId, OfferStatus, PeriodStats, Product, ProductId, ViewEvent,
+    EventId, Money, Offer, OfferId, OfferStatus, PeriodStats, Product, ProductDetail, ProductId,
+    ViewEvent,
 };
 use catalog_core::reads;
 use serde::{Deserialize, Serialize};
@@ -59,22 +61,10 @@ pub async fn get_product(
 ) -> ApiResult<Response> {
     let started = Instant::now();
     let id = product_id(&raw)?;
-    let catalog = state.product_reader();
-    let (detail, stats) = tokio::join!(
-        reads::product_detail(&state.cache, &catalog, &id),
-        reads::period_stats(&state.cache, &state.stats, &id),
-    );
+    let (detail, stats) = detail_and_stats(&state, &id, &deferred).await;
     let detail = detail?;
-    if let Some(revalidation) = detail.revalidation {
-        deferred.push(revalidation.run());
-    }
     let stats = match stats {
-        Ok(mut lookup) => {
-            if let Some(revalidation) = lookup.revalidation.take() {
-                deferred.push(revalidation.run());
-            }
-            lookup.value.map(|s| s.as_ref().clone())
-        }
+        Ok(lookup) => lookup.value.map(|s| s.as_ref().clone()),
         // Stats are secondary: without them the product is still worth serving.
         Err(e) => {
             tracing::warn!(product = %id, error.message = %e, "stats unavailable; served without them");
@@ -109,6 +99,30 @@ pub async fn get_product(
         policy: state.cache.policy(Category::Product),
     }
     .respond(&headers))
+}
+
+/// A product's detail and stats, read concurrently (each from the cache); their stale-answer
+/// refreshes go to `deferred`.
+async fn detail_and_stats(
+    state: &AppState,
+    id: &ProductId,
+    deferred: &Deferred,
+) -> (
+    catalog_core::Result<Lookup<ProductDetail>>,
+    catalog_core::Result<Lookup<PeriodStats>>,
+) {
+    let catalog = state.product_reader();
+    let (mut detail, mut stats) = tokio::join!(
+        reads::product_detail(&state.cache, &catalog, id),
+        reads::period_stats(&state.cache, &state.stats, id),
+    );
+    if let Ok(lookup) = &mut detail {
+        deferred.revalidate(lookup.revalidation.take());
+    }
+    if let Ok(lookup) = &mut stats {
+        deferred.revalidate(lookup.revalidation.take());
+    }
+    (detail, stats)
 }
 
 /// Ids to read at once.
@@ -180,9 +194,7 @@ pub async fn batch(
     let started = Instant::now();
     let ids = parse_ids(&request.ids)?;
     let mut lookup = reads::summaries(&state.cache, &state.product_reader(), &ids).await?;
-    if let Some(revalidation) = lookup.revalidation.take() {
-        deferred.push(revalidation.run());
-    }
+    deferred.revalidate(lookup.revalidation.take());
     let mut info = BatchCacheInfo {
         source: combined_source(lookup.items.iter().map(|l| l.source)),
         l1: 0,
@@ -250,18 +262,8 @@ pub async fn stats(
 ) -> ApiResult<Response> {
     let started = Instant::now();
     let id = product_id(&raw)?;
-    let catalog = state.product_reader();
-    let (exists, lookup) = tokio::join!(
-        reads::product_detail(&state.cache, &catalog, &id),
-        reads::period_stats(&state.cache, &state.stats, &id),
-    );
-    let (exists, mut lookup) = (exists?, lookup?);
-    for revalidation in [exists.revalidation, lookup.revalidation.take()]
-        .into_iter()
-        .flatten()
-    {
-        deferred.push(revalidation.run());
-    }
+    let (exists, lookup) = detail_and_stats(&state, &id, &deferred).await;
+    let (exists, lookup) = (exists?, lookup?);
     if exists.value.is_none() {
         return Err(ApiError::NotFound);
     }
@@ -475,9 +477,7 @@ pub async fn record_view(
     };
     // The product check goes through the cache: views are frequent, products rarely change.
     let product = reads::product_detail(&state.cache, &state.product_reader(), &id).await?;
-    if let Some(revalidation) = product.revalidation {
-        deferred.push(revalidation.run());
-    }
+    deferred.revalidate(product.revalidation);
     if product.value.is_none() {
         return Err(ApiError::NotFound);
     }
