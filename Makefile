@@ -22,7 +22,7 @@ test: ## run every test: unit, then integration against real Redis (standalone +
 
 bench: ## run the benchmarks; figures go to bench/results/latest.json and the README
 	$(CARGO) build --release -p api -p bench
-	scripts/with-services.sh $(CARGO) run --release -p bench
+	scripts/with-services.sh $(CARGO) run --release -p bench --bin bench
 	python3 scripts/bench-readme.py
 
 lint: ## rustfmt and clippy, warnings are errors
