@@ -164,7 +164,7 @@ async fn tier_latency(report: &mut Report) -> anyhow::Result<()> {
         .map(|i| (warm.keys().product(&id(i)), doc.as_ref().clone()))
         .collect();
     for chunk in items.chunks(500) {
-        warm.put_many(chunk.to_vec()).await;
+        warm.put_many(chunk.to_vec(), warm.now()).await;
     }
     let cold = engine(l2, |_| {});
     let mut l2_samples = Samples::with_capacity(keys);
@@ -196,6 +196,7 @@ fn compression(report: &mut Report) {
         fresh_until: 1,
         stale_until: 2,
         negative: false,
+        tombstone: false,
     };
     let encoded = envelope::encode(&meta, &payload, 1024);
     report.set("zstd_doc_raw_bytes", payload.len() as f64, "bytes");

@@ -116,6 +116,7 @@ pub async fn warm(
     ids: &[ProductId],
 ) -> Result<WarmReport> {
     use futures::{StreamExt, TryStreamExt};
+    let read_at = cache.now();
     let loaded: Vec<(ProductId, Option<ProductDetail>, Option<PeriodStats>)> =
         futures::stream::iter(ids.iter().cloned())
             .map(|id| async move {
@@ -144,9 +145,9 @@ pub async fn warm(
             .filter(|o| *o == PutOutcome::Written)
             .count() as u64
     };
-    report.entries_written = written(cache.put_many(details).await)
-        + written(cache.put_many(products).await)
-        + written(cache.put_many(periods).await);
+    report.entries_written = written(cache.put_many(details, read_at).await)
+        + written(cache.put_many(products, read_at).await)
+        + written(cache.put_many(periods, read_at).await);
     Ok(report)
 }
 
@@ -158,20 +159,23 @@ pub async fn reload_key(
     stats: &Arc<dyn StatsReader>,
     key: &str,
 ) -> Result<bool> {
+    let read_at = cache.now();
     match cache.keys().parse(key) {
         Some(KeyTarget::Product(id)) => {
             if let Some(detail) = catalog.product_detail(&id).await? {
-                cache.put(&cache.keys().product(&id), detail).await;
+                cache.put(&cache.keys().product(&id), detail, read_at).await;
             }
         }
         Some(KeyTarget::Summary(id)) => {
             if let Some(product) = catalog.products(std::slice::from_ref(&id)).await?.pop() {
-                cache.put(&cache.keys().summary(&id), product).await;
+                cache
+                    .put(&cache.keys().summary(&id), product, read_at)
+                    .await;
             }
         }
         Some(KeyTarget::Stats(id)) => {
             let period = stats.period_stats(&id).await?.unwrap_or_default();
-            cache.put(&cache.keys().stats(&id), period).await;
+            cache.put(&cache.keys().stats(&id), period, read_at).await;
         }
         None => return Ok(false),
     }

@@ -147,7 +147,7 @@ async fn a_batch_of_100_reads_in_one_mget_per_slot_group(config: RedisConfig) {
         .collect();
     assert!(
         writer
-            .put_many(items)
+            .put_many(items, writer.now())
             .await
             .iter()
             .all(|o| *o == PutOutcome::Written)
@@ -188,7 +188,10 @@ async fn concurrent_writers_leave_the_newest_version(config: RedisConfig) {
         .rev()
         .map(|v| {
             let (engine, key) = (env.engine(), key.clone());
-            tokio::spawn(async move { engine.put(&key, doc(&format!("v{v}"), v)).await })
+            tokio::spawn(async move {
+                let now = engine.now();
+                engine.put(&key, doc(&format!("v{v}"), v), now).await
+            })
         })
         .collect();
     for w in writers {
@@ -200,9 +203,10 @@ async fn concurrent_writers_leave_the_newest_version(config: RedisConfig) {
         .await
         .unwrap();
     assert_eq!(seen.version, 40);
+    let engine = env.engine();
     assert_eq!(
-        env.engine().put(&key, doc("old", 39)).await,
-        PutOutcome::OlderThanCached
+        engine.put(&key, doc("old", 39), engine.now()).await,
+        PutOutcome::Refused
     );
 }
 
@@ -237,7 +241,7 @@ async fn stale_entries_go_through_the_durable_queue(config: RedisConfig) {
     let env = Env::with_clock(config, clock.clone()).await;
     let engine = env.engine();
     let key = engine.keys().stats(&id("p1"));
-    engine.put(&key, doc("old", 0)).await;
+    engine.put(&key, doc("old", 0), engine.now()).await;
     clock.advance(Duration::from_secs(901)); // stats are fresh for 900 s
 
     let stale = env
@@ -307,6 +311,39 @@ async fn generations_invalidate_a_namespace(config: RedisConfig) {
     assert_eq!(b.generation("feed").await, 1);
 }
 
+async fn an_invalidation_refuses_values_read_before_it(config: RedisConfig) {
+    let clock = ManualClock::at(SystemClock.now_ms());
+    let env = Env::with_clock(config, clock.clone()).await;
+    let (loader, writer) = (env.engine(), env.engine());
+    let key = loader.keys().product(&id("p1"));
+    loader.put(&key, doc("v1", 1), clock.now_ms()).await;
+    let read_at = clock.now_ms(); // a load reads v1 from the database...
+    clock.advance(Duration::from_secs(1));
+    assert!(writer.invalidate(std::slice::from_ref(&key)).await); // ...v2 is written meanwhile
+
+    // The guard (Lua, atomic in Redis) refuses the value read before the invalidation, even
+    // though its version is not older than anything cached now.
+    assert_eq!(
+        loader.put(&key, doc("v1", 1), read_at).await,
+        PutOutcome::Refused
+    );
+    let seen = env
+        .engine()
+        .get_or_load(&key, || async { Ok(Some(doc("v2", 2))) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (seen.source, seen.value.unwrap().body.as_str()),
+        (Source::Loaded, "v2")
+    );
+    // A value read after the invalidation (and its skew margin) is cached normally.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        loader.put(&key, doc("v3", 3), clock.now_ms()).await,
+        PutOutcome::Written
+    );
+}
+
 macro_rules! on_both_topologies {
     ($($test:ident),* $(,)?) => {
         mod standalone {
@@ -327,6 +364,7 @@ on_both_topologies!(
     stale_entries_go_through_the_durable_queue,
     a_lock_is_only_released_by_its_holder,
     generations_invalidate_a_namespace,
+    an_invalidation_refuses_values_read_before_it,
 );
 
 #[tokio::test]

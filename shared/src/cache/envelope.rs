@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | 0 | 2 | magic `CC` |
 //! | 2 | 1 | format version (1) |
-//! | 3 | 1 | flags: bit 0 zstd, bit 1 negative (cached "not found") |
+//! | 3 | 1 | flags: bit 0 zstd, bit 1 negative (cached "not found"), bit 2 tombstone |
 //! | 4 | 8 | entity version (0 = unversioned) |
 //! | 12 | 8 | stored_at, epoch ms |
 //! | 20 | 8 | fresh_until, epoch ms |
@@ -14,8 +14,9 @@
 //! | 36 | 4 | payload length before compression |
 //! | 40 | .. | payload: JSON, zstd-compressed when the flag is set |
 //!
-//! The entity version sits at a fixed offset so the Redis version-guard script can read it
-//! without understanding the rest. Decoding checks every field and bounds decompression by the
+//! The entity version, the flags and `stored_at` sit at fixed offsets so the Redis guard script
+//! can read them without understanding the rest. A tombstone marks a key invalidated at
+//! `stored_at`: readers see a miss, and the guard refuses values read before it. Decoding checks every field and bounds decompression by the
 //! declared length, so corrupt or hostile bytes are an error, never a panic or a huge allocation.
 
 use crate::model::EpochMillis;
@@ -28,9 +29,10 @@ pub const HEADER_LEN: usize = 40;
 /// Offset of the big-endian entity version (read by the Lua version guard).
 pub const VERSION_OFFSET: usize = 4;
 
-const FLAG_ZSTD: u8 = 0b01;
-const FLAG_NEGATIVE: u8 = 0b10;
-const KNOWN_FLAGS: u8 = FLAG_ZSTD | FLAG_NEGATIVE;
+const FLAG_ZSTD: u8 = 0b001;
+const FLAG_NEGATIVE: u8 = 0b010;
+const FLAG_TOMBSTONE: u8 = 0b100;
+const KNOWN_FLAGS: u8 = FLAG_ZSTD | FLAG_NEGATIVE | FLAG_TOMBSTONE;
 /// zstd level 3 (zstd's default): most of the savings of higher levels at a fraction of the CPU.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -47,6 +49,8 @@ pub struct EntryMeta {
     pub stale_until: EpochMillis,
     /// A cached "not found".
     pub negative: bool,
+    /// An invalidation marker: no value, a miss for readers (see the module docs).
+    pub tombstone: bool,
 }
 
 /// How fresh an entry is at some instant.
@@ -139,6 +143,9 @@ pub fn encode(meta: &EntryMeta, payload: &[u8], compress_threshold: usize) -> En
     if meta.negative {
         flags |= FLAG_NEGATIVE;
     }
+    if meta.tombstone {
+        flags |= FLAG_TOMBSTONE;
+    }
     let body = compressed.as_deref().unwrap_or(payload);
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(&MAGIC);
@@ -171,6 +178,19 @@ fn be_i64(bytes: &[u8], at: usize) -> i64 {
     let mut buf = [0u8; 8];
     buf.copy_from_slice(&bytes[at..at + 8]);
     i64::from_be_bytes(buf)
+}
+
+/// A tombstone for a key invalidated at `now`, living `ttl`.
+pub fn tombstone(now: EpochMillis, ttl_ms: i64) -> Encoded {
+    let meta = EntryMeta {
+        version: 0,
+        stored_at: now,
+        fresh_until: now + ttl_ms,
+        stale_until: now + ttl_ms,
+        negative: false,
+        tombstone: true,
+    };
+    encode(&meta, &[], usize::MAX)
 }
 
 /// Decodes and validates stored bytes. `max_raw_len` bounds the stored size and the
@@ -220,6 +240,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
         fresh_until: be_i64(bytes, 20),
         stale_until: be_i64(bytes, 28),
         negative: flags & FLAG_NEGATIVE != 0,
+        tombstone: flags & FLAG_TOMBSTONE != 0,
     };
     if !(meta.stored_at <= meta.fresh_until && meta.fresh_until <= meta.stale_until) {
         return Err(DecodeError::BadTimes);
@@ -242,6 +263,7 @@ mod tests {
             fresh_until: 2_000,
             stale_until: 3_000,
             negative: false,
+            tombstone: false,
         }
     }
 
@@ -256,6 +278,18 @@ mod tests {
         let back = decode(&large.bytes, MAX).unwrap();
         assert_eq!(back.payload, large_payload.as_bytes());
         assert_eq!(back.meta, meta());
+    }
+
+    #[test]
+    fn a_tombstone_is_an_empty_marker_with_its_time() {
+        let marker = tombstone(5_000, 10_000);
+        let back = decode(&marker.bytes, MAX).unwrap();
+        assert!(back.meta.tombstone && !back.meta.negative);
+        assert_eq!(
+            (back.meta.stored_at, back.meta.stale_until),
+            (5_000, 15_000)
+        );
+        assert!(back.payload.is_empty());
     }
 
     #[test]
@@ -337,6 +371,7 @@ mod tests {
             fresh in 0i64..1 << 30,
             stale in 0i64..1 << 30,
             negative in any::<bool>(),
+            tombstone in any::<bool>(),
             threshold in 0usize..2048,
         ) {
             let meta = EntryMeta {
@@ -345,6 +380,7 @@ mod tests {
                 fresh_until: stored_at + fresh,
                 stale_until: stored_at + fresh + stale,
                 negative,
+                tombstone,
             };
             let encoded = encode(&meta, &payload, threshold);
             let back = decode(&encoded.bytes, MAX).unwrap();

@@ -339,8 +339,10 @@ impl Cache {
     }
 
     /// Decodes stored bytes; anything unusable is counted, logged once and becomes a miss.
+    /// A tombstone (an invalidated key) is a plain miss.
     fn decode<T: Cacheable>(&self, key: &str, bytes: &[u8]) -> Option<Decoded<T>> {
         match self.try_decode(bytes) {
+            Ok(decoded) if decoded.meta.tombstone => None,
             Ok(decoded) => Some(decoded),
             Err(e) => {
                 CacheMetrics::incr(&self.inner.metrics.decode_errors);
@@ -355,7 +357,7 @@ impl Cache {
         envelope::decode(bytes, self.inner.options.max_value_bytes)
             .map_err(|e| Error::codec("cache envelope", e))
             .and_then(|env| {
-                let value = if env.meta.negative {
+                let value = if env.meta.negative || env.meta.tombstone {
                     None
                 } else {
                     Some(Arc::new(
@@ -498,7 +500,7 @@ impl Cache {
             .ok()??;
         let entry = self.try_decode::<T>(&bytes).ok()?;
         let now = self.now();
-        if entry.meta.freshness(now) != Freshness::Fresh {
+        if entry.meta.tombstone || entry.meta.freshness(now) != Freshness::Fresh {
             return None;
         }
         Some(LoadedAny::from(self.serve_fresh_from_l2(key, entry, now)))
@@ -518,13 +520,14 @@ impl Cache {
         Fut: Future<Output = Result<Option<T>>> + Send + 'static,
     {
         CacheMetrics::incr(&self.inner.metrics.loads);
+        let read_at = self.now();
         let loaded = loader().await.inspect_err(|e| {
             CacheMetrics::incr(&self.inner.metrics.load_errors);
             tracing::warn!(key = key.as_str(), error.message = %e, "cache loader failed");
         })?;
         let value = loaded.map(Arc::new);
         let (version, _) = self
-            .write_entries(&[(key.clone(), policy, value.clone())], l2_usable)
+            .write_entries(&[(key.clone(), policy, value.clone())], l2_usable, read_at)
             .await[0];
         Ok(LoadedAny {
             value: value.map(|v| v as AnyValue),
@@ -554,6 +557,7 @@ impl Cache {
         Fut: Future<Output = Result<HashMap<I, T>>>,
     {
         CacheMetrics::incr(&self.inner.metrics.loads);
+        let read_at = self.now();
         let found: HashMap<I, Arc<T>> = loader(ids)
             .await
             .inspect_err(|e| {
@@ -579,7 +583,7 @@ impl Cache {
         } else {
             Source::Bypass
         };
-        let written = self.write_entries(&writes, l2_usable).await;
+        let written = self.write_entries(&writes, l2_usable, read_at).await;
         Ok(writes
             .into_iter()
             .zip(written)

@@ -432,13 +432,10 @@ async fn an_older_version_never_replaces_a_newer_one() {
     let f = Fixture::new();
     let (writer, reader) = (f.engine(), f.engine());
     let k = key(&writer, "p1");
-    assert_eq!(writer.put(&k, item("v5", 5)).await, PutOutcome::Written);
+    assert_eq!(writer.put(&k, item("v5", 5), T0).await, PutOutcome::Written);
+    assert_eq!(writer.put(&k, item("v4", 4), T0).await, PutOutcome::Refused);
     assert_eq!(
-        writer.put(&k, item("v4", 4)).await,
-        PutOutcome::OlderThanCached
-    );
-    assert_eq!(
-        writer.put(&k, item("v5 again", 5)).await,
+        writer.put(&k, item("v5 again", 5), T0).await,
         PutOutcome::Written
     );
 
@@ -459,10 +456,10 @@ async fn get_many_reads_tiers_in_bulk_and_loads_misses_in_one_call() {
         .collect();
     // p0 in this engine's L1, p1 and p2 in L2 only, p3..p5 nowhere; p5 does not exist.
     cache
-        .put(&cache.keys().product(&ids[0]), item("p0", 1))
+        .put(&cache.keys().product(&ids[0]), item("p0", 1), T0)
         .await;
     for id in &ids[1..3] {
-        warm.put(&warm.keys().product(id), item(id.as_str(), 1))
+        warm.put(&warm.keys().product(id), item(id.as_str(), 1), T0)
             .await;
     }
     let batch_calls = Arc::new(AtomicUsize::new(0));
@@ -521,7 +518,7 @@ async fn stale_batch_entries_are_served_and_refreshed_by_the_revalidation() {
     let cache = f.engine();
     let id = ProductId::parse("p1").unwrap();
     let k = cache.keys().product(&id);
-    cache.put(&k, item("old", 1)).await;
+    cache.put(&k, item("old", 1), T0).await;
     f.clock.advance(Duration::from_secs(301));
     let loader = |wanted: Vec<ProductId>| async move {
         Ok(wanted
@@ -560,7 +557,7 @@ async fn ttls_come_from_the_category_and_are_jittered() {
     let mut fresh_for = Vec::new();
     for i in 0..50 {
         let k = key(&cache, &format!("p{i}"));
-        cache.put(&k, item("x", 1)).await;
+        cache.put(&k, item("x", 1), T0).await;
         let bytes = f.l2.get(k.as_str()).await.unwrap().unwrap();
         let meta = envelope::decode_header(&bytes).unwrap();
         fresh_for.push(meta.fresh_until - meta.stored_at);
@@ -581,7 +578,7 @@ async fn oversized_values_are_not_cached() {
     let f = Fixture::new();
     let cache = f.engine_with(|o| o.max_value_bytes = 64);
     let k = key(&cache, "big");
-    let outcome = cache.put(&k, item(&"x".repeat(100), 1)).await;
+    let outcome = cache.put(&k, item(&"x".repeat(100), 1), T0).await;
     assert_eq!(outcome, PutOutcome::Skipped);
     assert_eq!(cache.snapshot().oversized_skips, 1);
     assert!(f.l2.get(k.as_str()).await.unwrap().is_none());
@@ -592,7 +589,7 @@ async fn invalidation_drops_both_tiers() {
     let f = Fixture::new();
     let cache = f.engine();
     let k = key(&cache, "p1");
-    cache.put(&k, item("x", 1)).await;
+    cache.put(&k, item("x", 1), T0).await;
     assert!(cache.invalidate(std::slice::from_ref(&k)).await);
     let lookup = cache
         .get_or_load(&k, f.loader(Some(item("y", 2)), Duration::ZERO))
@@ -606,12 +603,85 @@ async fn large_values_are_compressed_and_counted() {
     let f = Fixture::new();
     let cache = f.engine();
     let k = key(&cache, "doc");
-    cache.put(&k, item(&"lorem ipsum ".repeat(500), 1)).await;
+    cache
+        .put(&k, item(&"lorem ipsum ".repeat(500), 1), T0)
+        .await;
     let m = cache.snapshot();
     assert!(
         m.bytes_stored * 4 < m.bytes_raw,
         "{} stored for {} raw",
         m.bytes_stored,
         m.bytes_raw
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_read_before_an_invalidation_cannot_write_the_old_value_back() {
+    let f = Fixture::new();
+    let (reader, writer) = (f.engine(), f.engine());
+    let k = key(&reader, "p1");
+    // The reader's load reads the database, then takes a while to reach Redis...
+    let read_at = f.clock.now_ms();
+    f.clock.advance(Duration::from_secs(1));
+    // ...meanwhile the product is written and its keys invalidated.
+    assert!(writer.invalidate(std::slice::from_ref(&k)).await);
+    f.clock.advance(Duration::from_secs(1));
+
+    let outcome = reader.put(&k, item("old", 1), read_at).await;
+
+    assert_eq!(outcome, PutOutcome::Refused);
+    // Readers see a miss (the tombstone is not a value) and load the new version.
+    let fresh = f
+        .engine()
+        .get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(fresh.source, Source::Loaded);
+    assert_eq!(fresh.value.unwrap().name, "new");
+    assert_eq!(
+        f.engine().snapshot().decode_errors,
+        0,
+        "a tombstone is not corrupt data"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_load_racing_an_invalidation_is_not_cached() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "p1");
+    // The loader reads "old" at once, then takes 500 ms to come back.
+    let slow = {
+        let (cache, k) = (cache.clone(), k.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&k, || async {
+                    let value = item("old", 1);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(Some(value))
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.clock.advance(Duration::from_secs(1));
+    f.engine().invalidate(std::slice::from_ref(&k)).await;
+
+    let answered = slow.await.unwrap().unwrap();
+
+    assert_eq!(
+        answered.value.unwrap().name,
+        "old",
+        "the caller still gets its answer"
+    );
+    let next = f
+        .engine()
+        .get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.value.unwrap().name,
+        "new",
+        "but the old value was not cached"
     );
 }

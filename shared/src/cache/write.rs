@@ -20,25 +20,50 @@ use crate::model::EpochMillis;
 pub enum PutOutcome {
     /// Written to L2 (and L1).
     Written,
-    /// Refused by the version guard: L2 holds a newer version. L1 is not updated.
-    OlderThanCached,
+    /// Refused by the guard: L2 holds a newer version, or the key was invalidated after the
+    /// value was read. L1 is not updated.
+    Refused,
     /// Redis was unavailable; only L1 was updated.
     L2Unavailable,
     /// Larger than the value size limit (or not serialisable); not cached at all.
     Skipped,
 }
 
+/// How long an invalidation's tombstone lives: longer than any load in flight can take (the
+/// DynamoDB operation deadline is 3 s by default), after which the key is simply absent.
+const TOMBSTONE_TTL_MS: i64 = 10_000;
+
+/// Clock skew tolerated between the process that invalidates and one that loads. A value read
+/// less than this after an invalidation is not cached (the next read loads again), so a loader
+/// whose clock runs ahead cannot slip an old value past the tombstone.
+const SKEW_MARGIN_MS: i64 = 250;
+
 impl Cache {
-    /// Writes `value` under `key` with the key category's policy (write-through).
-    pub async fn put<T: Cacheable>(&self, key: &CacheKey, value: T) -> PutOutcome {
+    /// Writes `value` under `key` with the key category's policy (write-through). `read_at` is
+    /// when the value was read from the source of truth (take `cache.now()` before reading):
+    /// if the key was invalidated after that, the write is refused.
+    pub async fn put<T: Cacheable>(
+        &self,
+        key: &CacheKey,
+        value: T,
+        read_at: EpochMillis,
+    ) -> PutOutcome {
         let policy = self.policy(key.category());
-        self.write_entries(&[(key.clone(), policy, Some(Arc::new(value)))], true)
-            .await[0]
+        self.write_entries(
+            &[(key.clone(), policy, Some(Arc::new(value)))],
+            true,
+            read_at,
+        )
+        .await[0]
             .1
     }
 
-    /// Writes many values in one pipeline (one per hash slot on a cluster).
-    pub async fn put_many<T: Cacheable>(&self, items: Vec<(CacheKey, T)>) -> Vec<PutOutcome> {
+    /// Writes many values read at `read_at` in one pipeline (one per hash slot on a cluster).
+    pub async fn put_many<T: Cacheable>(
+        &self,
+        items: Vec<(CacheKey, T)>,
+        read_at: EpochMillis,
+    ) -> Vec<PutOutcome> {
         let writes: Vec<_> = items
             .into_iter()
             .map(|(key, value)| {
@@ -46,23 +71,38 @@ impl Cache {
                 (key, policy, Some(Arc::new(value)))
             })
             .collect();
-        self.write_entries(&writes, true)
+        self.write_entries(&writes, true, read_at)
             .await
             .into_iter()
             .map(|(_, outcome)| outcome)
             .collect()
     }
 
-    /// Removes keys from L1 and L2. Returns false if Redis could not be reached, in which case
-    /// L2 keeps the old entries until their TTL.
+    /// Removes keys from L1 and replaces them in L2 with short-lived tombstones: readers see a
+    /// miss, and a load that read the source of truth before this moment cannot write its old
+    /// value back (the guard refuses it). Returns false if Redis could not be reached, in which
+    /// case L2 keeps the old entries until their TTL.
     pub async fn invalidate(&self, keys: &[CacheKey]) -> bool {
         for key in keys {
             self.inner.l1.remove(key.as_str());
         }
-        let names: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
-        self.with_l2("DEL", self.batch_deadline(), |l2| l2.delete(&names))
-            .await
-            .is_ok()
+        let marker = envelope::tombstone(self.now(), TOMBSTONE_TTL_MS).bytes;
+        let writes: Vec<L2Write> = keys
+            .iter()
+            .map(|key| L2Write {
+                key: key.as_str().to_owned(),
+                bytes: marker.clone(),
+                ttl: Duration::from_millis(TOMBSTONE_TTL_MS.unsigned_abs()),
+                // An invalidation always wins.
+                version: u64::MAX,
+                read_at: i64::MAX,
+            })
+            .collect();
+        self.with_l2("EVALSHA", self.batch_deadline(), |l2| {
+            l2.set_guarded(&writes)
+        })
+        .await
+        .is_ok()
     }
 
     /// The current generation of a namespace (0 before the first bump, or without Redis).
@@ -139,12 +179,13 @@ impl Cache {
     }
 
     /// Encodes every entry, writes them to L2 in one guarded batch (when `use_l2`), then
-    /// updates L1 for those the guard did not refuse. Returns each entry's entity version and
-    /// what happened to it.
+    /// updates L1 for those the guard did not refuse. `read_at` is when the values were read
+    /// from the source of truth. Returns each entry's entity version and what happened to it.
     pub(super) async fn write_entries<T: Cacheable>(
         &self,
         items: &[(CacheKey, Policy, Option<Arc<T>>)],
         use_l2: bool,
+        read_at: EpochMillis,
     ) -> Vec<(u64, PutOutcome)> {
         let now = self.now();
         let metrics = &self.inner.metrics;
@@ -188,6 +229,7 @@ impl Cache {
                     u64::try_from(meta.stale_until - now).unwrap_or(1).max(1),
                 ),
                 version,
+                read_at: read_at.saturating_sub(SKEW_MARGIN_MS),
             });
         }
 
@@ -205,10 +247,10 @@ impl Cache {
             let (key, _, value) = &items[i];
             let outcome = match l2_outcomes.as_ref().map(|o| o[n]) {
                 Some(WriteOutcome::Written) => PutOutcome::Written,
-                Some(WriteOutcome::OlderThanCached) => PutOutcome::OlderThanCached,
+                Some(WriteOutcome::Refused) => PutOutcome::Refused,
                 None => PutOutcome::L2Unavailable,
             };
-            if outcome == PutOutcome::OlderThanCached {
+            if outcome == PutOutcome::Refused {
                 CacheMetrics::incr(&metrics.version_rejects);
                 self.inner.l1.remove(key.as_str());
             } else {
@@ -257,6 +299,7 @@ impl Cache {
             fresh_until,
             stale_until,
             negative,
+            tombstone: false,
         }
     }
 }

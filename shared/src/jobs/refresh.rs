@@ -255,20 +255,24 @@ async fn refresh_product(
     let counters = deps.stats.view_counters(&product.id).await?;
     let stats = periods::period_stats(&counters, now);
     deps.stats.put_period_stats(&product.id, &stats).await?;
+    // A write to the product after this read invalidates its keys; the cache then refuses
+    // what we read (see `Cache::put`).
+    let read_at = deps.cache.now();
     let detail = deps.catalog.product_detail(&product.id).await?;
     let keys = deps.cache.keys();
+    let cache = &deps.cache;
     let mut outcomes = vec![
-        deps.cache
-            .put(&keys.stats(&product.id), stats.clone())
+        cache
+            .put(&keys.stats(&product.id), stats.clone(), read_at)
             .await,
     ];
     if let Some(detail) = detail {
         outcomes.push(
-            deps.cache
-                .put(&keys.summary(&product.id), detail.product.clone())
+            cache
+                .put(&keys.summary(&product.id), detail.product.clone(), read_at)
                 .await,
         );
-        outcomes.push(deps.cache.put(&keys.product(&product.id), detail).await);
+        outcomes.push(cache.put(&keys.product(&product.id), detail, read_at).await);
     }
     let written = outcomes
         .iter()
@@ -335,6 +339,7 @@ async fn rank_feeds(
                 .into_iter()
                 .map(|r| (keys.feed(r.kind, generation), r))
                 .collect(),
+            deps.cache.now(),
         )
         .await;
     Ok(outcomes

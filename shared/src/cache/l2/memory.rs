@@ -137,12 +137,19 @@ impl L2Store for MemoryL2 {
         Ok(writes
             .iter()
             .map(|w| {
-                let cached_version = match entries.get(&w.key).map(|e| &e.value) {
-                    Some(Value::Bytes(b)) => envelope::decode_header(b).ok().map(|m| m.version),
+                let cached = match entries.get(&w.key).map(|e| &e.value) {
+                    Some(Value::Bytes(b)) => envelope::decode_header(b).ok(),
                     _ => None,
                 };
-                if cached_version.is_some_and(|v| v > w.version) {
-                    return WriteOutcome::OlderThanCached;
+                let refused = cached.is_some_and(|m| {
+                    if m.tombstone {
+                        w.read_at < m.stored_at
+                    } else {
+                        m.version > w.version
+                    }
+                });
+                if refused {
+                    return WriteOutcome::Refused;
                 }
                 entries.insert(
                     w.key.clone(),

@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 
-/// One guarded write: stored unless the cached entity version is newer than `version`.
+/// One guarded write: stored unless the cached entity version is newer than `version`, or the
+/// key holds a tombstone newer than `read_at` (the value was read before the invalidation).
 #[derive(Debug, Clone)]
 pub struct L2Write {
     /// Full key.
@@ -21,8 +22,11 @@ pub struct L2Write {
     pub bytes: Vec<u8>,
     /// Time to live (Redis `PX`).
     pub ttl: Duration,
-    /// Entity version of `bytes` (0 when unversioned).
+    /// Entity version of `bytes` (0 when unversioned); `u64::MAX` always passes the guard.
     pub version: u64,
+    /// When the value was read from the source of truth, minus the clock-skew margin;
+    /// `i64::MAX` always passes the guard.
+    pub read_at: i64,
 }
 
 /// What happened to a guarded write.
@@ -30,8 +34,9 @@ pub struct L2Write {
 pub enum WriteOutcome {
     /// Stored.
     Written,
-    /// Refused: a newer entity version is cached.
-    OlderThanCached,
+    /// Refused: a newer entity version is cached, or the value was read before the key's
+    /// latest invalidation.
+    Refused,
 }
 
 /// Operations on the shared cache. Every method is one round trip on a standalone server

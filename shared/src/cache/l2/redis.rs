@@ -14,17 +14,25 @@ use crate::config::{RedisConfig, RedisMode};
 use crate::error::{Error, Result};
 use crate::redis_conn::RedisConnection;
 
-/// Writes an envelope unless the cached one carries a newer entity version. The version is the
-/// big-endian u64 at offset 4 of a format-1 envelope (`CC`, 1); anything else in the key
-/// (another format, another type, garbage) is overwritten. `pcall` keeps a wrong-type key from
-/// failing the script.
-const SET_IF_NOT_OLDER: &str = r"
+/// Writes an envelope unless the key holds a newer entity version, or a tombstone newer than
+/// the value's read time. Both are read at fixed offsets of a format-1 envelope (`CC`, 1):
+/// flags at byte 4 (tombstone = bit 2), version at bytes 5-12, stored_at at bytes 13-20, all
+/// big-endian (Lua strings are 1-based). Anything else in the key (another format, another
+/// type, garbage) is overwritten; `pcall` keeps a wrong-type key from failing the script.
+/// ARGV: envelope, ttl ms, version, read_at.
+const SET_GUARDED: &str = r"
 local ok, cur = pcall(redis.call, 'GET', KEYS[1])
-if ok and type(cur) == 'string' and #cur >= 12
+if ok and type(cur) == 'string' and #cur >= 20
    and string.byte(cur, 1) == 67 and string.byte(cur, 2) == 67 and string.byte(cur, 3) == 1 then
-  local cached = 0
-  for i = 5, 12 do cached = cached * 256 + string.byte(cur, i) end
-  if cached > tonumber(ARGV[3]) then return 0 end
+  if math.floor(string.byte(cur, 4) / 4) % 2 == 1 then
+    local invalidated_at = 0
+    for i = 13, 20 do invalidated_at = invalidated_at * 256 + string.byte(cur, i) end
+    if tonumber(ARGV[4]) < invalidated_at then return 0 end
+  else
+    local cached = 0
+    for i = 5, 12 do cached = cached * 256 + string.byte(cur, i) end
+    if cached > tonumber(ARGV[3]) then return 0 end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
@@ -101,7 +109,7 @@ impl RedisL2 {
         RedisL2 {
             conn: OnceLock::new(),
             cluster,
-            set_script: Script::new(SET_IF_NOT_OLDER),
+            set_script: Script::new(SET_GUARDED),
             unlock_script: Script::new(COMPARE_AND_DELETE),
             round_trips: AtomicU64::new(0),
         }
@@ -146,7 +154,8 @@ impl RedisL2 {
                 .arg(&w.key)
                 .arg(&w.bytes)
                 .arg(ttl_ms)
-                .arg(w.version);
+                .arg(w.version)
+                .arg(w.read_at);
         }
         let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut self.trip()?).await;
         let written = match result {
@@ -178,7 +187,7 @@ impl RedisL2 {
                 if w == 1 {
                     WriteOutcome::Written
                 } else {
-                    WriteOutcome::OlderThanCached
+                    WriteOutcome::Refused
                 }
             })
             .collect())
