@@ -22,6 +22,16 @@ pub fn x_cache(source: Source) -> &'static str {
     }
 }
 
+/// A 404 that still says where the "not found" came from (a cached not-found is `HIT-L1` or
+/// `HIT-L2`).
+pub fn not_found(source: Source) -> Response {
+    let mut response = crate::error::ApiError::NotFound.into_response();
+    response
+        .headers_mut()
+        .insert("x-cache", HeaderValue::from_static(x_cache(source)));
+    response
+}
+
 /// The answer for several lookups at once (a batch or a feed page): the weakest source wins,
 /// so a response with one miss says `MISS`, and one read without Redis says `BYPASS`.
 pub fn combined_source(sources: impl IntoIterator<Item = Source>) -> Source {

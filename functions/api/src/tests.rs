@@ -212,6 +212,15 @@ async fn expired_and_cancelled_offers_are_not_served() {
 #[tokio::test]
 async fn bad_ids_unknown_products_routes_and_methods_are_json_errors() {
     let app = TestApp::new();
+    // Not found is cached too, and says so.
+    assert_eq!(
+        header_of(&app.get("/products/ghost").await, "x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        header_of(&app.get("/products/ghost").await, "x-cache"),
+        "HIT-L1"
+    );
     let cases = [
         (
             app.get("/products/bad%20id").await,

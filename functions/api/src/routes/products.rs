@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::deferred::Deferred;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, offer_id, product_id};
-use crate::respond::{CacheInfo, Cached, combined_source, elapsed_ms, etag};
+use crate::respond::{CacheInfo, Cached, combined_source, elapsed_ms, etag, not_found};
 use crate::state::AppState;
 
 /// Most ids one batch request may name.
@@ -72,7 +72,7 @@ pub async fn get_product(
         }
     };
     let Some(found) = detail.value else {
-        return Err(ApiError::NotFound);
+        return Ok(not_found(detail.source));
     };
     let now = state.clock.now_ms();
     let offers: Vec<Offer> = found
@@ -265,7 +265,7 @@ pub async fn stats(
     let (exists, lookup) = detail_and_stats(&state, &id, &deferred).await;
     let (exists, lookup) = (exists?, lookup?);
     if exists.value.is_none() {
-        return Err(ApiError::NotFound);
+        return Ok(not_found(exists.source));
     }
     let stats = lookup.value.map(|s| s.as_ref().clone()).unwrap_or_default();
     Ok(Cached {
