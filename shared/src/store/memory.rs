@@ -56,15 +56,6 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// Number of products stored.
-    pub fn product_count(&self) -> usize {
-        self.tables()
-            .catalog
-            .values()
-            .filter(|p| p.product.is_some())
-            .count()
-    }
-
     /// Number of view events stored.
     pub fn view_count(&self) -> usize {
         self.tables().views.len()

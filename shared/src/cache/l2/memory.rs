@@ -163,14 +163,6 @@ impl L2Store for MemoryL2 {
             .collect())
     }
 
-    async fn delete(&self, keys: &[&str]) -> Result<()> {
-        let mut entries = self.call("DEL")?;
-        for key in keys {
-            entries.remove(*key);
-        }
-        Ok(())
-    }
-
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
         let mut entries = self.call("SET NX")?;
         if entries.contains_key(key) {

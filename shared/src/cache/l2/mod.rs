@@ -52,9 +52,6 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     /// Guarded writes, atomically per key (one pipeline; one per hash slot on a cluster).
     async fn set_guarded(&self, writes: &[L2Write]) -> Result<Vec<WriteOutcome>>;
 
-    /// Deletes keys.
-    async fn delete(&self, keys: &[&str]) -> Result<()>;
-
     /// `SET key token NX PX ttl`: true if this caller now holds the lock.
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool>;
 

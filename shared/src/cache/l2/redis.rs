@@ -242,21 +242,6 @@ impl L2Store for RedisL2 {
         Ok(out)
     }
 
-    async fn delete(&self, keys: &[&str]) -> Result<()> {
-        // One DEL per slot group: a multi-key DEL across slots is refused by a cluster.
-        let groups = self.slot_groups(keys.iter().copied());
-        let deletes = groups.iter().map(|group| async move {
-            let mut cmd = redis::cmd("DEL");
-            for &i in group {
-                cmd.arg(keys[i]);
-            }
-            cmd.query_async::<i64>(&mut self.trip()?)
-                .await
-                .map_err(|e| Error::redis("DEL", e))
-        });
-        futures::future::try_join_all(deletes).await.map(drop)
-    }
-
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
         let reply: Option<String> = redis::cmd("SET")
             .arg(key)
