@@ -1,7 +1,7 @@
 //! API benchmarks: GET from L2 versus no cache through the local HTTP server, a cached batch
 //! of 100, the API against an empty handler under `cargo lambda watch`, cold start, binary size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use catalog_core::redis_conn::RedisConnection;
 use catalog_core::store::latency::LatencyShim;
 use catalog_core::store::memory::MemoryStore;
 use catalog_core::store::{OfferWriter, ProductReader, ProductWriter, StatsReader, StatsWriter};
-use integration_tests::RedisServer;
 use integration_tests::lambda_emulator::Emulator;
+use integration_tests::{CargoLambdaWatch, RedisServer};
 
 use crate::fixtures::product_detail;
 use crate::load::{client, get_load};
@@ -280,37 +280,14 @@ async fn lambda_watch(
     redis: &RedisServer,
     cache: &Cache,
 ) -> anyhow::Result<()> {
-    let port = RedisServer::free_port();
-    let mut watch = tokio::process::Command::new("cargo")
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-            &port.to_string(),
-        ])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let runtime_api = format!("http://127.0.0.1:{port}/.rt");
+    let watch =
+        CargoLambdaWatch::start(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).await;
+    let runtime_api = watch.runtime_api();
     let env = lambda_env(redis, cache);
     let mut measured = Vec::new();
     for (binary, path) in [("empty-lambda", "/"), ("api", "/products/p1")] {
         let mut function = start_function(binary, &runtime_api, "_", &env)?;
-        let url = format!("http://127.0.0.1:{port}/lambda-url/_{path}");
+        let url = watch.function_url(path);
         // Warm up (the first invoke waits for the process to start).
         client(1).get(&url).send().await?.bytes().await?;
         // cargo lambda runs one instance per function, so requests are served one at a time.
@@ -324,7 +301,7 @@ async fn lambda_watch(
         let _ = function.kill().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = watch.kill().await;
+    drop(watch);
     report.set("lambda_watch_empty_handler_rps", measured[0], "req/s");
     report.set("lambda_watch_api_rps", measured[1], "req/s");
     report.set(

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -108,7 +108,6 @@ pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
-    started: Instant,
 }
 
 fn now_ms() -> i64 {
@@ -146,18 +145,12 @@ impl Emulator {
             addr,
             shared,
             server,
-            started: Instant::now(),
         }
     }
 
     /// The value for `AWS_LAMBDA_RUNTIME_API`.
     pub fn runtime_api(&self) -> String {
         self.addr.to_string()
-    }
-
-    /// Time since the emulator started.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
     }
 
     /// Invokes the function with `payload` and waits for its response (at most `timeout`).

@@ -164,3 +164,62 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `cargo lambda watch --only-lambda-apis` on a free loopback port: cargo-lambda's Lambda
+/// control plane, without it building or starting a function (tests start the binary
+/// themselves with `AWS_LAMBDA_RUNTIME_API` set to [`CargoLambdaWatch::runtime_api`]).
+/// Killed on drop.
+pub struct CargoLambdaWatch {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl CargoLambdaWatch {
+    /// Starts it in `workspace` (it reads the Cargo manifest there) and waits until it listens.
+    pub async fn start(workspace: &std::path::Path) -> CargoLambdaWatch {
+        let port = RedisServer::free_port();
+        let child = tokio::process::Command::new("cargo")
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+            ])
+            .arg(port.to_string())
+            .current_dir(workspace)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("`cargo lambda` is needed (`make test` installs PyPI cargo-lambda): {e}")
+            });
+        // Only connect: any HTTP request to the invoke port would be an invocation, which
+        // waits for a function that is not running yet.
+        for _ in 0..400 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return CargoLambdaWatch {
+                    port,
+                    _child: child,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cargo lambda watch did not start on port {port}");
+    }
+
+    /// The value for the function's `AWS_LAMBDA_RUNTIME_API`.
+    pub fn runtime_api(&self) -> String {
+        format!("http://127.0.0.1:{}/.rt", self.port)
+    }
+
+    /// The URL that invokes the default function as a Lambda function URL at `path`.
+    pub fn function_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/lambda-url/_{path}", self.port)
+    }
+}

@@ -7,7 +7,7 @@ use catalog_core::ExpectedVersion;
 use catalog_core::cache::envelope;
 use catalog_core::store::ProductWriter;
 use integration_tests::lambda_emulator::{Emulator, Event};
-use integration_tests::{connect, standalone_config};
+use integration_tests::{CargoLambdaWatch, connect, standalone_config};
 use redis::AsyncCommands;
 
 use crate::support::{ApiProcess, Services, get_event, http_response, product};
@@ -110,44 +110,15 @@ async fn the_response_arrives_before_the_revalidation_which_finishes_before_the_
 async fn a_get_through_cargo_lambda_watch() {
     let services = Services::new().await;
     services.seed("p1", "Kettle").await;
-    let port = integration_tests::RedisServer::free_port();
-    let mut watch = tokio::process::Command::new("cargo")
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-        ])
-        .arg(port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("`cargo lambda` is needed: `make test` installs it (PyPI cargo-lambda)");
-    let base = format!("http://127.0.0.1:{port}");
+    let watch = CargoLambdaWatch::start(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).await;
     // A function that dies would leave the request waiting; a timeout turns that into a failure.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    // Any HTTP request to the invoke port would be an invocation, so only connect.
-    let mut ready = false;
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "cargo lambda watch did not start");
-    let _api = ApiProcess::start(&format!("http://127.0.0.1:{port}/.rt"), services.env(&[]));
+    let _api = ApiProcess::start(&watch.runtime_api(), services.env(&[]));
 
-    let url = format!("{base}/lambda-url/_/products/p1");
+    let url = watch.function_url("/products/p1");
     let first = client.get(&url).send().await.unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-cache"], "MISS");
@@ -155,5 +126,4 @@ async fn a_get_through_cargo_lambda_watch() {
     assert_eq!(body["product"]["name"], "Kettle");
     let second = client.get(&url).send().await.unwrap();
     assert_eq!(second.headers()["x-cache"], "HIT-L1");
-    let _ = watch.kill().await;
 }
