@@ -1,14 +1,14 @@
-//! `make dev`: the API on 127.0.0.1:3000 and the refresh job on a short interval, in one
-//! process, seeded with a demo catalog.
+//! `make dev`: the API on 127.0.0.1:3000 and the scheduled jobs (refresh, offer expiry) on
+//! short intervals, in one process, seeded with a demo catalog.
 //!
 //! By default everything is embedded (in-memory store and cache, no services needed). Give
 //! `DYNAMODB_ENDPOINT` (e.g. a local `moto_server`) and/or `REDIS_ENDPOINTS` to use real
 //! services instead; tables are created and seeded when missing.
 
+mod jobs;
 mod seed;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use catalog_core::cache::l2::L2Store;
@@ -16,7 +16,8 @@ use catalog_core::cache::l2::memory::MemoryL2;
 use catalog_core::cache::{Cache, CacheOptions};
 use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::config::Config;
-use catalog_core::jobs::refresh::{RefreshCatalog, RefreshDeps, RefreshOptions, refresh_once};
+use catalog_core::jobs::offer_expiry::{ExpiryCatalog, ExpiryDeps, ExpiryOptions};
+use catalog_core::jobs::refresh::{RefreshCatalog, RefreshDeps, RefreshOptions};
 use catalog_core::store::memory::MemoryStore;
 use catalog_core::store::{CatalogStore, ProductLister, StatsStore, ViewRecorder};
 use catalog_core::wiring;
@@ -28,8 +29,9 @@ fn default_var(name: &str) -> Option<String> {
         "VIEWS_TABLE" => "catalog-cache-views",
         "STATS_TABLE" => "catalog-cache-stats",
         "ADMIN_TOKEN" => "dev-admin-token",
-        // Short enough to watch the job work while trying the API.
+        // Short enough to watch the jobs work while trying the API.
         "REFRESH_INTERVAL_SECS" => "30",
+        "OFFER_EXPIRY_INTERVAL_SECS" => "10",
         _ => return None,
     };
     Some(value.to_owned())
@@ -39,6 +41,8 @@ struct Stores {
     catalog: Arc<dyn CatalogStore>,
     /// The same store, as the refresh job's narrower port.
     refresh_catalog: Arc<dyn RefreshCatalog>,
+    /// The same store, as the offer-expiry job's narrower port.
+    expiry_catalog: Arc<dyn ExpiryCatalog>,
     stats: Arc<dyn StatsStore>,
     views: Arc<dyn ViewRecorder>,
     description: String,
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
             Stores {
                 catalog: store.clone(),
                 refresh_catalog: store.clone(),
+                expiry_catalog: store.clone(),
                 stats: store.clone(),
                 views: store,
                 description: format!(
@@ -106,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             Stores {
                 catalog: store.clone(),
                 refresh_catalog: store.clone(),
+                expiry_catalog: store.clone(),
                 stats: store.clone(),
                 views: store,
                 description,
@@ -126,26 +132,31 @@ async fn main() -> anyhow::Result<()> {
         None => "embedded L2 (in-memory, Redis semantics)".to_owned(),
     };
 
-    // The refresh job: once now (stats, feeds, warm cache), then on its interval.
-    let deps = RefreshDeps {
-        catalog: stores.refresh_catalog.clone(),
-        stats: stores.stats.clone(),
-        cache: cache.clone(),
-    };
-    let options = RefreshOptions {
-        concurrency: config.jobs.refresh_concurrency,
-        ..RefreshOptions::default()
-    };
-    let first = refresh_once(&deps, &options, clock.now_ms(), None).await;
-    let interval = config.jobs.refresh_interval;
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            refresh_once(&deps, &options, SystemClock.now_ms(), None).await;
-        }
-    });
+    // The jobs: once now (stats, feeds, warm cache; due offers, set reconciled), then on
+    // their intervals.
+    let refreshed = jobs::start_refresh(
+        RefreshDeps {
+            catalog: stores.refresh_catalog.clone(),
+            stats: stores.stats.clone(),
+            cache: cache.clone(),
+        },
+        RefreshOptions {
+            concurrency: config.jobs.refresh_concurrency,
+            ..RefreshOptions::default()
+        },
+        config.jobs.refresh_interval,
+    )
+    .await;
+    jobs::start_offer_expiry(
+        ExpiryDeps {
+            catalog: stores.expiry_catalog.clone(),
+            stats: stores.stats.clone(),
+            cache: cache.clone(),
+        },
+        ExpiryOptions::from_config(&config.jobs),
+        config.jobs.expiry_interval,
+    )
+    .await;
 
     let state = api::AppState::new(
         stores.catalog.clone(),
@@ -164,8 +175,8 @@ async fn main() -> anyhow::Result<()> {
         &address,
         &stores.description,
         &cache_description,
-        first.refreshed,
-        interval,
+        refreshed,
+        &config,
     );
     api::serve_until(listener, state, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -175,7 +186,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 #[allow(clippy::print_stdout)] // the tour is this binary's user interface
-fn tour(address: &str, store: &str, cache: &str, refreshed: u64, interval: Duration) {
+fn tour(address: &str, store: &str, cache: &str, refreshed: u64, config: &Config) {
+    let refresh_every = config.jobs.refresh_interval;
+    let expiry_every = config.jobs.expiry_interval;
     let base = format!("http://{address}");
     let admin = "-H 'authorization: Bearer dev-admin-token'";
     let json = "-H 'content-type: application/json'";
@@ -184,7 +197,8 @@ fn tour(address: &str, store: &str, cache: &str, refreshed: u64, interval: Durat
 catalog-cache dev server on {base}
   store: {store}
   cache: {cache}
-  refresh: {refreshed} products refreshed at start, then every {interval:?}
+  refresh: {refreshed} products refreshed at start, then every {refresh_every:?}
+  offer expiry: every {expiry_every:?} (some demo offers expire in the first minutes)
 
 A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -i {base}/products/p-0001
@@ -192,7 +206,8 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -s -X POST {base}/products/batch {json} -d '{{"ids": ["p-0001", "p-0002", "nope"]}}'
   curl -s '{base}/feed?kind=trending&page=1&per_page=5'
   curl -s '{base}/feed?kind=new&per_page=3'
-  curl -s '{base}/offers/expiring?within=30m'
+  curl -s '{base}/offers/expiring?within=5m'      # then, once one has passed its time:
+  curl -s {base}/admin/jobs {admin}              # offer-expiry: expired, lag_ms, source
   curl -s -X PUT {base}/products/p-0001 {json} -d '{{"name": "Renamed kettle", "category": "kitchen", "price": {{"amount_minor": 1999, "currency": "EUR"}}, "active": true, "expected_version": 1}}'
   curl -s -X POST {base}/products/p-0003/offers {json} -d '{{"price": {{"amount_minor": 999, "currency": "EUR"}}, "expires_at": <epoch ms in the future>}}'
   curl -s -X POST {base}/products/p-0001/views {json} -d '{{"event_id": "my-first-view"}}'

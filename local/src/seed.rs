@@ -1,5 +1,5 @@
 //! A deterministic demo catalog: products in a few categories, offers expiring over the next
-//! week (some within the hour), and view counters with a few hot products, so every route
+//! week (some within minutes, some within the hour), and view counters with a few hot products, so every route
 //! has something to show.
 
 use catalog_core::ExpectedVersion;
@@ -78,6 +78,8 @@ where
         if n % 3 == 0 {
             for k in 0..rng.random_range(1..=3) {
                 let expires_in = match k {
+                    // A few offers run out in the first minutes, to watch the job expire them.
+                    0 if n % 30 == 0 => rng.random_range(30..240) * 1000,
                     0 => rng.random_range(5..120) * 60_000,
                     _ => rng.random_range(1..7 * 24) * HOUR,
                 };

@@ -52,6 +52,14 @@ pub struct JobsConfig {
     pub refresh_interval: Duration,
     /// Products refreshed at once (`REFRESH_CONCURRENCY`, default 16).
     pub refresh_concurrency: usize,
+    /// How often the offer-expiry job runs (`OFFER_EXPIRY_INTERVAL_SECS`, default 60); health
+    /// warns when it has not succeeded for three times this.
+    pub expiry_interval: Duration,
+    /// Conditional expiry writes in flight at once (`OFFER_EXPIRY_CONCURRENCY`, default 64).
+    pub expiry_concurrency: usize,
+    /// How often the Redis expiry set is reconciled with the index at least
+    /// (`OFFER_RECONCILE_INTERVAL_SECS`, default 3600).
+    pub expiry_reconcile_interval: Duration,
 }
 
 impl Default for JobsConfig {
@@ -59,6 +67,9 @@ impl Default for JobsConfig {
         JobsConfig {
             refresh_interval: Duration::from_secs(900),
             refresh_concurrency: 16,
+            expiry_interval: Duration::from_secs(60),
+            expiry_concurrency: 64,
+            expiry_reconcile_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -219,23 +230,22 @@ impl Config {
                 },
             },
             admin_token: env.optional("ADMIN_TOKEN").map(SecretString::from),
-            jobs: JobsConfig {
-                refresh_interval: env.secs(
-                    "REFRESH_INTERVAL_SECS",
-                    JobsConfig::default().refresh_interval,
-                )?,
-                refresh_concurrency: match env.parse(
-                    "REFRESH_CONCURRENCY",
-                    JobsConfig::default().refresh_concurrency,
-                )? {
-                    0 => {
-                        return Err(ConfigError::Invalid {
-                            name: "REFRESH_CONCURRENCY",
-                            reason: "must be at least 1".into(),
-                        });
-                    }
-                    n => n,
-                },
+            jobs: {
+                let defaults = JobsConfig::default();
+                JobsConfig {
+                    refresh_interval: env
+                        .secs("REFRESH_INTERVAL_SECS", defaults.refresh_interval)?,
+                    refresh_concurrency: env
+                        .at_least_one("REFRESH_CONCURRENCY", defaults.refresh_concurrency)?,
+                    expiry_interval: env
+                        .secs("OFFER_EXPIRY_INTERVAL_SECS", defaults.expiry_interval)?,
+                    expiry_concurrency: env
+                        .at_least_one("OFFER_EXPIRY_CONCURRENCY", defaults.expiry_concurrency)?,
+                    expiry_reconcile_interval: env.secs(
+                        "OFFER_RECONCILE_INTERVAL_SECS",
+                        defaults.expiry_reconcile_interval,
+                    )?,
+                }
             },
         })
     }
@@ -337,6 +347,17 @@ impl Env<'_> {
                 name,
                 reason: format!("`{raw}`: {e}"),
             }),
+        }
+    }
+
+    /// A count that must be at least 1 (concurrency limits).
+    fn at_least_one(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
+        match self.parse(name, default)? {
+            0 => Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1".into(),
+            }),
+            n => Ok(n),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::cache::breaker::BreakerState;
 use crate::cache::l2::ServerInfo;
 use crate::cache::metrics::MetricsSnapshot;
 use crate::cache::observe::History;
-use crate::model::{EpochMillis, JobRun, RunOutcome};
+use crate::model::{EpochMillis, JobRun};
 
 /// Overall health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -92,6 +92,8 @@ pub struct Thresholds {
     pub error_rate_critical: f64,
     /// Fewer reads than this in 5 minutes make the hit ratio too noisy to alert on.
     pub min_reads: u64,
+    /// An offer-expiry lag above this warns (2 minutes).
+    pub expiry_lag_warning_ms: u64,
 }
 
 impl Default for Thresholds {
@@ -104,6 +106,7 @@ impl Default for Thresholds {
             error_rate_warning: 0.01,
             error_rate_critical: 0.05,
             min_reads: 100,
+            expiry_lag_warning_ms: 120_000,
         }
     }
 }
@@ -121,6 +124,10 @@ pub struct HealthInputs {
     pub refresh_runs: Vec<JobRun>,
     /// The refresh job's schedule.
     pub refresh_interval: Duration,
+    /// The offer-expiry job's recent runs, newest first.
+    pub expiry_runs: Vec<JobRun>,
+    /// The offer-expiry job's schedule.
+    pub expiry_interval: Duration,
     /// Now.
     pub now: EpochMillis,
 }
@@ -133,6 +140,20 @@ fn error_rate(c: &MetricsSnapshot) -> Option<f64> {
 
 fn reads(c: &MetricsSnapshot) -> u64 {
     c.l1_hits + c.l2_hits + c.stale_serves + c.negative_hits + c.misses
+}
+
+/// Why a job is overdue, if it has not done its work (succeeded or partly) within `overdue`.
+/// Skipped runs do not count: the run that held the lease records its own outcome.
+fn job_overdue(job: &str, runs: &[JobRun], overdue: Duration, now: EpochMillis) -> Option<String> {
+    let last_good = runs.iter().find(|r| r.did_work()).map(|r| r.started_at);
+    match last_good {
+        Some(at) if now - at <= crate::clock::millis(overdue) => None,
+        Some(at) => Some(format!(
+            "{job} has not succeeded for {} s",
+            (now - at) / 1000
+        )),
+        None => Some(format!("{job} has never succeeded")),
+    }
 }
 
 /// Compares a recent value with a baseline; `higher_is_better` orients the result.
@@ -238,27 +259,38 @@ pub fn evaluate(
         );
     }
 
-    let last_good = inputs
-        .refresh_runs
+    let mut job_alert = |figure: &'static str, job: &str, runs: &[JobRun], overdue: Duration| {
+        if let Some(message) = job_overdue(job, runs, overdue, inputs.now) {
+            alert(figure, Status::Warning, message);
+        }
+    };
+    job_alert(
+        "refresh",
+        "refresh",
+        &inputs.refresh_runs,
+        inputs.refresh_interval * 2,
+    );
+    job_alert(
+        "offer_expiry",
+        "offer-expiry",
+        &inputs.expiry_runs,
+        inputs.expiry_interval * 3,
+    );
+    let expiry_lag = inputs
+        .expiry_runs
         .iter()
-        .find(|r| r.outcome != RunOutcome::Failed)
-        .map(|r| r.started_at);
-    let overdue = crate::clock::millis(inputs.refresh_interval * 2);
-    match last_good {
-        Some(at) if inputs.now - at <= overdue => {}
-        Some(at) => alert(
-            "refresh",
+        .find(|r| r.did_work())
+        .and_then(|r| r.lag_ms);
+    if let Some(lag) = expiry_lag.filter(|lag| *lag > thresholds.expiry_lag_warning_ms) {
+        alert(
+            "offer_expiry_lag",
             Status::Warning,
             format!(
-                "refresh has not succeeded for {} s",
-                (inputs.now - at) / 1000
+                "offers expire {} s late (at most {} s expected)",
+                lag / 1000,
+                thresholds.expiry_lag_warning_ms / 1000
             ),
-        ),
-        None => alert(
-            "refresh",
-            Status::Warning,
-            "refresh has never succeeded".into(),
-        ),
+        );
     }
 
     #[allow(clippy::cast_precision_loss)]
@@ -301,6 +333,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::cache::observe::Window;
+    use crate::model::RunOutcome;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -315,15 +348,17 @@ mod tests {
 
     fn refreshed(ago_s: i64) -> JobRun {
         JobRun {
-            job: "refresh".into(),
-            started_at: NOW - ago_s * 1000,
             duration_ms: 1,
-            outcome: RunOutcome::Succeeded,
             processed: 1,
             entries_written: 1,
-            skipped: 0,
-            errors: 0,
-            next_cursor: None,
+            ..JobRun::new("refresh", NOW - ago_s * 1000, RunOutcome::Succeeded)
+        }
+    }
+
+    fn expired(ago_s: i64, lag_ms: u64) -> JobRun {
+        JobRun {
+            lag_ms: Some(lag_ms),
+            ..JobRun::new("offer-expiry", NOW - ago_s * 1000, RunOutcome::Succeeded)
         }
     }
 
@@ -349,6 +384,8 @@ mod tests {
             breaker: BreakerState::Closed,
             refresh_runs: vec![refreshed(60)],
             refresh_interval: Duration::from_secs(900),
+            expiry_runs: vec![expired(30, 5_000)],
+            expiry_interval: Duration::from_secs(60),
             now: NOW,
         }
     }
@@ -449,5 +486,40 @@ mod tests {
                 .any(|a| a.figure == "redis_error_rate" && a.severity == Status::Critical)
         );
         assert_eq!(report.figures[1].trend, Trend::Degrading);
+    }
+
+    #[test]
+    fn offer_expiry_lag_over_two_minutes_warns() {
+        let mut i = inputs(counters(950, 50), counters(950, 50));
+        i.expiry_runs = vec![expired(30, 120_000)];
+        assert_eq!(
+            evaluate(&i, &Thresholds::default(), &HashMap::new()).status,
+            Status::Healthy
+        );
+        i.expiry_runs = vec![expired(30, 120_001)];
+        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
+        assert_eq!(report.status, Status::Warning);
+        assert_eq!(report.alerts[0].figure, "offer_expiry_lag");
+    }
+
+    #[test]
+    fn offer_expiry_that_has_not_worked_for_three_intervals_warns_and_skips_do_not_count() {
+        let mut i = inputs(counters(950, 50), counters(950, 50));
+        let skipped = JobRun::new("offer-expiry", NOW - 10_000, RunOutcome::Skipped);
+        i.expiry_runs = vec![skipped.clone(), expired(181, 1_000)];
+        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
+        assert_eq!(report.status, Status::Warning);
+        assert_eq!(report.alerts[0].figure, "offer_expiry");
+        i.expiry_runs = vec![skipped, expired(179, 1_000)];
+        assert_eq!(
+            evaluate(&i, &Thresholds::default(), &HashMap::new()).status,
+            Status::Healthy
+        );
+        i.expiry_runs = Vec::new();
+        assert!(
+            evaluate(&i, &Thresholds::default(), &HashMap::new()).alerts[0]
+                .message
+                .contains("never succeeded")
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! - [`clock`]: injectable wall clock.
 //! - [`config`]: typed configuration from the environment.
 //! - [`error`]: the crate's error enum and its classification.
-//! - [`jobs`]: scheduled jobs (refresh), each one testable step.
+//! - [`expiry_set`]: the Redis sorted set of active offers by expiry (an accelerator).
+//! - [`jobs`]: scheduled jobs (refresh, offer expiry), each one testable step, and their lease.
 //! - [`health`]: cache health evaluation (status, alerts, trends).
 //! - [`model`]: products, offers, view events and stats, with validation.
 //! - [`store`]: storage ports and the DynamoDB and in-memory adapters.
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod expiry_set;
 pub mod health;
 pub mod jobs;
 pub mod model;

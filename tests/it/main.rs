@@ -6,6 +6,7 @@
 
 mod cache;
 mod helpers;
+mod offer_expiry;
 mod redis_connection;
 mod refresh;
 mod store_dynamo;

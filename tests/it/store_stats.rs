@@ -65,17 +65,13 @@ async fn stats_and_feeds_round_trip() {
 }
 
 fn run(job: &str, started_at: i64) -> JobRun {
-    JobRun {
-        job: job.into(),
-        started_at,
-        duration_ms: 10,
-        outcome: RunOutcome::Succeeded,
-        processed: 5,
-        entries_written: 10,
-        skipped: 0,
-        errors: 0,
-        next_cursor: None,
-    }
+    let mut run = JobRun::new(job, started_at, RunOutcome::Succeeded);
+    run.duration_ms = 10;
+    run.processed = 5;
+    run.entries_written = 10;
+    run.counts.insert("expired".into(), 3);
+    run.lag_ms = Some(1_500);
+    run
 }
 
 #[tokio::test]

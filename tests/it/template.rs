@@ -60,10 +60,17 @@ fn shape_from_template(resource: &str) -> Shape {
                 gsis.iter()
                     .map(|g| {
                         format!(
-                            "{} {:?} {}",
+                            "{} {:?} {} {:?}",
                             yaml_str(g, "IndexName"),
                             keys(&g["KeySchema"]),
-                            yaml_str(&g["Projection"], "ProjectionType")
+                            yaml_str(&g["Projection"], "ProjectionType"),
+                            g["Projection"]["NonKeyAttributes"]
+                                .as_sequence()
+                                .map(|a| a
+                                    .iter()
+                                    .filter_map(|v| v.as_str())
+                                    .collect::<BTreeSet<_>>())
+                                .unwrap_or_default()
                         )
                     })
                     .collect()
@@ -112,12 +119,19 @@ async fn shape_from_dynamodb(client: &aws_sdk_dynamodb::Client, table: &str) -> 
             .iter()
             .map(|g| {
                 format!(
-                    "{} {:?} {}",
+                    "{} {:?} {} {:?}",
                     g.index_name().unwrap_or_default(),
                     keys(g.key_schema()),
                     g.projection()
                         .and_then(|p| p.projection_type())
                         .map(|p| p.as_str())
+                        .unwrap_or_default(),
+                    g.projection()
+                        .map(|p| p
+                            .non_key_attributes()
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<BTreeSet<_>>())
                         .unwrap_or_default()
                 )
             })

@@ -49,6 +49,8 @@ pub struct AppState {
     pub admin_token: Option<AdminToken>,
     /// The refresh job's schedule, for health.
     pub refresh_interval: Duration,
+    /// The offer-expiry job's schedule, for health.
+    pub expiry_interval: Duration,
     /// How often this process adds its counters to the shared per-minute buckets.
     pub counters_flush_every: Duration,
     /// `Function` dimension of the EMF metric lines; `None` outside Lambda, where nobody
@@ -82,6 +84,7 @@ impl AppState {
             clock: Arc::new(SystemClock),
             admin_token: config.admin_token.as_ref().map(AdminToken::new),
             refresh_interval: config.jobs.refresh_interval,
+            expiry_interval: config.jobs.expiry_interval,
             counters_flush_every: Duration::from_secs(10),
             emf_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME")
                 .ok()

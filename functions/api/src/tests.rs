@@ -566,6 +566,50 @@ async fn expiring_offers_are_listed_soonest_first() {
     assert_eq!(json["offers"][0]["offer_id"], "o-10m");
     let all = body(app.get("/offers/expiring?within=3h").await).await;
     assert_eq!(all["offers"].as_array().unwrap().len(), 2);
+    assert_eq!(all["source"], "index", "the Redis set was never reconciled");
+}
+
+#[tokio::test]
+async fn offer_writes_keep_the_expiry_set_in_step_and_a_synced_set_answers_the_route() {
+    use catalog_core::expiry_set::ExpirySet;
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    let set = ExpirySet::new(&app.state.cache);
+    set.mark_synced(NOW).await;
+    let offer = json!({"offer_id": "o1", "price": {"amount_minor": 900, "currency": "EUR"}, "expires_at": NOW + 600_000});
+    assert_eq!(
+        app.json("POST", "/products/p1/offers", offer)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let listed = body(app.get("/offers/expiring?within=15m").await).await;
+    assert_eq!(listed["source"], "set");
+    assert_eq!(listed["offers"][0]["offer_id"], "o1");
+    assert_eq!(listed["offers"][0]["expires_at"], NOW + 600_000);
+
+    let extend = json!({"action": "extend", "expires_at": NOW + 1_200_000, "expected_version": 1});
+    assert_eq!(
+        app.json("PATCH", "/offers/o1", extend).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(set.all().await.unwrap()[0].expires_at, NOW + 1_200_000);
+    let within_15m = body(app.get("/offers/expiring?within=15m").await).await;
+    assert_eq!(within_15m["offers"], json!([]));
+
+    let cancel = json!({"action": "cancel", "expected_version": 2});
+    assert_eq!(
+        app.json("PATCH", "/offers/o1", cancel).await.status(),
+        StatusCode::OK
+    );
+    assert!(set.all().await.unwrap().is_empty());
+
+    // Redis flushed: the marker is gone with the members, and the route reads the index.
+    app.seed_offer("p1", "o2", Duration::from_secs(60)).await;
+    app.l2.flush_all();
+    let fallback = body(app.get("/offers/expiring?within=5m").await).await;
+    assert_eq!(fallback["source"], "index");
+    assert_eq!(fallback["offers"][0]["offer_id"], "o2");
 }
 
 #[tokio::test]

@@ -110,6 +110,13 @@ impl KeySpace {
         format!("{}lock:{rest}", self.prefix)
     }
 
+    /// The sorted set of active offers by expiry (`<product>/<offer>` scored by `expires_at`):
+    /// `<prefix>{offers}:by-expiry`. One key, so one slot; the hash tag keeps any companion key
+    /// in the same slot.
+    pub fn expiry_set(&self) -> String {
+        format!("{}{{offers}}:by-expiry", self.prefix)
+    }
+
     /// The durable revalidation queue (a sorted set of keys scored by enqueue time).
     pub fn revalidation_queue(&self) -> String {
         format!("{}revalidate", self.prefix)

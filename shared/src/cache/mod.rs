@@ -372,6 +372,27 @@ impl Cache {
         });
     }
 
+    /// Runs one call on L2 for code outside the engine (e.g. the offer expiry set), behind the
+    /// same breaker, deadline and counters as the engine's own calls; `None` when Redis is not
+    /// configured, the circuit is open, or the call failed or timed out. `batch` gives the call
+    /// the longer deadline of batches.
+    pub(crate) async fn l2_call<'a, R, Fut>(
+        &'a self,
+        op: &'static str,
+        batch: bool,
+        call: impl FnOnce(&'a dyn L2Store) -> Fut,
+    ) -> Option<R>
+    where
+        Fut: Future<Output = crate::Result<R>> + 'a,
+    {
+        let deadline = if batch {
+            self.batch_deadline()
+        } else {
+            self.single_deadline()
+        };
+        self.with_l2(op, deadline, call).await.ok()
+    }
+
     /// Deadline of a single-key Redis call.
     fn single_deadline(&self) -> Duration {
         self.inner.options.command_timeout

@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::periods;
+use super::{lease, periods};
 use crate::cache::{Cache, PutOutcome};
 use crate::error::Result;
 use crate::model::{
@@ -54,6 +54,8 @@ pub struct RefreshOptions {
     pub feed_len: usize,
     /// Revalidation-queue keys handled per run.
     pub drain_max: usize,
+    /// Lease lifetime of a run without a deadline (local runs).
+    pub lease_without_deadline: Duration,
 }
 
 impl Default for RefreshOptions {
@@ -64,6 +66,7 @@ impl Default for RefreshOptions {
             page_size: 500,
             feed_len: 1000,
             drain_max: 1000,
+            lease_without_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -90,11 +93,46 @@ pub struct RefreshReport {
     pub feeds_ranked: u64,
     /// Keys refreshed from the revalidation queue.
     pub revalidated: u64,
+    /// Why the run did nothing, if it did nothing (another run held the lease).
+    pub skipped_reason: Option<String>,
 }
 
-/// Refreshes once. `now` is the time the stats are computed for; `deadline` is when the
+/// Refreshes once, holding the job's lease (a run that finds it held records a skip and
+/// does nothing). `now` is the time the stats are computed for; `deadline` is when the
 /// invocation ends (`None`: no limit).
 pub async fn refresh_once(
+    deps: &RefreshDeps,
+    options: &RefreshOptions,
+    now: EpochMillis,
+    deadline: Option<Instant>,
+) -> RefreshReport {
+    let ttl = lease::lease_ttl(deadline, options.lease_without_deadline);
+    match lease::acquire(deps.stats.as_ref(), JOB, now, ttl).await {
+        Ok(Some(held)) => {
+            let report = refresh_holding_lease(deps, options, now, deadline).await;
+            lease::release(deps.stats.as_ref(), &held).await;
+            report
+        }
+        Ok(None) => {
+            lease::record_skip(deps.stats.as_ref(), JOB, now).await;
+            RefreshReport {
+                skipped_reason: Some(lease::HELD_ELSEWHERE.to_owned()),
+                ..RefreshReport::default()
+            }
+        }
+        Err(e) => {
+            tracing::error!(error.message = %e, "refresh cannot take its lease; not running");
+            let mut report = RefreshReport {
+                errors: 1,
+                ..RefreshReport::default()
+            };
+            finish(deps, &mut report, now, Instant::now(), RunOutcome::Failed).await;
+            report
+        }
+    }
+}
+
+async fn refresh_holding_lease(
     deps: &RefreshDeps,
     options: &RefreshOptions,
     now: EpochMillis,
@@ -417,17 +455,13 @@ async fn finish(
     {
         tracing::error!(error.message = %e, "cannot record the refresh cursor; the next run starts from the top");
     }
-    let run = JobRun {
-        job: JOB.to_owned(),
-        started_at: now,
-        duration_ms: report.duration_ms,
-        outcome,
-        processed: report.refreshed,
-        entries_written: report.entries_written,
-        skipped: report.skipped,
-        errors: report.errors,
-        next_cursor: report.next_cursor.clone(),
-    };
+    let mut run = JobRun::new(JOB, now, outcome);
+    run.duration_ms = report.duration_ms;
+    run.processed = report.refreshed;
+    run.entries_written = report.entries_written;
+    run.skipped = report.skipped;
+    run.errors = report.errors;
+    run.next_cursor = report.next_cursor.clone();
     if let Err(e) = deps.stats.record_run(&run).await {
         tracing::error!(error.message = %e, "cannot record the refresh run");
     }

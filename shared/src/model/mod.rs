@@ -6,6 +6,8 @@ mod ids;
 mod money;
 mod validation;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use ids::{EventId, OfferId, ProductId};
@@ -185,6 +187,11 @@ pub struct ExpiringOffer {
     pub product_id: ProductId,
     /// When it expires.
     pub expires_at: EpochMillis,
+    /// The offer's version as the listing saw it, when the listing knows it (the DynamoDB
+    /// index projects it; the Redis expiry set does not). Internal: never sent to clients.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub version: Option<u64>,
 }
 
 /// How a job run ended.
@@ -198,6 +205,8 @@ pub enum RunOutcome {
     Partial,
     /// Nothing useful was done.
     Failed,
+    /// The run did nothing because another run of the same job held the lease.
+    Skipped,
 }
 
 /// What one run of a scheduled job did; stored as the job's last run and in its history.
@@ -223,6 +232,57 @@ pub struct JobRun {
     /// Where the next run resumes, if this one stopped early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Job-specific counts, by name (offer-expiry: `expired`, `changed_meanwhile`,
+    /// `orphans_removed`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
+    /// How far behind the job was when it started (offer-expiry: now minus the oldest due
+    /// `expires_at`), if the job measures it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// Why the run ended as it did, in words (e.g. `another run holds the lease`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl JobRun {
+    /// A run of `job` started at `started_at` that ended with `outcome`, every count zero.
+    pub fn new(job: &str, started_at: EpochMillis, outcome: RunOutcome) -> JobRun {
+        JobRun {
+            job: job.to_owned(),
+            started_at,
+            duration_ms: 0,
+            outcome,
+            processed: 0,
+            entries_written: 0,
+            skipped: 0,
+            errors: 0,
+            next_cursor: None,
+            counts: BTreeMap::new(),
+            lag_ms: None,
+            note: None,
+        }
+    }
+
+    /// Whether the run did its work (fully or in part); failed and skipped runs did not.
+    pub fn did_work(&self) -> bool {
+        matches!(self.outcome, RunOutcome::Succeeded | RunOutcome::Partial)
+    }
+}
+
+/// Permission to run a job alone until `until`: a conditional item in the stats table.
+/// `fence` grows by one every time the lease changes hands, so a holder whose lease
+/// expired can tell (and a log can show) that another run took over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The job the lease is for.
+    pub job: String,
+    /// Who holds it (a random token per run).
+    pub holder: String,
+    /// Fencing token: how many times the lease has been taken.
+    pub fence: u64,
+    /// When it lapses if not released.
+    pub until: EpochMillis,
 }
 
 /// A view counter bucket: one hour or one day (UTC), identified by its number since the epoch.

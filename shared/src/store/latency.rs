@@ -8,21 +8,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ExpiryIndex, OfferReader, OfferWriter, ProductLister, ProductReader, ProductWriter,
-    StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+    ExpiryIndex, JobLeases, OfferExpirer, OfferReader, OfferWriter, ProductLister, ProductReader,
+    ProductWriter, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
 };
 use crate::error::{ExpectedVersion, Result};
 use crate::model::{
-    CounterBucket, EpochMillis, ExpiringOffer, FeedKind, JobRun, Offer, OfferId, PeriodStats,
-    Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
+    CounterBucket, EpochMillis, ExpiringOffer, FeedKind, JobRun, Lease, Offer, OfferId,
+    PeriodStats, Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
 };
 
-/// Wraps a shared store; every call sleeps `per_call` first and is counted.
+/// Wraps a shared store; every call sleeps `per_call` first and is counted (writes also on
+/// their own, for figures such as writes per expired offer).
 #[derive(Debug)]
 pub struct LatencyShim<S: ?Sized> {
     inner: Arc<S>,
     per_call: Duration,
     calls: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl<S: ?Sized> LatencyShim<S> {
@@ -32,7 +34,13 @@ impl<S: ?Sized> LatencyShim<S> {
             inner,
             per_call,
             calls: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
+    }
+
+    /// Write calls made so far (a subset of [`LatencyShim::calls`]).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Calls made so far.
@@ -45,63 +53,77 @@ impl<S: ?Sized> LatencyShim<S> {
         &self.inner
     }
 
-    async fn delay(&self) {
+    async fn delay(&self, write: bool) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if write {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
         if !self.per_call.is_zero() {
             tokio::time::sleep(self.per_call).await;
         }
     }
 }
 
-/// Implements a port for the shim: each method waits, then delegates.
+/// Implements a port for the shim: each method waits, then delegates. `read`/`write` says
+/// which counter the call goes to.
 macro_rules! shim {
-    ($port:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* }) => {
+    ($port:ident { $($kind:ident fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* }) => {
         #[async_trait]
         impl<S: $port + ?Sized> $port for LatencyShim<S> {
             $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
-                self.delay().await;
+                self.delay(shim!(@write $kind)).await;
                 self.inner.$name($($arg),*).await
             })*
         }
     };
+    (@write read) => { false };
+    (@write write) => { true };
 }
 
 shim!(ProductReader {
-    fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>>;
-    fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>>;
+    read fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>>;
+    read fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>>;
 });
 shim!(ProductLister {
-    fn list_products(&self, cursor: Option<&str>, limit: usize) -> Result<(Vec<Product>, Option<String>)>;
+    read fn list_products(&self, cursor: Option<&str>, limit: usize) -> Result<(Vec<Product>, Option<String>)>;
 });
 shim!(ProductWriter {
-    fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product>;
+    write fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product>;
 });
 shim!(OfferReader {
-    fn offer(&self, id: &OfferId) -> Result<Option<Offer>>;
+    read fn offer(&self, id: &OfferId) -> Result<Option<Offer>>;
+    read fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>>;
 });
 shim!(OfferWriter {
-    fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer>;
+    write fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer>;
+});
+shim!(OfferExpirer {
+    write fn expire_offer(&self, product: &ProductId, offer: &OfferId, version: u64, now: EpochMillis) -> Result<bool>;
 });
 shim!(ExpiryIndex {
-    fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
+    read fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
 });
 shim!(ViewRecorder {
-    fn record_view(&self, event: &ViewEvent) -> Result<bool>;
+    write fn record_view(&self, event: &ViewEvent) -> Result<bool>;
 });
 shim!(ViewCounters {
-    fn add_views(&self, product: &ProductId, bucket: CounterBucket, count: u64) -> Result<()>;
-    fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>>;
+    write fn add_views(&self, product: &ProductId, bucket: CounterBucket, count: u64) -> Result<()>;
+    read fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>>;
 });
 shim!(StatsReader {
-    fn period_stats(&self, product: &ProductId) -> Result<Option<PeriodStats>>;
-    fn feed(&self, kind: FeedKind) -> Result<Option<RankedFeed>>;
-    fn last_runs(&self) -> Result<Vec<JobRun>>;
-    fn run_history(&self, job: &str, limit: usize) -> Result<Vec<JobRun>>;
-    fn cursor(&self, job: &str) -> Result<Option<String>>;
+    read fn period_stats(&self, product: &ProductId) -> Result<Option<PeriodStats>>;
+    read fn feed(&self, kind: FeedKind) -> Result<Option<RankedFeed>>;
+    read fn last_runs(&self) -> Result<Vec<JobRun>>;
+    read fn run_history(&self, job: &str, limit: usize) -> Result<Vec<JobRun>>;
+    read fn cursor(&self, job: &str) -> Result<Option<String>>;
 });
 shim!(StatsWriter {
-    fn put_period_stats(&self, product: &ProductId, stats: &PeriodStats) -> Result<()>;
-    fn put_feed(&self, feed: &RankedFeed) -> Result<()>;
-    fn record_run(&self, run: &JobRun) -> Result<()>;
-    fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()>;
+    write fn put_period_stats(&self, product: &ProductId, stats: &PeriodStats) -> Result<()>;
+    write fn put_feed(&self, feed: &RankedFeed) -> Result<()>;
+    write fn record_run(&self, run: &JobRun) -> Result<()>;
+    write fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()>;
+});
+shim!(JobLeases {
+    write fn acquire_lease(&self, job: &str, holder: &str, now: EpochMillis, until: EpochMillis) -> Result<Option<Lease>>;
+    write fn release_lease(&self, lease: &Lease) -> Result<()>;
 });

@@ -9,13 +9,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::{
-    ExpiryIndex, OfferReader, OfferWriter, ProductLister, ProductReader, ProductWriter,
-    StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+    ExpiryIndex, JobLeases, OfferExpirer, OfferReader, OfferWriter, ProductLister, ProductReader,
+    ProductWriter, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
 };
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::model::{
-    CounterBucket, EpochMillis, EventId, ExpiringOffer, FeedKind, JobRun, Offer, OfferId,
-    OfferStatus, PeriodStats, Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
+    CounterBucket, EpochMillis, EventId, ExpiringOffer, FeedKind, JobRun, Lease, Offer, OfferId,
+    OfferStatus, PeriodStats, Product, ProductDetail, ProductId, RankedFeed, RunOutcome, ViewEvent,
 };
 
 /// One product partition: the product item and its offers, like the catalog table's layout.
@@ -36,6 +36,7 @@ struct Tables {
     last_runs: BTreeMap<String, JobRun>,
     history: BTreeMap<(String, EpochMillis), JobRun>,
     cursors: HashMap<String, String>,
+    leases: HashMap<String, Lease>,
 }
 
 /// Every table held in memory.
@@ -186,6 +187,45 @@ impl OfferReader for MemoryStore {
             .get(id)
             .and_then(|product| tables.catalog.get(product)?.offers.get(id).cloned()))
     }
+
+    async fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>> {
+        let tables = self.lock()?;
+        let unique: BTreeSet<&(ProductId, OfferId)> = keys.iter().collect();
+        Ok(unique
+            .into_iter()
+            .filter_map(|(product, offer)| tables.catalog.get(product)?.offers.get(offer).cloned())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl OfferExpirer for MemoryStore {
+    async fn expire_offer(
+        &self,
+        product: &ProductId,
+        offer: &OfferId,
+        version: u64,
+        now: EpochMillis,
+    ) -> Result<bool> {
+        let mut tables = self.lock()?;
+        let Some(stored) = tables
+            .catalog
+            .get_mut(product)
+            .and_then(|p| p.offers.get_mut(offer))
+        else {
+            return Ok(false);
+        };
+        if stored.status != OfferStatus::Active
+            || stored.expires_at > now
+            || stored.version != version
+        {
+            return Ok(false);
+        }
+        stored.status = OfferStatus::Expired;
+        stored.version = version.saturating_add(1);
+        stored.updated_at = now;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -242,6 +282,7 @@ impl ExpiryIndex for MemoryStore {
                 offer_id: o.id.clone(),
                 product_id: o.product_id.clone(),
                 expires_at: o.expires_at,
+                version: Some(o.version),
             })
             .collect();
         due.sort_by_key(|o| (o.expires_at, o.offer_id.clone()));
@@ -341,6 +382,9 @@ impl StatsWriter for MemoryStore {
         tables
             .history
             .insert((run.job.clone(), run.started_at), run.clone());
+        if run.outcome == RunOutcome::Skipped {
+            return Ok(());
+        }
         let newer_recorded = tables
             .last_runs
             .get(&run.job)
@@ -357,6 +401,43 @@ impl StatsWriter for MemoryStore {
             Some(c) => tables.cursors.insert(job.to_owned(), c.to_owned()),
             None => tables.cursors.remove(job),
         };
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobLeases for MemoryStore {
+    async fn acquire_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        now: EpochMillis,
+        until: EpochMillis,
+    ) -> Result<Option<Lease>> {
+        let mut tables = self.lock()?;
+        let fence = match tables.leases.get(job) {
+            Some(current) if current.until > now => return Ok(None),
+            Some(current) => current.fence + 1,
+            None => 1,
+        };
+        let lease = Lease {
+            job: job.to_owned(),
+            holder: holder.to_owned(),
+            fence,
+            until,
+        };
+        tables.leases.insert(job.to_owned(), lease.clone());
+        Ok(Some(lease))
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let mut tables = self.lock()?;
+        if let Some(current) = tables.leases.get_mut(&lease.job)
+            && current.holder == lease.holder
+            && current.fence == lease.fence
+        {
+            current.until = EpochMillis::MIN;
+        }
         Ok(())
     }
 }
@@ -496,17 +577,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_run_never_replaces_a_newer_last_run() {
         let store = MemoryStore::new();
-        let run = |started_at| JobRun {
-            job: "refresh".into(),
-            started_at,
-            duration_ms: 1,
-            outcome: crate::model::RunOutcome::Succeeded,
-            processed: 0,
-            entries_written: 0,
-            skipped: 0,
-            errors: 0,
-            next_cursor: None,
-        };
+        let run = |started_at| JobRun::new("refresh", started_at, RunOutcome::Succeeded);
         store.record_run(&run(2_000)).await.unwrap();
         store.record_run(&run(1_000)).await.unwrap();
         assert_eq!(store.last_runs().await.unwrap()[0].started_at, 2_000);

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 
 use crate::error::{ExpectedVersion, Result};
 use crate::model::{
-    CounterBucket, EpochMillis, ExpiringOffer, FeedKind, JobRun, Offer, OfferId, PeriodStats,
-    Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
+    CounterBucket, EpochMillis, ExpiringOffer, FeedKind, JobRun, Lease, Offer, OfferId,
+    PeriodStats, Product, ProductDetail, ProductId, RankedFeed, ViewEvent,
 };
 
 /// Most keys one DynamoDB BatchGetItem call accepts.
@@ -59,6 +59,10 @@ pub trait ProductWriter: Send + Sync {
 pub trait OfferReader: Send + Sync {
     /// The offer, or `None` if no offer has that id.
     async fn offer(&self, id: &OfferId) -> Result<Option<Offer>>;
+
+    /// The offers stored under these (product, offer) keys, read consistently (BatchGetItem in
+    /// chunks of 100); keys with no offer are left out, and the order is not kept.
+    async fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>>;
 }
 
 /// Writes offers with optimistic concurrency.
@@ -71,10 +75,29 @@ pub trait OfferWriter: Send + Sync {
     async fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer>;
 }
 
+/// Expires offers (the offer-expiry job's only write).
+#[async_trait]
+pub trait OfferExpirer: Send + Sync {
+    /// Marks an offer expired at `now` with one conditional write: only if it is still
+    /// active, still due (`expires_at <= now`) and still at `version`. The write also drops
+    /// the offer from the expiry index. Returns false, changing nothing, when the condition
+    /// fails (the offer was extended, cancelled, expired or rewritten meanwhile, or is gone).
+    async fn expire_offer(
+        &self,
+        product: &ProductId,
+        offer: &OfferId,
+        version: u64,
+        now: EpochMillis,
+    ) -> Result<bool>;
+}
+
 /// The index of active offers by expiry.
 #[async_trait]
 pub trait ExpiryIndex: Send + Sync {
-    /// Active offers expiring at or before `until`, soonest first, at most `limit`.
+    /// Active offers expiring at or before `until`, soonest first, at most `limit`, with
+    /// the version the index saw. Every shard of the index is read, every page followed (up
+    /// to `limit` per shard). The index is eventually consistent: a write made a moment ago
+    /// may not show yet, so callers confirm against the table before acting.
     async fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
 }
 
@@ -127,24 +150,55 @@ pub trait StatsWriter: Send + Sync {
 
     /// Appends a run to the job's history and makes it the job's last run, unless a run that
     /// started later is already recorded (two runs at once never leave the older one as last).
+    /// A skipped run goes to the history only: it must not hide the run that held the lease.
     async fn record_run(&self, run: &JobRun) -> Result<()>;
 
     /// Sets or clears where the job resumes.
     async fn set_cursor(&self, job: &str, cursor: Option<&str>) -> Result<()>;
 }
 
+/// Leases that keep two runs of one job from working at the same time.
+#[async_trait]
+pub trait JobLeases: Send + Sync {
+    /// Takes `job`'s lease for `holder` until `until`, if nobody holds it or the holder's
+    /// lease lapsed before `now`. `None` if another holder has it.
+    async fn acquire_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        now: EpochMillis,
+        until: EpochMillis,
+    ) -> Result<Option<Lease>>;
+
+    /// Gives the lease back, if `lease` still holds it (a lapsed lease that another run took
+    /// over is left alone).
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+}
+
 /// Everything the catalog offers; both adapters implement it.
 pub trait CatalogStore:
-    ProductReader + ProductLister + ProductWriter + OfferReader + OfferWriter + ExpiryIndex
+    ProductReader
+    + ProductLister
+    + ProductWriter
+    + OfferReader
+    + OfferWriter
+    + OfferExpirer
+    + ExpiryIndex
 {
 }
 
 impl<T> CatalogStore for T where
-    T: ProductReader + ProductLister + ProductWriter + OfferReader + OfferWriter + ExpiryIndex
+    T: ProductReader
+        + ProductLister
+        + ProductWriter
+        + OfferReader
+        + OfferWriter
+        + OfferExpirer
+        + ExpiryIndex
 {
 }
 
 /// Everything the stats table offers; both adapters implement it.
-pub trait StatsStore: ViewCounters + StatsReader + StatsWriter {}
+pub trait StatsStore: ViewCounters + StatsReader + StatsWriter + JobLeases {}
 
-impl<T> StatsStore for T where T: ViewCounters + StatsReader + StatsWriter {}
+impl<T> StatsStore for T where T: ViewCounters + StatsReader + StatsWriter + JobLeases {}

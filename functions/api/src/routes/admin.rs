@@ -12,6 +12,7 @@ use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
 use catalog_core::cache::metrics::MetricsSnapshot;
 use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
+use catalog_core::jobs::{offer_expiry, refresh};
 use catalog_core::model::{FeedKind, JobRun, ProductId};
 use catalog_core::reads::{self, WarmReport};
 use serde::{Deserialize, Serialize};
@@ -143,13 +144,15 @@ pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<J
 }
 
 /// Figures that can raise alerts, for the since-when bookkeeping.
-const ALERT_FIGURES: [&str; 6] = [
+const ALERT_FIGURES: [&str; 8] = [
     "hit_ratio",
     "redis_error_rate",
     "memory",
     "redis",
     "circuit",
     "refresh",
+    "offer_expiry",
+    "offer_expiry_lag",
 ];
 
 /// `GET /admin/cache/health`.
@@ -173,14 +176,12 @@ pub async fn cache_health(
     State(state): State<AppState>,
 ) -> ApiResult<Json<HealthResponse>> {
     let cache = &state.cache;
-    let (history, server) = tokio::join!(cache.history(), cache.server_info());
-    let refresh_runs = match state.stats.run_history("refresh", 10).await {
-        Ok(runs) => runs,
-        Err(e) => {
-            tracing::warn!(error.message = %e, "cannot read refresh history for health");
-            Vec::new()
-        }
-    };
+    let (history, server, refresh_runs, expiry_runs) = tokio::join!(
+        cache.history(),
+        cache.server_info(),
+        recent_runs(&state, refresh::JOB),
+        recent_runs(&state, offer_expiry::JOB),
+    );
     let now = state.clock.now_ms();
     let inputs = HealthInputs {
         history,
@@ -188,6 +189,8 @@ pub async fn cache_health(
         breaker: cache.breaker_state(),
         refresh_runs,
         refresh_interval: state.refresh_interval,
+        expiry_runs,
+        expiry_interval: state.expiry_interval,
         now,
     };
     let thresholds = Thresholds::default();
@@ -202,6 +205,14 @@ pub async fn cache_health(
         report: health::evaluate(&inputs, &thresholds, &since),
         checked_at: now,
     }))
+}
+
+/// A job's recent runs, newest first (empty, logged, if they cannot be read).
+async fn recent_runs(state: &AppState, job: &str) -> Vec<JobRun> {
+    state.stats.run_history(job, 10).await.unwrap_or_else(|e| {
+        tracing::warn!(job, error.message = %e, "cannot read job history for health");
+        Vec::new()
+    })
 }
 
 /// What to warm: explicit ids, or the most viewed products.

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use catalog_core::ExpectedVersion;
+use catalog_core::expiry_set::{ExpirySet, SetState};
 use catalog_core::model::{ExpiringOffer, Offer, OfferStatus};
 use catalog_core::reads;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,7 @@ pub async fn patch_offer(
         .put_offer(&updated, ExpectedVersion::Exactly(expected))
         .await?;
     reads::invalidate_product(&state.cache, &stored.product_id, false).await;
+    ExpirySet::new(&state.cache).follow(&stored).await;
     Ok(Json(stored).into_response())
 }
 
@@ -103,6 +105,8 @@ pub struct ExpiringResponse {
     pub within_s: i64,
     /// Active offers expiring within the window (or overdue), soonest first.
     pub offers: Vec<ExpiringOffer>,
+    /// Where the list came from: `set` (the Redis expiry set) or `index` (DynamoDB).
+    pub source: &'static str,
 }
 
 const MAX_WINDOW_MS: i64 = 7 * 86_400_000;
@@ -111,7 +115,8 @@ const MAX_WINDOW_MS: i64 = 7 * 86_400_000;
     get, path = "/offers/expiring", tag = "offers", params(ExpiringQuery),
     responses((status = 200, body = ExpiringResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
-/// Active offers that expire within a window, from the sparse expiry index.
+/// Active offers that expire within a window: from the Redis expiry set when it is in step
+/// with the index, from the index itself otherwise (Redis down, or the set flushed).
 pub async fn expiring(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ExpiringQuery>,
@@ -128,10 +133,19 @@ pub async fn expiring(
         return Err(ApiError::Invalid("limit: 1 to 1000".into()));
     }
     let until = state.clock.now_ms() + within;
-    let offers = state.catalog.expiring(until, limit).await?;
+    let set = ExpirySet::new(&state.cache);
+    let from_set = match set.state().await {
+        SetState::Synced(_) => set.due(until, limit).await,
+        SetState::Unsynced | SetState::Unavailable => None,
+    };
+    let (offers, source) = match from_set {
+        Some(offers) => (offers, "set"),
+        None => (state.catalog.expiring(until, limit).await?, "index"),
+    };
     Ok(Json(ExpiringResponse {
         within_s: within / 1000,
         offers,
+        source,
     })
     .into_response())
 }

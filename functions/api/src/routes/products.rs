@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use catalog_core::ExpectedVersion;
 use catalog_core::cache::Lookup;
 use catalog_core::cache::key::Category;
+use catalog_core::expiry_set::ExpirySet;
 use catalog_core::model::{
     EventId, Money, Offer, OfferId, OfferStatus, PeriodStats, Product, ProductDetail, ProductId,
     ViewEvent,
@@ -416,6 +417,8 @@ pub async fn create_offer(
         .put_offer(&offer, ExpectedVersion::Absent)
         .await?;
     reads::invalidate_product(&state.cache, &product, false).await;
+    // Best effort: an offer the set misses is found by the next reconcile.
+    ExpirySet::new(&state.cache).follow(&stored).await;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 

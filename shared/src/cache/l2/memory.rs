@@ -71,6 +71,11 @@ impl MemoryL2 {
         );
     }
 
+    /// Drops every key, as `FLUSHALL` (or a failover that lost the data) would.
+    pub fn flush_all(&self) {
+        self.lock().clear();
+    }
+
     /// Number of live keys.
     pub fn len(&self) -> usize {
         let now = Instant::now();
@@ -262,6 +267,66 @@ impl L2Store for MemoryL2 {
         match entries.get(queue).map(|e| &e.value) {
             Some(Value::Queue(members)) => Ok(members.len() as u64),
             _ => Ok(0),
+        }
+    }
+
+    async fn zset_add(&self, key: &str, members: &[(String, i64)], only_later: bool) -> Result<()> {
+        let mut entries = self.call("ZADD")?;
+        let entry = entries.entry(key.to_owned()).or_insert(Entry {
+            value: Value::Queue(BTreeMap::new()),
+            expires_at: None,
+        });
+        let Value::Queue(set) = &mut entry.value else {
+            return Err(wrong_type("ZADD"));
+        };
+        for (member, score) in members {
+            let current = set.entry(member.clone()).or_insert(*score);
+            if !only_later || *score > *current {
+                *current = *score;
+            }
+        }
+        Ok(())
+    }
+
+    async fn zset_remove(&self, key: &str, members: &[String]) -> Result<()> {
+        self.dequeue(key, members).await
+    }
+
+    async fn zset_range_by_score(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let entries = self.call("ZRANGEBYSCORE")?;
+        match entries.get(key).map(|e| &e.value) {
+            None => Ok(Vec::new()),
+            Some(Value::Queue(set)) => {
+                let mut in_range: Vec<(&String, i64)> = set
+                    .iter()
+                    .filter(|(_, score)| (min..=max).contains(*score))
+                    .map(|(member, score)| (member, *score))
+                    .collect();
+                in_range.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+                Ok(in_range
+                    .into_iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|(member, score)| (member.clone(), score))
+                    .collect())
+            }
+            Some(_) => Err(wrong_type("ZRANGEBYSCORE")),
+        }
+    }
+
+    async fn zset_score(&self, key: &str, member: &str) -> Result<Option<i64>> {
+        let entries = self.call("ZSCORE")?;
+        match entries.get(key).map(|e| &e.value) {
+            None => Ok(None),
+            Some(Value::Queue(set)) => Ok(set.get(member).copied()),
+            Some(_) => Err(wrong_type("ZSCORE")),
         }
     }
 

@@ -77,6 +77,27 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     /// Number of members in a queue.
     async fn queue_len(&self, queue: &str) -> Result<u64>;
 
+    /// Adds members to a sorted set, or moves existing ones to a new score. With `only_later`,
+    /// an existing member's score only ever grows (`ZADD GT`); new members are added anyway.
+    async fn zset_add(&self, key: &str, members: &[(String, i64)], only_later: bool) -> Result<()>;
+
+    /// Removes members from a sorted set.
+    async fn zset_remove(&self, key: &str, members: &[String]) -> Result<()>;
+
+    /// Members scored from `min` to `max` (inclusive; `i64::MIN`/`i64::MAX` are unbounded),
+    /// lowest score first, skipping `offset` and returning at most `limit`.
+    async fn zset_range_by_score(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>>;
+
+    /// A member's score, `None` if it (or the set) is absent.
+    async fn zset_score(&self, key: &str, member: &str) -> Result<Option<i64>>;
+
     /// Adds to integer fields of a hash and sets its time to live (`HINCRBY`s and `PEXPIRE` in
     /// one pipeline).
     async fn hash_add(&self, key: &str, increments: &[(String, i64)], ttl: Duration) -> Result<()>;

@@ -330,6 +330,74 @@ impl L2Store for RedisL2 {
             .map_err(|e| Error::redis("ZCARD", e))
     }
 
+    async fn zset_add(&self, key: &str, members: &[(String, i64)], only_later: bool) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(key);
+        if only_later {
+            cmd.arg("GT");
+        }
+        for (member, score) in members {
+            cmd.arg(*score).arg(member);
+        }
+        cmd.query_async::<i64>(&mut self.trip()?)
+            .await
+            .map(drop)
+            .map_err(|e| Error::redis("ZADD", e))
+    }
+
+    async fn zset_remove(&self, key: &str, members: &[String]) -> Result<()> {
+        self.dequeue(key, members).await
+    }
+
+    async fn zset_range_by_score(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let bound = |v: i64, unbounded: i64, inf: &str| {
+            if v == unbounded {
+                inf.to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        let pairs: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(bound(min, i64::MIN, "-inf"))
+            .arg(bound(max, i64::MAX, "+inf"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("ZRANGE", e))?;
+        // Scores are doubles; epoch milliseconds (below 2^53) round-trip exactly.
+        #[allow(clippy::cast_possible_truncation)]
+        Ok(pairs.into_iter().map(|(m, s)| (m, s as i64)).collect())
+    }
+
+    async fn zset_score(&self, key: &str, member: &str) -> Result<Option<i64>> {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(key)
+            .arg(member)
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("ZSCORE", e))?;
+        #[allow(clippy::cast_possible_truncation)]
+        Ok(score.map(|s| s as i64))
+    }
+
     async fn hash_add(&self, key: &str, increments: &[(String, i64)], ttl: Duration) -> Result<()> {
         if increments.is_empty() {
             return Ok(());

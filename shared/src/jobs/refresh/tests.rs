@@ -14,7 +14,7 @@ use crate::error::{Error, ExpectedVersion};
 use crate::model::{CounterBucket, Currency, Money};
 use crate::store::latency::LatencyShim;
 use crate::store::memory::MemoryStore;
-use crate::store::{ProductWriter, StatsReader, StatsWriter, ViewCounters};
+use crate::store::{JobLeases, ProductWriter, StatsReader, StatsWriter, ViewCounters};
 
 /// 2026-11-20 10:30 UTC.
 const NOW: i64 = 1_795_602_600_000;
@@ -233,6 +233,22 @@ impl StatsWriter for FailingFor {
     }
 }
 
+#[async_trait]
+impl JobLeases for FailingFor {
+    async fn acquire_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> crate::Result<Option<crate::model::Lease>> {
+        self.0.acquire_lease(job, holder, now, until).await
+    }
+    async fn release_lease(&self, lease: &crate::model::Lease) -> crate::Result<()> {
+        self.0.release_lease(lease).await
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_failing_product_is_counted_and_the_run_goes_on() {
     let f = Fixture::new(&[("a", true, 1), ("b", true, 2), ("c", true, 3)]).await;
@@ -296,7 +312,7 @@ async fn a_run_stops_before_its_deadline_and_the_next_resumes_from_the_cursor() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn two_runs_at_once_leave_consistent_metadata() {
+async fn a_run_that_overlaps_another_skips_and_the_runner_stays_the_last_run() {
     let f = Fixture::new(&[("a", true, 1), ("b", true, 2)]).await;
     let slow = Arc::new(LatencyShim::new(f.store.clone(), Duration::from_millis(5)));
     let deps = RefreshDeps {
@@ -305,33 +321,42 @@ async fn two_runs_at_once_leave_consistent_metadata() {
         cache: f.cache(),
     };
     let options = RefreshOptions::default();
-    // The later-started run finishes first.
-    let (early, late) = tokio::join!(
-        async {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            refresh_once(
-                &deps,
-                &RefreshOptions {
-                    concurrency: 1,
-                    ..options
-                },
-                NOW,
-                None,
-            )
-            .await
-        },
-        refresh_once(&deps, &options, NOW + 1_000, None),
+    // The second run starts while the first holds the lease.
+    let (first, second) = tokio::join!(refresh_once(&deps, &options, NOW, None), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        refresh_once(&deps, &options, NOW + 1_000, None).await
+    });
+    assert_eq!(first.refreshed, 2);
+    assert_eq!(second.refreshed, 0);
+    assert_eq!(
+        second.skipped_reason.as_deref(),
+        Some(lease::HELD_ELSEWHERE)
     );
-    assert_eq!((early.errors, late.errors), (0, 0));
     let last = f.store.last_runs().await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(
-        last[0].started_at,
-        NOW + 1_000,
-        "the last run is the one that started last"
+        last[0].started_at, NOW,
+        "a skip never hides the run that worked"
     );
-    assert_eq!(f.store.run_history(JOB, 10).await.unwrap().len(), 2);
-    assert!(f.store.cursor(JOB).await.unwrap().is_none());
+    let history = f.store.run_history(JOB, 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].outcome, RunOutcome::Skipped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_left_by_a_crashed_run_is_taken_over_once_it_lapses() {
+    let f = Fixture::new(&[("a", true, 1)]).await;
+    // A run that died holding the lease for ten minutes.
+    f.store
+        .acquire_lease(JOB, "crashed", NOW, NOW + 600_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let deps = f.deps();
+    let blocked = refresh_once(&deps, &RefreshOptions::default(), NOW + 60_000, None).await;
+    assert!(blocked.skipped_reason.is_some());
+    let after = refresh_once(&deps, &RefreshOptions::default(), NOW + 600_001, None).await;
+    assert_eq!((after.refreshed, after.skipped_reason), (1, None));
 }
 
 #[tokio::test(start_paused = true)]

@@ -18,8 +18,8 @@ use super::{DynamoStore, backoff, is_condition_failure, sdk_error};
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::model::{EpochMillis, ExpiringOffer, Offer, OfferId, Product, ProductDetail, ProductId};
 use crate::store::{
-    BATCH_GET_LIMIT, ExpiryIndex, OfferReader, OfferWriter, ProductLister, ProductReader,
-    ProductWriter,
+    BATCH_GET_LIMIT, ExpiryIndex, OfferExpirer, OfferReader, OfferWriter, ProductLister,
+    ProductReader, ProductWriter,
 };
 
 /// How many BatchGetItem chunks run at once: enough to hide latency, few enough not to throttle.
@@ -28,9 +28,11 @@ const BATCH_CONCURRENCY: usize = 4;
 pub(super) const BATCH_MAX_ATTEMPTS: u32 = 8;
 
 impl DynamoStore {
-    /// Reads one chunk of at most 100 product keys, retrying unprocessed keys.
-    async fn batch_get_chunk(&self, ids: &[&ProductId]) -> Result<Vec<Product>> {
-        let keys = ids.iter().map(|id| product_key(id)).collect::<Vec<_>>();
+    /// Reads one chunk of at most 100 catalog keys consistently, retrying unprocessed keys.
+    async fn batch_get_chunk(
+        &self,
+        keys: Vec<HashMap<String, AttributeValue>>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
         let mut pending = KeysAndAttributes::builder()
             .set_keys(Some(keys))
             .consistent_read(true)
@@ -40,7 +42,7 @@ impl DynamoStore {
                 retryable: false,
                 source: Box::new(e),
             })?;
-        let mut found = Vec::with_capacity(ids.len());
+        let mut found = Vec::new();
         for attempt in 0..BATCH_MAX_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -52,13 +54,12 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(|e| sdk_error("BatchGetItem", e))?;
-            for item in output
-                .responses
-                .and_then(|mut r| r.remove(&self.tables.catalog))
-                .unwrap_or_default()
-            {
-                found.push(decode_product(item)?);
-            }
+            found.extend(
+                output
+                    .responses
+                    .and_then(|mut r| r.remove(&self.tables.catalog))
+                    .unwrap_or_default(),
+            );
             match output
                 .unprocessed_keys
                 .and_then(|mut u| u.remove(&self.tables.catalog))
@@ -72,6 +73,71 @@ impl DynamoStore {
             retryable: true,
             source: format!("unprocessed keys remained after {BATCH_MAX_ATTEMPTS} attempts").into(),
         })
+    }
+
+    /// Reads any number of distinct catalog keys: chunks of 100, a few chunks at once.
+    async fn batch_get(
+        &self,
+        keys: Vec<HashMap<String, AttributeValue>>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>> {
+        // The futures are built up front (they do nothing until polled): a closure inside
+        // the stream would need a higher-ranked lifetime that `async_trait`'s `Send` check rejects.
+        let chunk_reads: Vec<_> = keys
+            .chunks(BATCH_GET_LIMIT)
+            .map(|chunk| self.batch_get_chunk(chunk.to_vec()))
+            .collect();
+        let found: Vec<Vec<_>> = futures::stream::iter(chunk_reads)
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// One page of one expiry-index shard: offers due by `until`, after `start`.
+    async fn expiry_page(
+        &self,
+        shard: u32,
+        until: EpochMillis,
+        start: Option<HashMap<String, AttributeValue>>,
+        limit: i32,
+    ) -> Result<(Vec<ExpiringOffer>, Option<HashMap<String, AttributeValue>>)> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.catalog)
+            .index_name(EXPIRY_INDEX)
+            .key_condition_expression("gsi1pk = :shard AND gsi1sk <= :until")
+            .expression_attribute_values(":shard", AttributeValue::S(format!("ACTIVE#{shard}")))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .set_exclusive_start_key(start)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| sdk_error("Query", e))?;
+        let due = out.items().iter().filter_map(expiring_from_index).collect();
+        Ok((due, out.last_evaluated_key))
+    }
+
+    /// Every offer of one shard due by `until`, page after page, up to `limit`.
+    async fn expiry_shard(
+        &self,
+        shard: u32,
+        until: EpochMillis,
+        limit: usize,
+    ) -> Result<Vec<ExpiringOffer>> {
+        let page_limit = i32::try_from(limit.max(1))
+            .unwrap_or(i32::MAX)
+            .min(self.index_page);
+        let mut due = Vec::new();
+        let mut start = None;
+        loop {
+            let (page, next) = self.expiry_page(shard, until, start, page_limit).await?;
+            due.extend(page);
+            match next {
+                Some(next) if due.len() < limit => start = Some(next),
+                _ => return Ok(due),
+            }
+        }
     }
 
     /// Creates an offer atomically with its id lookup item, if its product exists.
@@ -281,18 +347,12 @@ impl ProductReader for DynamoStore {
 
     async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>> {
         // BatchGetItem rejects a request that names the same key twice.
-        let unique: Vec<&ProductId> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
-        // The futures are built up front (they do nothing until polled): a closure inside
-        // the stream would need a higher-ranked lifetime that `async_trait`'s `Send` check rejects.
-        let chunk_reads: Vec<_> = unique
-            .chunks(BATCH_GET_LIMIT)
-            .map(|chunk| self.batch_get_chunk(chunk))
-            .collect();
-        let found: Vec<Vec<Product>> = futures::stream::iter(chunk_reads)
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        let unique: BTreeSet<&ProductId> = ids.iter().collect();
+        self.batch_get(unique.into_iter().map(product_key).collect())
+            .await?
+            .into_iter()
+            .map(decode_product)
+            .collect()
     }
 }
 
@@ -398,53 +458,96 @@ impl OfferReader for DynamoStore {
             .map(decode_offer)
             .transpose()
     }
+
+    async fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>> {
+        let unique: BTreeSet<&(ProductId, OfferId)> = keys.iter().collect();
+        let keys = unique
+            .into_iter()
+            .map(|(product, offer)| {
+                HashMap::from([
+                    ("pk".to_owned(), AttributeValue::S(product_pk(product))),
+                    ("sk".to_owned(), AttributeValue::S(offer_sk(offer))),
+                ])
+            })
+            .collect();
+        self.batch_get(keys)
+            .await?
+            .into_iter()
+            .map(decode_offer)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OfferExpirer for DynamoStore {
+    async fn expire_offer(
+        &self,
+        product: &ProductId,
+        offer: &OfferId,
+        version: u64,
+        now: EpochMillis,
+    ) -> Result<bool> {
+        let n = |v: String| AttributeValue::N(v);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.catalog)
+            .key("pk", AttributeValue::S(product_pk(product)))
+            .key("sk", AttributeValue::S(offer_sk(offer)))
+            // Dropping gsi1pk/gsi1sk takes the offer out of the sparse expiry index.
+            .update_expression(
+                "SET #status = :expired, #version = :next, updated_at = :now REMOVE gsi1pk, gsi1sk",
+            )
+            .condition_expression(
+                "#status = :active AND expires_at <= :now AND #version = :version",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":expired", AttributeValue::S("expired".into()))
+            .expression_attribute_values(":active", AttributeValue::S("active".into()))
+            .expression_attribute_values(":now", n(now.to_string()))
+            .expression_attribute_values(":version", n(version.to_string()))
+            .expression_attribute_values(":next", n(version.saturating_add(1).to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
 }
 
 #[async_trait]
 impl ExpiryIndex for DynamoStore {
     async fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>> {
-        let limit_i32 = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
-        let shards = (0..EXPIRY_SHARDS).map(|shard| {
-            self.client
-                .query()
-                .table_name(&self.tables.catalog)
-                .index_name(EXPIRY_INDEX)
-                .key_condition_expression("gsi1pk = :shard AND gsi1sk <= :until")
-                .expression_attribute_values(":shard", AttributeValue::S(format!("ACTIVE#{shard}")))
-                .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
-                .limit(limit_i32)
-                .send()
-        });
-        let mut due = Vec::new();
-        for out in futures::future::try_join_all(shards)
-            .await
-            .map_err(|e| sdk_error("Query", e))?
-        {
-            for item in out.items() {
-                let field = |name: &str| match item.get(name) {
-                    Some(AttributeValue::S(s)) => Some(s.as_str()),
-                    _ => None,
-                };
-                let expires_at = match item.get("gsi1sk") {
-                    Some(AttributeValue::N(n)) => n.parse().ok(),
-                    _ => None,
-                };
-                let parsed = (
-                    field("pk").and_then(product_id_from_pk),
-                    field("sk").and_then(offer_id_from_sk),
-                    expires_at,
-                );
-                if let (Some(product_id), Some(offer_id), Some(expires_at)) = parsed {
-                    due.push(ExpiringOffer {
-                        offer_id,
-                        product_id,
-                        expires_at,
-                    });
-                }
-            }
-        }
-        due.sort_by_key(|o| (o.expires_at, o.offer_id.clone()));
+        let shards = (0..EXPIRY_SHARDS).map(|shard| self.expiry_shard(shard, until, limit));
+        let mut due: Vec<ExpiringOffer> = futures::future::try_join_all(shards)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        due.sort_by(|a, b| (a.expires_at, &a.offer_id).cmp(&(b.expires_at, &b.offer_id)));
         due.truncate(limit);
         Ok(due)
     }
+}
+
+/// An expiry-index item (keys plus the projected version) as a due offer; `None` for an
+/// item this version cannot read.
+fn expiring_from_index(item: &HashMap<String, AttributeValue>) -> Option<ExpiringOffer> {
+    let string = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let number = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+        _ => None,
+    };
+    Some(ExpiringOffer {
+        product_id: product_id_from_pk(string("pk")?)?,
+        offer_id: offer_id_from_sk(string("sk")?)?,
+        expires_at: number("gsi1sk")?,
+        version: number("version").and_then(|v| u64::try_from(v).ok()),
+    })
 }

@@ -80,12 +80,25 @@ pub(crate) fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E,
 pub struct DynamoStore {
     client: Client,
     tables: TableNames,
+    /// Items asked for per page of the expiry index (DynamoDB also stops a page at 1 MB).
+    index_page: i32,
 }
 
 impl DynamoStore {
     /// A store over `client` using the given tables.
     pub fn new(client: Client, tables: TableNames) -> Self {
-        DynamoStore { client, tables }
+        DynamoStore {
+            client,
+            tables,
+            index_page: 1000,
+        }
+    }
+
+    /// The same store reading the expiry index `items` per page, so tests can make a few
+    /// offers span several pages.
+    pub fn with_index_page(mut self, items: i32) -> Self {
+        self.index_page = items.max(1);
+        self
     }
 
     /// The underlying client, for jobs that need operations outside the ports.

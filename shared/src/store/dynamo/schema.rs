@@ -42,9 +42,12 @@ async fn create_catalog_table(client: &Client, name: &str) -> Result<()> {
         .index_name(EXPIRY_INDEX)
         .key_schema(key("gsi1pk", KeyType::Hash)?)
         .key_schema(key("gsi1sk", KeyType::Range)?)
+        // The version rides along so the offer-expiry job can write its conditional expiry
+        // (same version) straight from the index, without reading the item first.
         .projection(
             Projection::builder()
-                .projection_type(ProjectionType::KeysOnly)
+                .projection_type(ProjectionType::Include)
+                .non_key_attributes("version")
                 .build(),
         )
         .build()

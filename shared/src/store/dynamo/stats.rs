@@ -11,6 +11,7 @@
 //! | last run of every job | `JOBS` | `<job>` |
 //! | run history | `JOB#<job>` | `RUN#<started_at, 13 digits>` |
 //! | resume cursor | `JOB#<job>` | `CURSOR` |
+//! | job lease | `LEASE` | `<job>` |
 //!
 //! Counters and history carry a `ttl` so DynamoDB deletes them once no period needs them.
 
@@ -25,9 +26,10 @@ use super::schema::TTL_ATTRIBUTE;
 use super::{DynamoStore, is_condition_failure, sdk_error};
 use crate::error::{Error, Result};
 use crate::model::{
-    CounterBucket, FeedKind, JobRun, PeriodStats, ProductId, RankedFeed, ViewEvent,
+    CounterBucket, EpochMillis, FeedKind, JobRun, Lease, PeriodStats, ProductId, RankedFeed,
+    RunOutcome, ViewEvent,
 };
-use crate::store::{StatsReader, StatsWriter, ViewCounters, ViewRecorder};
+use crate::store::{JobLeases, StatsReader, StatsWriter, ViewCounters, ViewRecorder};
 
 /// Hourly counters outlive the 24 h period by a day, daily ones the 30 d period by five days.
 const HOURLY_RETENTION_S: i64 = 48 * 3600;
@@ -293,6 +295,9 @@ impl StatsWriter for DynamoStore {
             run,
         )?;
         self.stats_put(history).await?;
+        if run.outcome == RunOutcome::Skipped {
+            return Ok(());
+        }
         let last = encode("JOBS".to_owned(), run.job.clone(), None, run)?;
         // Only a later run may replace the last run: two overlapping runs finishing in either
         // order leave the one that started last.
@@ -333,6 +338,80 @@ impl StatsWriter for DynamoStore {
                 .await
                 .map(drop)
                 .map_err(|e| sdk_error("DeleteItem", e)),
+        }
+    }
+}
+
+/// Leases outlive their `until` by a day, then DynamoDB deletes the item.
+const LEASE_RETENTION_S: i64 = 86_400;
+
+#[async_trait]
+impl JobLeases for DynamoStore {
+    async fn acquire_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        now: EpochMillis,
+        until: EpochMillis,
+    ) -> Result<Option<Lease>> {
+        // One conditional update: free (never taken, or lapsed) becomes ours, with the fence
+        // moved on by one; a live lease of someone else fails the condition.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.stats)
+            .key("pk", s("LEASE"))
+            .key("sk", s(job))
+            .update_expression("SET holder = :holder, #until = :until, #ttl = :ttl ADD fence :one")
+            .condition_expression("attribute_not_exists(pk) OR #until <= :now")
+            .expression_attribute_names("#until", "until")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", n(until / 1000 + LEASE_RETENTION_S))
+            .expression_attribute_values(":one", n(1))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let fence = match out.attributes().and_then(|a| a.get("fence")) {
+                    Some(AttributeValue::N(f)) => f.parse().unwrap_or(0),
+                    _ => 0,
+                };
+                Ok(Some(Lease {
+                    job: job.to_owned(),
+                    holder: holder.to_owned(),
+                    fence,
+                    until,
+                }))
+            }
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.stats)
+            .key("pk", s("LEASE"))
+            .key("sk", s(&lease.job))
+            .update_expression("SET #until = :zero")
+            .condition_expression("holder = :holder AND fence = :fence")
+            .expression_attribute_names("#until", "until")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":holder", s(&lease.holder))
+            .expression_attribute_values(":fence", n(lease.fence))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Someone else took over a lapsed lease: theirs now, not ours to release.
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
         }
     }
 }
