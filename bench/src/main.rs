@@ -1,12 +1,14 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache`, `api` or `refresh` (default: all).
+//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh` or `expiry` (default:
+//! all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
 
 mod api;
 mod cache;
+mod expiry;
 mod fixtures;
 mod load;
 mod refresh;
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 3] = ["cache", "api", "refresh"];
+const GROUPS: [&str; 4] = ["cache", "api", "refresh", "expiry"];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
             "cache" => cache::run(&mut report).await?,
             "api" => api::run(&mut report).await?,
             "refresh" => refresh::run(&mut report).await?,
+            "expiry" => expiry::run(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

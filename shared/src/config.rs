@@ -55,7 +55,7 @@ pub struct JobsConfig {
     /// How often the offer-expiry job runs (`OFFER_EXPIRY_INTERVAL_SECS`, default 60); health
     /// warns when it has not succeeded for three times this.
     pub expiry_interval: Duration,
-    /// Conditional expiry writes in flight at once (`OFFER_EXPIRY_CONCURRENCY`, default 64).
+    /// Conditional expiry writes in flight at once (`OFFER_EXPIRY_CONCURRENCY`, default 128).
     pub expiry_concurrency: usize,
     /// How often the Redis expiry set is reconciled with the index at least
     /// (`OFFER_RECONCILE_INTERVAL_SECS`, default 3600).
@@ -68,7 +68,7 @@ impl Default for JobsConfig {
             refresh_interval: Duration::from_secs(900),
             refresh_concurrency: 16,
             expiry_interval: Duration::from_secs(60),
-            expiry_concurrency: 64,
+            expiry_concurrency: 128,
             expiry_reconcile_interval: Duration::from_secs(3600),
         }
     }

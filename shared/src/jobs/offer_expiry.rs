@@ -83,7 +83,7 @@ impl ExpiryOptions {
 impl Default for ExpiryOptions {
     fn default() -> Self {
         ExpiryOptions {
-            concurrency: 64,
+            concurrency: 128,
             chunk: 1000,
             max_per_run: 250_000,
             reconcile_every: Duration::from_secs(3600),

@@ -80,20 +80,52 @@ macro_rules! shim {
     (@write write) => { true };
 }
 
-shim!(ProductReader {
-    read fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>>;
-    read fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>>;
-});
+/// Round trips of a BatchGetItem read of `keys` keys, as the DynamoDB adapter makes it:
+/// chunks of 100, four chunks in flight at once.
+fn batch_rounds(keys: usize) -> u32 {
+    u32::try_from(keys.div_ceil(super::BATCH_GET_LIMIT).div_ceil(4).max(1)).unwrap_or(u32::MAX)
+}
+
+impl<S: ?Sized> LatencyShim<S> {
+    /// One batch read of `keys` keys: one counted call, as long as the adapter's rounds take.
+    async fn batch_delay(&self, keys: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.per_call.is_zero() {
+            tokio::time::sleep(self.per_call * batch_rounds(keys)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl<S: ProductReader + ?Sized> ProductReader for LatencyShim<S> {
+    async fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>> {
+        self.delay(false).await;
+        self.inner.product_detail(id).await
+    }
+
+    async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>> {
+        self.batch_delay(ids.len()).await;
+        self.inner.products(ids).await
+    }
+}
 shim!(ProductLister {
     read fn list_products(&self, cursor: Option<&str>, limit: usize) -> Result<(Vec<Product>, Option<String>)>;
 });
 shim!(ProductWriter {
     write fn put_product(&self, product: &Product, expected: ExpectedVersion) -> Result<Product>;
 });
-shim!(OfferReader {
-    read fn offer(&self, id: &OfferId) -> Result<Option<Offer>>;
-    read fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>>;
-});
+#[async_trait]
+impl<S: OfferReader + ?Sized> OfferReader for LatencyShim<S> {
+    async fn offer(&self, id: &OfferId) -> Result<Option<Offer>> {
+        self.delay(false).await;
+        self.inner.offer(id).await
+    }
+
+    async fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>> {
+        self.batch_delay(keys.len()).await;
+        self.inner.offers(keys).await
+    }
+}
 shim!(OfferWriter {
     write fn put_offer(&self, offer: &Offer, expected: ExpectedVersion) -> Result<Offer>;
 });
