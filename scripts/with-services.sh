@@ -4,6 +4,7 @@
 #   - one standalone redis-server            -> TEST_REDIS_NODE=127.0.0.1:<port>
 #   - a 3-master Redis Cluster                -> TEST_REDIS_CLUSTER_NODES=127.0.0.1:<p1>,...
 #   - moto_server, a real DynamoDB API        -> TEST_DYNAMODB_ENDPOINT=http://127.0.0.1:<port>
+#     (scripts/moto-server.py: one request at a time, so conditional writes are atomic)
 # Missing tools are installed first (Debian redis-server; PyPI moto[server] and cfn-lint).
 # Usage: scripts/with-services.sh <command> [args...]
 set -euo pipefail
@@ -65,7 +66,8 @@ for node in "$cluster_a:$bus_a" "$cluster_b:$bus_b" "$cluster_c:$bus_c"; do
   start_redis "${node%:*}" --cluster-enabled yes --cluster-port "${node#*:}" \
     --cluster-config-file nodes.conf --cluster-node-timeout 2000
 done
-"$python_bin" -m moto.server -H 127.0.0.1 -p "$moto_port" >"$workdir/moto.log" 2>&1 &
+# moto, with requests serialised so its conditional writes are atomic as DynamoDB's are.
+"$python_bin" "$here/moto-server.py" 127.0.0.1 "$moto_port" >"$workdir/moto.log" 2>&1 &
 pids+=($!)
 
 for port in "$redis_port" "$cluster_a" "$cluster_b" "$cluster_c"; do

@@ -17,7 +17,7 @@ use crate::model::{EpochMillis, ExpiringOffer, Offer, OfferId, OfferStatus, Prod
 /// an id character, so it never collides with an offer.
 pub const SYNCED_MARKER: &str = "~synced";
 
-/// Members read per page when the whole set is listed.
+/// Members read per page.
 const PAGE: usize = 1000;
 
 /// The set's member for an offer: `<product>/<offer>` (`/` is not an id character).
@@ -81,11 +81,6 @@ impl ExpirySet {
         self.add(members, true).await
     }
 
-    /// Sets members to exactly these scores (repairs from a consistent read of the table).
-    pub async fn rescore(&self, members: &[(String, i64)]) -> bool {
-        self.add(members, false).await
-    }
-
     async fn add(&self, members: &[(String, i64)], only_later: bool) -> bool {
         if members.is_empty() {
             return true;
@@ -126,29 +121,39 @@ impl ExpirySet {
 
     /// Records a reconcile finished at `at`. False if Redis could not be reached.
     pub async fn mark_synced(&self, at: EpochMillis) -> bool {
-        self.rescore(&[(SYNCED_MARKER.to_owned(), at)]).await
+        self.add(&[(SYNCED_MARKER.to_owned(), at)], false).await
     }
 
     /// Offers expiring at or before `until`, soonest first, at most `limit`; `None` if Redis
     /// is unavailable. Versions are unknown (`None`): confirm against the table.
+    ///
+    /// Pages by score (the next page starts at the last score seen, skipping the members
+    /// already returned at that score), so each page costs O(log n + page) however deep.
     pub async fn due(&self, until: EpochMillis, limit: usize) -> Option<Vec<ExpiringOffer>> {
-        let mut due = Vec::new();
-        let mut offset = 0;
+        let mut due: Vec<ExpiringOffer> = Vec::new();
+        let mut from = i64::MIN;
+        let mut seen_at_from: Vec<String> = Vec::new();
         while due.len() < limit {
-            // One extra, since the marker may sit in the range.
-            let want = (limit - due.len()).min(PAGE) + 1;
+            // One extra for the marker, plus the members already seen at `from`.
+            let want = (limit - due.len()).min(PAGE) + 1 + seen_at_from.len();
             let page = self
                 .cache
                 .l2_call("ZRANGE", true, |l2| {
-                    l2.zset_range_by_score(&self.key, i64::MIN, until, offset, want)
+                    l2.zset_range_by_score(&self.key, from, until, 0, want)
                 })
                 .await?;
-            offset += page.len();
             let exhausted = page.len() < want;
-            due.extend(
-                page.into_iter()
-                    .filter_map(|(m, score)| expiring(&m, score)),
-            );
+            for (m, score) in page {
+                if score == from && seen_at_from.contains(&m) {
+                    continue;
+                }
+                if score != from {
+                    from = score;
+                    seen_at_from.clear();
+                }
+                seen_at_from.push(m.clone());
+                due.extend(expiring(&m, score));
+            }
             if exhausted {
                 break;
             }
@@ -157,28 +162,28 @@ impl ExpirySet {
         Some(due)
     }
 
-    /// Every member, marker left out, with its score; `None` if Redis is unavailable. Read in
-    /// pages, so a member added or removed meanwhile may be missed or seen twice: callers
-    /// confirm against the table.
+    /// Every member, marker left out, with its score; `None` if Redis is unavailable. Read
+    /// with `ZSCAN`, so a member added or removed meanwhile may be missed or seen twice:
+    /// callers confirm against the table.
     pub async fn all(&self) -> Option<Vec<ExpiringOffer>> {
         let mut members = Vec::new();
-        let mut offset = 0;
+        let mut cursor = 0;
         loop {
-            let page = self
+            let (next, page) = self
                 .cache
-                .l2_call("ZRANGE", true, |l2| {
-                    l2.zset_range_by_score(&self.key, i64::MIN, i64::MAX, offset, PAGE)
-                })
+                .l2_call("ZSCAN", true, |l2| l2.zset_scan(&self.key, cursor, PAGE))
                 .await?;
-            offset += page.len();
-            let exhausted = page.len() < PAGE;
             members.extend(
                 page.into_iter()
                     .filter_map(|(m, score)| expiring(&m, score)),
             );
-            if exhausted {
+            if next == 0 {
+                members
+                    .sort_by(|a, b| (a.expires_at, &a.offer_id).cmp(&(b.expires_at, &b.offer_id)));
+                members.dedup_by(|a, b| a.offer_id == b.offer_id && a.product_id == b.product_id);
                 return Some(members);
             }
+            cursor = next;
         }
     }
 }
@@ -243,14 +248,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_expiry_only_moves_later_unless_rescored() {
+    async fn an_expiry_only_moves_later() {
         let l2 = Arc::new(MemoryL2::new());
         let set = set_on(&l2);
         set.track(&[(m("p", "o"), 500)]).await;
         set.track(&[(m("p", "o"), 400)]).await;
         assert_eq!(set.all().await.unwrap()[0].expires_at, 500);
-        set.rescore(&[(m("p", "o"), 400)]).await;
-        assert_eq!(set.all().await.unwrap()[0].expires_at, 400);
+        set.track(&[(m("p", "o"), 600)]).await;
+        assert_eq!(set.all().await.unwrap()[0].expires_at, 600);
+    }
+
+    #[tokio::test]
+    async fn due_pages_through_many_members_sharing_a_score() {
+        let l2 = Arc::new(MemoryL2::new());
+        let set = set_on(&l2);
+        let members: Vec<(String, i64)> = (0..2_500)
+            .map(|i| {
+                (
+                    m(&format!("p{i}"), &format!("o{i}")),
+                    100 + i64::from(i % 3 == 0),
+                )
+            })
+            .collect();
+        set.track(&members).await;
+        set.mark_synced(100).await;
+        let due = set.due(200, 10_000).await.unwrap();
+        assert_eq!(due.len(), 2_500);
+        let distinct: std::collections::BTreeSet<&str> =
+            due.iter().map(|d| d.offer_id.as_str()).collect();
+        assert_eq!(distinct.len(), 2_500, "no member twice, none missed");
+        assert!(due.windows(2).all(|w| w[0].expires_at <= w[1].expires_at));
+        assert_eq!(set.due(200, 1_200).await.unwrap().len(), 1_200);
+        assert_eq!(set.all().await.unwrap().len(), 2_500);
     }
 
     #[tokio::test]

@@ -86,20 +86,6 @@ impl Env {
         }
     }
 
-    /// Deps whose lease lives in its own in-memory stats store, so tests can run two jobs
-    /// at once past the lease and prove the conditional write alone keeps expiries unique.
-    fn deps_with_own_lease(&self) -> (ExpiryDeps, Arc<MemoryStore>) {
-        let stats = Arc::new(MemoryStore::new());
-        (
-            ExpiryDeps {
-                catalog: self.store.clone(),
-                stats: stats.clone(),
-                cache: self.cache.clone(),
-            },
-            stats,
-        )
-    }
-
     fn deps(&self) -> ExpiryDeps {
         ExpiryDeps {
             catalog: self.store.clone(),
@@ -243,20 +229,65 @@ async fn due_offers_expire_once_and_the_cached_detail_is_invalidated(config: Red
 
 async fn two_runs_at_once_expire_each_offer_once_and_count_the_loser(config: RedisConfig) {
     let env = Env::new(config, 30, 30).await;
-    let (a, _) = env.deps_with_own_lease();
-    let (b, _) = env.deps_with_own_lease();
+    // Both runs list the due offers before either writes: each run's first write waits for
+    // the other run to reach its own. Each has its own lease store, so both run: only the
+    // conditional write keeps them from expiring an offer twice.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let run_with_barrier = || {
+        let (barrier, waited) = (barrier.clone(), Arc::new(AtomicUsize::new(0)));
+        let hooked = env.deps_with_hook(Arc::new(move |_, _| {
+            let (barrier, first) = (barrier.clone(), waited.fetch_add(1, Ordering::SeqCst) == 0);
+            Box::pin(async move {
+                if first {
+                    barrier.wait().await;
+                }
+            })
+        }));
+        ExpiryDeps {
+            stats: Arc::new(MemoryStore::new()),
+            ..hooked
+        }
+    };
+    let (a, b) = (run_with_barrier(), run_with_barrier());
     let options = options();
     let (ra, rb) = tokio::join!(
         expire_once(&a, &options, NOW, None),
         expire_once(&b, &options, NOW, None)
     );
-    assert_eq!(ra.skipped_reason, None);
-    assert_eq!(rb.skipped_reason, None);
+    assert_eq!(
+        (ra.skipped_reason.clone(), rb.skipped_reason.clone()),
+        (None, None)
+    );
+    assert_eq!((ra.due, rb.due), (30, 30), "both listed every due offer");
+    env.assert_expired_once(30).await;
     assert_eq!(ra.expired + rb.expired, 30);
     assert_eq!(ra.errors + rb.errors, 0);
-    // Every offer one run did not expire, it saw expired by the other (or never listed).
-    assert!(ra.already_expired + rb.already_expired <= 30);
+    assert_eq!(
+        ra.expired + ra.already_expired,
+        30,
+        "each loss counted: {ra:?}"
+    );
+    assert_eq!(
+        rb.expired + rb.already_expired,
+        30,
+        "each loss counted: {rb:?}"
+    );
     env.assert_expired_once(30).await;
+}
+
+async fn an_offer_the_set_missed_is_expired_on_time_through_the_index_check(config: RedisConfig) {
+    // An offer created while this API instance could not reach Redis: stored, but never
+    // added to the set, whose marker is recent. Redis kept everything else.
+    let env = Env::new(config, 5, 5).await;
+    let set = ExpirySet::new(&env.cache);
+    set.untrack(&[member(&env.offers[2].product_id, &env.offers[2].id)])
+        .await;
+    let report = expire_once(&env.deps(), &options(), NOW, None).await;
+    assert_eq!(report.set_missed, 1);
+    assert_eq!(report.source, Some(DueSource::Index));
+    assert_eq!(report.expired, 5);
+    assert!(report.reconciled);
+    env.assert_expired_once(5).await;
 }
 
 async fn the_run_after_a_crash_finishes_the_work_once(config: RedisConfig) {
@@ -328,6 +359,9 @@ impl ExpiryIndex for BeforeEachExpiry {
         limit: usize,
     ) -> catalog_core::Result<Vec<ExpiringOffer>> {
         self.inner.expiring(until, limit).await
+    }
+    async fn oldest_due(&self, until: EpochMillis) -> catalog_core::Result<Vec<ExpiringOffer>> {
+        self.inner.oldest_due(until).await
     }
 }
 
@@ -438,6 +472,7 @@ macro_rules! on_both_topologies {
 
 on_both_topologies!(
     due_offers_expire_once_and_the_cached_detail_is_invalidated,
+    an_offer_the_set_missed_is_expired_on_time_through_the_index_check,
     two_runs_at_once_expire_each_offer_once_and_count_the_loser,
     the_run_after_a_crash_finishes_the_work_once,
     an_extension_racing_the_job_wins,
@@ -492,6 +527,7 @@ async fn redis_stopped_during_a_run_costs_nothing_and_the_next_run_rebuilds_the_
     assert!(after.reconciled, "{after:?}");
     assert_eq!(after.expired, 0);
     assert_eq!(after.members_added, 4);
+    assert_eq!(after.lag_ms, 0, "nothing was due");
     assert!(matches!(
         ExpirySet::new(&env.cache).state().await,
         SetState::Synced(_)
@@ -555,4 +591,31 @@ async fn the_lease_on_dynamodb_admits_one_run_and_is_taken_over_once_it_lapses()
         store.last_runs().await.unwrap().is_empty(),
         "a skip is never the last run"
     );
+}
+
+#[tokio::test]
+async fn the_scheduled_fixture_runs_the_function_handler_on_dynamodb() {
+    let env = Env::with_l2(None, 4, 2).await;
+    let event: serde_json::Value = serde_json::from_str(include_str!(
+        "../fixtures/eventbridge-scheduled-offer-expiry.json"
+    ))
+    .unwrap();
+    let clock = ManualClock::at(NOW);
+    let outcome =
+        offer_expiry::handle(&event, u64::MAX, &env.deps(), &options(), clock.as_ref()).await;
+    let offer_expiry::Outcome::Ran(report) = outcome else {
+        panic!("the schedule did not run the job: {outcome:?}")
+    };
+    assert_eq!((report.expired, report.errors), (2, 0));
+    assert_eq!(report.source, Some(DueSource::Index), "no Redis configured");
+    env.assert_expired_once(2).await;
+    let ignored = offer_expiry::handle(
+        &serde_json::json!({"detail-type": "Object Created", "source": "aws.s3"}),
+        u64::MAX,
+        &env.deps(),
+        &options(),
+        clock.as_ref(),
+    )
+    .await;
+    assert!(matches!(ignored, offer_expiry::Outcome::Ignored { .. }));
 }

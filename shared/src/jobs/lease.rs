@@ -4,6 +4,11 @@
 //! The lease is a conditional item in the stats table ([`JobLeases`]), not a Redis lock: the
 //! jobs must keep working when Redis is down, and DynamoDB is what they write anyway. It
 //! lapses on its own at `until`, so a run that crashed holds up the next one at most that long.
+//!
+//! The lease saves duplicate work; it is not what makes the jobs correct. Every write they
+//! make is conditional (offer expiry) or idempotent (refresh), so a run whose lease lapsed
+//! while it was still working cannot do harm. The fence (how many times the lease changed
+//! hands) is logged to tell such runs apart.
 
 use std::time::Duration;
 
@@ -52,11 +57,12 @@ pub async fn record_skip(stats: &dyn StatsWriter, job: &str, now: EpochMillis) -
     run
 }
 
-/// How long a run may hold its lease: until its deadline (it cannot run past it) plus a
-/// margin for clock skew, or `fallback` when it has no deadline (local runs).
+/// How long a run may hold its lease: until its deadline (Lambda stops it there) plus a
+/// second for clock skew, or `fallback` when it has no deadline (local runs). Kept tight so
+/// that a run killed at its timeout does not make the next scheduled run skip.
 pub fn lease_ttl(deadline: Option<tokio::time::Instant>, fallback: Duration) -> Duration {
     deadline.map_or(fallback, |d| {
-        d.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_secs(5)
+        d.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_secs(1)
     })
 }
 

@@ -8,11 +8,13 @@
 //! expire every offer once: the second writer always loses the condition.
 //!
 //! Where the due offers come from:
-//! - the Redis expiry set ([`ExpirySet`]) when it is synced: one `ZRANGE`, no query. The set
-//!   knows no versions, so each candidate is read back (BatchGetItem) before it is written;
-//!   what the read shows also repairs the set (a rescheduled or gone offer);
-//! - the index (every shard, every page) when Redis is down or the set lost its marker, and on
-//!   every reconcile, which runs at least every `reconcile_every` and puts the set back in step.
+//! - the Redis expiry set ([`ExpirySet`]) when it is synced: one `ZRANGE`, plus one item per
+//!   index shard to check the set missed nothing due. The set knows no versions, so each
+//!   candidate is read back (BatchGetItem) before it is written; what the read shows also
+//!   repairs the set (a rescheduled or gone offer);
+//! - the index (every shard, every page) when Redis is down, the set lost its marker, or the
+//!   check found the set missing an offer. A reconcile, at least every `reconcile_every` and
+//!   after any such finding, puts the set back in step with the time a run has left.
 //!
 //! A run holds the job's lease, so an overlapping schedule skips; it stops starting chunks
 //! shortly before its deadline, and what is left is due again next minute.
@@ -128,6 +130,10 @@ pub struct ExpiryReport {
     pub members_added: u64,
     /// Due offers not started before the deadline; the next run takes them.
     pub left_for_next_run: u64,
+    /// Whether more offers were due than one run takes on (`max_per_run`).
+    pub more_due: bool,
+    /// Due offers the index listed that the Redis set missed (the run then used the index).
+    pub set_missed: u64,
     /// Reads or writes that failed (the offers stay due and are retried next run).
     pub errors: u64,
     /// Product entries invalidated in the cache.
@@ -140,6 +146,8 @@ pub struct ExpiryReport {
     pub duration_ms: u64,
     /// Why the run did nothing, if it did nothing (another run held the lease).
     pub skipped_reason: Option<String>,
+    /// How the run ended, as recorded in its metadata (`None` for a skipped run).
+    pub outcome: Option<RunOutcome>,
 }
 
 impl ExpiryReport {
@@ -180,7 +188,10 @@ pub async fn expire_once(
     };
     let mut report = ExpiryReport::default();
     let outcome = match run(deps, options, now, deadline, &mut report).await {
-        Ok(()) if report.errors > 0 || report.left_for_next_run > 0 => RunOutcome::Partial,
+        Ok(()) if report.due > 0 && report.expired == 0 && report.errors > 0 => RunOutcome::Failed,
+        Ok(()) if report.errors > 0 || report.left_for_next_run > 0 || report.more_due => {
+            RunOutcome::Partial
+        }
         Ok(()) => RunOutcome::Succeeded,
         Err(e) => {
             tracing::error!(error.message = %e, "offer-expiry cannot list due offers");
@@ -193,7 +204,12 @@ pub async fn expire_once(
     report
 }
 
-/// Finds the due offers and expires them, step by step, until done or out of time.
+/// How long an offer may be due before the index's word that the set misses it counts: the
+/// API writes the set right after the table, and the index lags the table by well under this.
+const MISSED_GRACE_MS: i64 = 10_000;
+
+/// Finds the due offers and expires them, step by step, until done or out of time; then, if
+/// one is due and time is left, reconciles the set with the index.
 async fn run(
     deps: &ExpiryDeps,
     options: &ExpiryOptions,
@@ -202,11 +218,9 @@ async fn run(
     report: &mut ExpiryReport,
 ) -> Result<()> {
     let set = ExpirySet::new(&deps.cache);
-    let due = find_due(deps, options, &set, now, report).await?;
+    let (due, reconcile_wanted) = find_due(deps, options, &set, now, report).await?;
     report.due = due.len() as u64;
-    report.lag_ms = due.first().map_or(0, |oldest| {
-        u64::try_from(now - oldest.expires_at).unwrap_or(0)
-    });
+    report.more_due = due.len() >= options.max_per_run;
     let out_of_time = || deadline.is_some_and(|d| Instant::now() + options.stop_before >= d);
     for (i, step) in due.chunks(options.chunk.max(1)).enumerate() {
         if out_of_time() {
@@ -219,97 +233,165 @@ async fn run(
         }
         expire_step(deps, options, &set, step, now, report).await;
     }
+    if reconcile_wanted && !out_of_time() {
+        // Expiring comes first; the reconcile gets the time that is left.
+        let budget = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .saturating_sub(options.stop_before)
+        });
+        let reconciling = reconcile(deps, &set, now, report);
+        match budget {
+            None => reconciling.await,
+            Some(budget) => {
+                if tokio::time::timeout(budget, reconciling).await.is_err() {
+                    tracing::warn!(
+                        "reconcile of the expiry set ran out of time; the next run tries again"
+                    );
+                }
+            }
+        }
+    }
     Ok(())
 }
 
-/// The offers due at `now`, soonest first: from the set when it is synced and no reconcile
-/// is due, otherwise from the index (reconciling the set on the way when Redis answers).
+/// The offers due at `now`, soonest first, and whether the set wants a reconcile.
+///
+/// From the set when it is synced: then one small query per index shard checks that the set
+/// did not miss an offer the index lists as due (a write whose set update never arrived);
+/// if it did, this run reads the index and reconciles. From the index when Redis is down
+/// or the set unsynced. The lag is measured on the index, the truth, either way.
 async fn find_due(
     deps: &ExpiryDeps,
     options: &ExpiryOptions,
     set: &ExpirySet,
     now: EpochMillis,
     report: &mut ExpiryReport,
-) -> Result<Vec<ExpiringOffer>> {
+) -> Result<(Vec<ExpiringOffer>, bool)> {
     let reconcile_every = crate::clock::millis(options.reconcile_every);
-    match set.state().await {
-        SetState::Synced(at) if now - at < reconcile_every => {
-            if let Some(due) = set.due(now, options.max_per_run).await {
-                report.source = Some(DueSource::Set);
-                return Ok(due);
-            }
-            // Redis went away between the two calls: the index answers instead.
+    let state = set.state().await;
+    let reconcile_due = match state {
+        SetState::Synced(at) => now - at >= reconcile_every,
+        SetState::Unsynced => true,
+        SetState::Unavailable => false,
+    };
+    if matches!(state, SetState::Synced(_))
+        && let Some(due) = set.due(now, options.max_per_run).await
+    {
+        let oldest = deps.catalog.oldest_due(now).await?;
+        report.lag_ms = lag(now, &oldest);
+        let listed: BTreeSet<String> = due
+            .iter()
+            .map(|o| member(&o.product_id, &o.offer_id))
+            .collect();
+        // A capped list says nothing about offers due after its last one.
+        let horizon = match due.last() {
+            Some(last) if due.len() >= options.max_per_run => last.expires_at,
+            _ => now,
+        };
+        let missed = oldest
+            .iter()
+            .filter(|o| o.expires_at <= (now - MISSED_GRACE_MS).min(horizon))
+            .filter(|o| !listed.contains(&member(&o.product_id, &o.offer_id)))
+            .count();
+        if missed == 0 {
+            report.source = Some(DueSource::Set);
+            return Ok((due, reconcile_due));
         }
-        SetState::Synced(_) | SetState::Unsynced => {
-            let active = deps.catalog.expiring(i64::MAX, usize::MAX).await?;
-            reconcile(deps, set, &active, now, report).await;
-            report.source = Some(DueSource::Index);
-            let mut due: Vec<ExpiringOffer> =
-                active.into_iter().filter(|o| o.expires_at <= now).collect();
-            due.truncate(options.max_per_run);
-            return Ok(due);
-        }
-        SetState::Unavailable => {}
+        tracing::warn!(
+            missed,
+            "the expiry set misses due offers the index lists; reading the index and reconciling"
+        );
+        report.set_missed = missed as u64;
+        report.source = Some(DueSource::Index);
+        return Ok((deps.catalog.expiring(now, options.max_per_run).await?, true));
     }
     report.source = Some(DueSource::Index);
-    deps.catalog.expiring(now, options.max_per_run).await
+    let due = deps.catalog.expiring(now, options.max_per_run).await?;
+    report.lag_ms = lag(now, due.first());
+    Ok((due, reconcile_due))
 }
 
-/// Puts the set back in step with `active` (every active offer, from the index): members
-/// missing or with an earlier expiry are added; members the index does not list are read
-/// back from the table (the index lags writes) and removed only if really no longer active.
-/// The marker is written last, and only if every repair reached Redis.
+/// Now minus the oldest of `offers`' expiries (0 if none is due).
+fn lag<'a>(now: EpochMillis, offers: impl IntoIterator<Item = &'a ExpiringOffer>) -> u64 {
+    offers
+        .into_iter()
+        .map(|o| o.expires_at)
+        .min()
+        .map_or(0, |oldest| u64::try_from(now - oldest).unwrap_or(0))
+}
+
+/// Puts the set back in step with the index. Every member the index does not list, and every
+/// active offer the set lacks (or holds with an earlier expiry), is read back consistently
+/// (the index lags writes): active offers are added at their expiry (`ZADD GT`, so an
+/// extension that lands meanwhile is not undone), the others removed as orphans. The marker
+/// is written last, and only if every repair reached Redis.
 async fn reconcile(
     deps: &ExpiryDeps,
     set: &ExpirySet,
-    active: &[ExpiringOffer],
     now: EpochMillis,
     report: &mut ExpiryReport,
 ) {
     let Some(members) = set.all().await else {
         return;
     };
+    let active = match deps.catalog.expiring(i64::MAX, usize::MAX).await {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!(error.message = %e, "cannot list the index to reconcile the expiry set");
+            report.errors += 1;
+            return;
+        }
+    };
     let in_set: HashMap<String, i64> = members
         .iter()
         .map(|m| (member(&m.product_id, &m.offer_id), m.expires_at))
         .collect();
-    let listed: HashMap<String, i64> = active
+    let listed: BTreeSet<String> = active
         .iter()
-        .map(|o| (member(&o.product_id, &o.offer_id), o.expires_at))
+        .map(|o| member(&o.product_id, &o.offer_id))
         .collect();
-    let missing: Vec<(String, i64)> = listed
+    let lacking = active.iter().filter(|o| {
+        in_set
+            .get(&member(&o.product_id, &o.offer_id))
+            .is_none_or(|score| *score < o.expires_at)
+    });
+    let unlisted = members
         .iter()
-        .filter(|(m, expires_at)| in_set.get(*m).is_none_or(|score| score < *expires_at))
-        .map(|(m, expires_at)| (m.clone(), *expires_at))
+        .filter(|m| !listed.contains(&member(&m.product_id, &m.offer_id)));
+    let suspects: Vec<(ProductId, OfferId)> = lacking
+        .chain(unlisted)
+        .map(|o| (o.product_id.clone(), o.offer_id.clone()))
         .collect();
-    let suspects: Vec<(ProductId, OfferId)> = members
-        .iter()
-        .filter(|m| !listed.contains_key(&member(&m.product_id, &m.offer_id)))
-        .map(|m| (m.product_id.clone(), m.offer_id.clone()))
-        .collect();
-    let orphans = match deps.catalog.offers(&suspects).await {
-        Ok(found) => {
-            let still_active: BTreeSet<String> = found
-                .iter()
-                .filter(|o| o.status == OfferStatus::Active)
-                .map(|o| member(&o.product_id, &o.id))
-                .collect();
-            suspects
-                .iter()
-                .map(|(p, o)| member(p, o))
-                .filter(|m| !still_active.contains(m))
-                .collect::<Vec<_>>()
-        }
+    let found = match deps.catalog.offers(&suspects).await {
+        Ok(found) => found,
         Err(e) => {
-            tracing::warn!(error.message = %e, "cannot confirm orphan candidates; kept until the next reconcile");
+            tracing::warn!(error.message = %e, "cannot confirm reconcile candidates; tried again next run");
             report.errors += 1;
-            Vec::new()
+            return;
         }
     };
-    let added = set.track(&missing).await;
+    let truth: HashMap<String, &Offer> = found
+        .iter()
+        .filter(|o| o.status == OfferStatus::Active)
+        .map(|o| (member(&o.product_id, &o.id), o))
+        .collect();
+    let mut add = Vec::new();
+    let mut orphans = Vec::new();
+    for (product, offer) in &suspects {
+        let m = member(product, offer);
+        match truth.get(&m) {
+            Some(o) if in_set.get(&m).is_none_or(|score| *score < o.expires_at) => {
+                add.push((m, o.expires_at));
+            }
+            Some(_) => {}
+            None if in_set.contains_key(&m) => orphans.push(m),
+            None => {}
+        }
+    }
+    let added = set.track(&add).await;
     let removed = set.untrack(&orphans).await;
     if added {
-        report.members_added += missing.len() as u64;
+        report.members_added += add.len() as u64;
     }
     if removed {
         report.orphans_removed += orphans.len() as u64;
@@ -317,7 +399,7 @@ async fn reconcile(
     if added && removed && set.mark_synced(now).await {
         report.reconciled = true;
         tracing::info!(
-            members_added = missing.len(),
+            members_added = add.len(),
             orphans_removed = orphans.len(),
             "offer expiry set reconciled with the index"
         );
@@ -355,8 +437,8 @@ struct Followups {
     /// Set members whose offer was no longer active when read (expired by someone else,
     /// cancelled, gone): orphans.
     orphans: Vec<String>,
-    /// Set members to move to the expiry the table has.
-    rescore: Vec<(String, i64)>,
+    /// Set members to move to the (later) expiry the table has.
+    later: Vec<(String, i64)>,
 }
 
 impl Followups {
@@ -367,10 +449,14 @@ impl Followups {
             Found::Due(_) => {}
             Found::Later(expires_at) => {
                 report.extended += 1;
-                self.rescore.push((m, *expires_at));
+                self.later.push((m, *expires_at));
             }
             Found::Expired => {
+                // Usually another run's work, but it may be this job's own write seen again
+                // (an SDK retry of a write that landed, or a run that died before its
+                // invalidations): invalidating again is harmless, missing it is not.
                 report.already_expired += 1;
+                self.products.insert(candidate.product_id.clone());
                 self.orphans.push(m);
             }
             Found::Gone => {
@@ -451,8 +537,8 @@ async fn expire_step(
     if set.untrack(&followups.orphans).await {
         report.orphans_removed += followups.orphans.len() as u64;
     }
-    if set.rescore(&followups.rescore).await {
-        report.members_added += followups.rescore.len() as u64;
+    if set.track(&followups.later).await {
+        report.members_added += followups.later.len() as u64;
     }
 }
 
@@ -531,6 +617,7 @@ async fn finish(
     outcome: RunOutcome,
 ) {
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.outcome = Some(outcome);
     let mut run = JobRun::new(JOB, now, outcome);
     run.duration_ms = report.duration_ms;
     run.processed = report.processed;
@@ -549,6 +636,7 @@ async fn finish(
         ("cancelled", report.cancelled),
         ("orphans_removed", report.orphans_removed),
         ("members_added", report.members_added),
+        ("set_missed", report.set_missed),
         ("invalidated", report.invalidated),
     ] {
         run.counts.insert(name.to_owned(), value);

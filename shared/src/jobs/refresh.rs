@@ -283,6 +283,23 @@ async fn refresh_unless_late<'a>(
     (product, Some(refresh_product(deps, product, now).await))
 }
 
+/// Recomputes one product's period stats from its counters at `now`, stores them, and writes
+/// them through the cache. Returns the stats and what the cache did with them.
+pub async fn recompute_stats(
+    stats: &dyn StatsStore,
+    cache: &Cache,
+    product: &ProductId,
+    now: EpochMillis,
+) -> Result<(PeriodStats, PutOutcome)> {
+    let counters = stats.view_counters(product).await?;
+    let period = periods::period_stats(&counters, now);
+    stats.put_period_stats(product, &period).await?;
+    let outcome = cache
+        .put(&cache.keys().stats(product), period.clone(), cache.now())
+        .await;
+    Ok((period, outcome))
+}
+
 /// Recomputes one product's stats, stores them, and writes its stats, summary and detail
 /// through the cache. Returns the stats and the number of cache entries written.
 async fn refresh_product(
@@ -290,20 +307,15 @@ async fn refresh_product(
     product: &Product,
     now: EpochMillis,
 ) -> Result<(PeriodStats, u64)> {
-    let counters = deps.stats.view_counters(&product.id).await?;
-    let stats = periods::period_stats(&counters, now);
-    deps.stats.put_period_stats(&product.id, &stats).await?;
+    let (stats, stats_outcome) =
+        recompute_stats(deps.stats.as_ref(), &deps.cache, &product.id, now).await?;
     // A write to the product after this read invalidates its keys; the cache then refuses
     // what we read (see `Cache::put`).
     let read_at = deps.cache.now();
     let detail = deps.catalog.product_detail(&product.id).await?;
     let keys = deps.cache.keys();
     let cache = &deps.cache;
-    let mut outcomes = vec![
-        cache
-            .put(&keys.stats(&product.id), stats.clone(), read_at)
-            .await,
-    ];
+    let mut outcomes = vec![stats_outcome];
     if let Some(detail) = detail {
         outcomes.push(
             cache

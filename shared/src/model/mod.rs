@@ -232,8 +232,8 @@ pub struct JobRun {
     /// Where the next run resumes, if this one stopped early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-    /// Job-specific counts, by name (offer-expiry: `expired`, `changed_meanwhile`,
-    /// `orphans_removed`, ...).
+    /// Job-specific counts, by name (offer-expiry: `expired`, `already_expired`, `extended`,
+    /// `cancelled`, `orphans_removed`, `members_added`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, u64>,
     /// How far behind the job was when it started (offer-expiry: now minus the oldest due

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ExpiryIndex, JobLeases, OfferExpirer, OfferReader, OfferWriter, ProductLister, ProductReader,
-    ProductWriter, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+    CounterMark, ExpiryIndex, JobLeases, OfferExpirer, OfferReader, OfferWriter, ProductLister,
+    ProductReader, ProductWriter, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
 };
 use crate::error::{ExpectedVersion, Result};
 use crate::model::{
@@ -134,12 +134,15 @@ shim!(OfferExpirer {
 });
 shim!(ExpiryIndex {
     read fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
+    read fn oldest_due(&self, until: EpochMillis) -> Result<Vec<ExpiringOffer>>;
 });
 shim!(ViewRecorder {
     write fn record_view(&self, event: &ViewEvent) -> Result<bool>;
 });
 shim!(ViewCounters {
     write fn add_views(&self, product: &ProductId, bucket: CounterBucket, count: u64) -> Result<()>;
+    write fn add_views_once(&self, product: &ProductId, bucket: CounterBucket, count: u64, mark: &CounterMark<'_>) -> Result<bool>;
+    read fn counter_mark(&self, product: &ProductId, bucket: CounterBucket, shard: &str) -> Result<Option<String>>;
     read fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>>;
 });
 shim!(StatsReader {

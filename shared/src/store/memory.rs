@@ -8,9 +8,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
+use super::dynamo::items::{
+    OFFER_REF_SK, OfferItem, OfferRefItem, PRODUCT_SK, ProductItem, ViewItem, expiry_shard,
+    offer_ref_pk, offer_sk, product_pk,
+};
+use super::stream::{Change, ChangeKind, MemoryStream, MemoryStreams};
 use super::{
-    ExpiryIndex, JobLeases, OfferExpirer, OfferReader, OfferWriter, ProductLister, ProductReader,
-    ProductWriter, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+    CounterMark, ExpiryIndex, JobLeases, OfferExpirer, OfferReader, OfferWriter, ProductLister,
+    ProductReader, ProductWriter, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
 };
 use crate::error::{Error, ExpectedVersion, Result};
 use crate::model::{
@@ -31,6 +36,8 @@ struct Tables {
     offer_products: HashMap<OfferId, ProductId>,
     views: HashMap<EventId, ViewEvent>,
     counters: BTreeMap<(ProductId, CounterBucket), u64>,
+    /// Stream marks on counter items: (product, bucket, shard) to sequence number.
+    counter_marks: HashMap<(ProductId, CounterBucket, String), String>,
     period_stats: HashMap<ProductId, PeriodStats>,
     feeds: HashMap<FeedKind, RankedFeed>,
     last_runs: BTreeMap<String, JobRun>,
@@ -45,16 +52,46 @@ struct Tables {
 /// - One lock, taken only to copy data in or out, never across an `.await`.
 /// - Writes check versions exactly as the DynamoDB condition expressions do.
 /// - [`MemoryStore::set_unavailable`] makes every call fail as a DynamoDB outage would.
+/// - Built with [`MemoryStore::streaming`], every write to the catalog and views tables
+///   appends its stream record (same item layout as the DynamoDB adapter), under the same
+///   lock, so stream order is write order.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
     unavailable: AtomicBool,
+    streams: Option<MemoryStreams>,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    /// An empty store whose writes feed these streams.
+    pub fn streaming(streams: MemoryStreams) -> Self {
+        MemoryStore {
+            streams: Some(streams),
+            ..MemoryStore::default()
+        }
+    }
+
+    /// The streams this store feeds, if any.
+    pub fn streams(&self) -> Option<&MemoryStreams> {
+        self.streams.as_ref()
+    }
+
+    /// Appends a catalog write to the catalog stream (when streaming).
+    fn emit_catalog<T: serde::Serialize>(
+        &self,
+        pk: &str,
+        sk: &str,
+        old: Option<&T>,
+        new: Option<&T>,
+    ) {
+        if let Some(streams) = &self.streams {
+            emit(&streams.catalog, &[("pk", pk), ("sk", sk)], old, new);
+        }
     }
 
     /// Number of view events stored.
@@ -82,6 +119,38 @@ impl MemoryStore {
         }
         Ok(self.tables())
     }
+}
+
+/// Appends one write to `stream`: its key attributes (the first is the partition key) and
+/// its images, encoded as DynamoDB items exactly as the DynamoDB adapter stores them.
+fn emit<T: serde::Serialize>(
+    stream: &MemoryStream,
+    keys: &[(&str, &str)],
+    old: Option<&T>,
+    new: Option<&T>,
+) {
+    let image = |value: Option<&T>| value.and_then(|v| serde_dynamo::to_item(v).ok());
+    let key_map: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).into()))
+        .collect();
+    let Ok(key_item) = serde_dynamo::to_item(serde_json::Value::Object(key_map)) else {
+        return;
+    };
+    let kind = match (old.is_some(), new.is_some()) {
+        (false, _) => ChangeKind::Insert,
+        (true, true) => ChangeKind::Modify,
+        (true, false) => ChangeKind::Remove,
+    };
+    stream.record(Change {
+        kind,
+        keys: key_item,
+        old: image(old),
+        new: image(new),
+        partition: keys
+            .first()
+            .map_or_else(String::new, |(_, v)| (*v).to_owned()),
+    });
 }
 
 /// Checks a conditional write against the stored version.
@@ -169,11 +238,18 @@ impl ProductWriter for MemoryStore {
             version: expected.next(),
             ..product.clone()
         };
-        tables
+        let previous = tables
             .catalog
             .entry(product.id.clone())
             .or_default()
-            .product = Some(stored.clone());
+            .product
+            .replace(stored.clone());
+        self.emit_catalog(
+            &product_pk(&stored.id),
+            PRODUCT_SK,
+            previous.as_ref().map(ProductItem::from).as_ref(),
+            Some(&ProductItem::from(&stored)),
+        );
         Ok(stored)
     }
 }
@@ -221,9 +297,12 @@ impl OfferExpirer for MemoryStore {
         {
             return Ok(false);
         }
+        let before = OfferItem::from(&*stored);
         stored.status = OfferStatus::Expired;
         stored.version = version.saturating_add(1);
         stored.updated_at = now;
+        let after = OfferItem::from(&*stored);
+        self.emit_catalog(&before.pk, &before.sk, Some(&before), Some(&after));
         Ok(true)
     }
 }
@@ -256,15 +335,32 @@ impl OfferWriter for MemoryStore {
             version: expected.next(),
             ..offer.clone()
         };
-        tables
+        let created = tables
             .offer_products
-            .insert(stored.id.clone(), stored.product_id.clone());
-        tables
+            .insert(stored.id.clone(), stored.product_id.clone())
+            .is_none();
+        let previous = tables
             .catalog
             .entry(stored.product_id.clone())
             .or_default()
             .offers
             .insert(stored.id.clone(), stored.clone());
+        let pk = product_pk(&stored.product_id);
+        self.emit_catalog(
+            &pk,
+            &offer_sk(&stored.id),
+            previous.as_ref().map(OfferItem::from).as_ref(),
+            Some(&OfferItem::from(&stored)),
+        );
+        if created {
+            // The offer-id lookup item, written in the same transaction on DynamoDB.
+            let reference = OfferRefItem {
+                pk: offer_ref_pk(&stored.id),
+                sk: OFFER_REF_SK.to_owned(),
+                product_id: stored.product_id.clone(),
+            };
+            self.emit_catalog(&reference.pk, OFFER_REF_SK, None, Some(&reference));
+        }
         Ok(stored)
     }
 }
@@ -289,6 +385,14 @@ impl ExpiryIndex for MemoryStore {
         due.truncate(limit);
         Ok(due)
     }
+
+    async fn oldest_due(&self, until: EpochMillis) -> Result<Vec<ExpiringOffer>> {
+        let mut oldest: BTreeMap<String, ExpiringOffer> = BTreeMap::new();
+        for offer in self.expiring(until, usize::MAX).await? {
+            oldest.entry(expiry_shard(&offer.offer_id)).or_insert(offer);
+        }
+        Ok(oldest.into_values().collect())
+    }
 }
 
 #[async_trait]
@@ -300,6 +404,10 @@ impl ViewRecorder for MemoryStore {
             return Ok(false);
         }
         tables.views.insert(event.event_id.clone(), event.clone());
+        if let Some(streams) = &self.streams {
+            let key = [("event_id", event.event_id.as_str())];
+            emit(&streams.views, &key, None, Some(&ViewItem::from(event)));
+        }
         Ok(true)
     }
 }
@@ -318,6 +426,42 @@ impl ViewCounters for MemoryStore {
             .entry((product.clone(), bucket))
             .or_default() += count;
         Ok(())
+    }
+
+    async fn add_views_once(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        count: u64,
+        mark: &CounterMark<'_>,
+    ) -> Result<bool> {
+        let mut tables = self.lock()?;
+        let key = (product.clone(), bucket, mark.shard.to_owned());
+        if !mark
+            .condition
+            .admits(tables.counter_marks.get(&key).map(String::as_str))
+        {
+            return Ok(false);
+        }
+        tables.counter_marks.insert(key, mark.through.to_owned());
+        *tables
+            .counters
+            .entry((product.clone(), bucket))
+            .or_default() += count;
+        Ok(true)
+    }
+
+    async fn counter_mark(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        shard: &str,
+    ) -> Result<Option<String>> {
+        Ok(self
+            .lock()?
+            .counter_marks
+            .get(&(product.clone(), bucket, shard.to_owned()))
+            .cloned())
     }
 
     async fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>> {

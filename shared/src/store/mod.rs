@@ -2,12 +2,14 @@
 //!
 //! Handlers take only the ports they need, mirroring the IAM policy of their function.
 //! [`dynamo::DynamoStore`] is the real adapter; [`memory::MemoryStore`] has the same
-//! semantics in process, for unit tests and the embedded dev mode; [`latency::LatencyShim`]
-//! models DynamoDB's latency over the in-memory store for benchmarks.
+//! semantics in process, for unit tests and the embedded dev mode, and can emit the tables'
+//! streams ([`stream::MemoryStream`]); [`latency::LatencyShim`] models DynamoDB's latency over
+//! the in-memory store for benchmarks.
 
 pub mod dynamo;
 pub mod latency;
 pub mod memory;
+pub mod stream;
 
 use async_trait::async_trait;
 
@@ -99,6 +101,10 @@ pub trait ExpiryIndex: Send + Sync {
     /// to `limit` per shard). The index is eventually consistent: a write made a moment ago
     /// may not show yet, so callers confirm against the table before acting.
     async fn expiring(&self, until: EpochMillis, limit: usize) -> Result<Vec<ExpiringOffer>>;
+
+    /// The oldest offer due by `until` in each shard of the index (one small query per shard):
+    /// a cheap check that a faster list of due offers missed nothing.
+    async fn oldest_due(&self, until: EpochMillis) -> Result<Vec<ExpiringOffer>>;
 }
 
 /// Records product views.
@@ -116,8 +122,62 @@ pub trait ViewCounters: Send + Sync {
     async fn add_views(&self, product: &ProductId, bucket: CounterBucket, count: u64)
     -> Result<()>;
 
+    /// Adds `count` views to a product's bucket at most once per stream position: one
+    /// conditional update that also moves the shard's mark on the counter item to
+    /// `mark.through`, applied only if the mark passes `mark.condition`. Returns false,
+    /// changing nothing, when it does not (the views were already counted).
+    async fn add_views_once(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        count: u64,
+        mark: &CounterMark<'_>,
+    ) -> Result<bool>;
+
+    /// A shard's mark on a counter item: the last stream position it counted there.
+    async fn counter_mark(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        shard: &str,
+    ) -> Result<Option<String>>;
+
     /// Every counter bucket the product has (at most ~2 days of hours and ~1 month of days).
     async fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>>;
+}
+
+/// Where a stream consumer is in one shard, written on each counter it updates: stream
+/// sequence numbers only grow within a shard, so an update whose records all come at or
+/// before the mark has already been applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterMark<'a> {
+    /// The shard, as an attribute-safe key (see `streams::shard_key`).
+    pub shard: &'a str,
+    /// When the update may apply.
+    pub condition: MarkCondition<'a>,
+    /// The mark after the update: the last sequence number the update counts.
+    pub through: &'a str,
+}
+
+/// The condition on a shard's mark (sequence numbers padded to 40 digits, so string order is
+/// numeric order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkCondition<'a> {
+    /// No mark yet, or a mark before this sequence number (the update's first record).
+    Before(&'a str),
+    /// Exactly this mark (a compare-and-set after reading it).
+    Exactly(&'a str),
+}
+
+impl MarkCondition<'_> {
+    /// Whether a stored mark lets the update through.
+    pub fn admits(&self, stored: Option<&str>) -> bool {
+        match (self, stored) {
+            (MarkCondition::Before(_), None) => true,
+            (MarkCondition::Before(first), Some(mark)) => mark < *first,
+            (MarkCondition::Exactly(expected), stored) => stored == Some(*expected),
+        }
+    }
 }
 
 /// Reads precomputed stats, feeds and job metadata.

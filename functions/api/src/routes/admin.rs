@@ -1,7 +1,7 @@
 //! Admin routes: cache statistics and health, warming, invalidation, job runs.
 //! Every route needs `Authorization: Bearer <ADMIN_TOKEN>`; without it nothing is revealed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
@@ -335,17 +335,30 @@ pub async fn invalidate(
 /// `GET /admin/jobs`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobsResponse {
-    /// The last run of every job that has run.
+    /// The last run of every job that has run (a run skipped on the lease is never a last run).
     pub jobs: Vec<JobRun>,
+    /// Each job's most recent runs, newest first, skipped ones included.
+    pub history: BTreeMap<String, Vec<JobRun>>,
 }
+
+/// Runs shown per job in `history`.
+const HISTORY_SHOWN: usize = 5;
 
 #[utoipa::path(
     get, path = "/admin/jobs", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = JobsResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
-/// The last run of each scheduled job.
+/// The last run of each scheduled job, and each job's recent runs.
 pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<JobsResponse>> {
-    Ok(Json(JobsResponse {
-        jobs: state.stats.last_runs().await?,
-    }))
+    let jobs = state.stats.last_runs().await?;
+    let mut names: BTreeSet<String> = jobs.iter().map(|r| r.job.clone()).collect();
+    names.extend([refresh::JOB, offer_expiry::JOB].map(str::to_owned));
+    let mut history = BTreeMap::new();
+    for name in names {
+        let runs = state.stats.run_history(&name, HISTORY_SHOWN).await?;
+        if !runs.is_empty() {
+            history.insert(name, runs);
+        }
+    }
+    Ok(Json(JobsResponse { jobs, history }))
 }

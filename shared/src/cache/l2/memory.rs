@@ -321,6 +321,31 @@ impl L2Store for MemoryL2 {
         }
     }
 
+    async fn zset_scan(
+        &self,
+        key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, i64)>)> {
+        let entries = self.call("ZSCAN")?;
+        match entries.get(key).map(|e| &e.value) {
+            None => Ok((0, Vec::new())),
+            Some(Value::Queue(set)) => {
+                // The cursor is a position in member order.
+                let start = usize::try_from(cursor).unwrap_or(usize::MAX);
+                let page: Vec<(String, i64)> = set
+                    .iter()
+                    .skip(start)
+                    .take(count.max(1))
+                    .map(|(m, s)| (m.clone(), *s))
+                    .collect();
+                let next = start + page.len();
+                Ok((if next >= set.len() { 0 } else { next as u64 }, page))
+            }
+            Some(_) => Err(wrong_type("ZSCAN")),
+        }
+    }
+
     async fn zset_score(&self, key: &str, member: &str) -> Result<Option<i64>> {
         let entries = self.call("ZSCORE")?;
         match entries.get(key).map(|e| &e.value) {

@@ -95,6 +95,16 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<(String, i64)>>;
 
+    /// One step of `ZSCAN`: members with their scores from `cursor` (start at 0), and the
+    /// cursor of the next step (0 when done). Each step costs about `count` members whatever
+    /// the set's size; a member added or removed meanwhile may be missed or seen twice.
+    async fn zset_scan(
+        &self,
+        key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, i64)>)>;
+
     /// A member's score, `None` if it (or the set) is absent.
     async fn zset_score(&self, key: &str, member: &str) -> Result<Option<i64>>;
 

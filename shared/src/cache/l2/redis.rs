@@ -387,6 +387,24 @@ impl L2Store for RedisL2 {
         Ok(pairs.into_iter().map(|(m, s)| (m, s as i64)).collect())
     }
 
+    async fn zset_scan(
+        &self,
+        key: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<(String, i64)>)> {
+        let (next, flat): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("ZSCAN", e))?;
+        #[allow(clippy::cast_possible_truncation)]
+        Ok((next, flat.into_iter().map(|(m, s)| (m, s as i64)).collect()))
+    }
+
     async fn zset_score(&self, key: &str, member: &str) -> Result<Option<i64>> {
         let score: Option<f64> = redis::cmd("ZSCORE")
             .arg(key)

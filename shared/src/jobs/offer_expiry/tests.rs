@@ -215,9 +215,14 @@ async fn two_runs_at_once_without_the_lease_still_expire_each_offer_exactly_once
     assert_eq!((a.due, b.due), (20, 20), "both runs saw every due offer");
     assert_eq!(a.expired + b.expired, 20);
     assert_eq!(
-        a.already_expired + b.already_expired,
+        a.expired + a.already_expired,
         20,
-        "each loser counted"
+        "each loss counted: {a:?}"
+    );
+    assert_eq!(
+        b.expired + b.already_expired,
+        20,
+        "each loss counted: {b:?}"
     );
     f.assert_each_expired_once(&ids(20, "due")).await;
 }
@@ -246,16 +251,22 @@ async fn an_overlapping_run_skips_on_the_lease_and_says_so() {
     assert_eq!(f.store.last_runs().await.unwrap()[0].started_at, NOW);
 }
 
-/// A catalog whose expiry writes hang forever after `allowed` of them, like a function that
-/// died half-way (the run's future is then dropped).
-struct CrashAfter {
+/// What runs just before each of the job's expiry writes.
+type Hook = Arc<
+    dyn Fn(Arc<MemoryStore>, OfferId, EpochMillis) -> futures::future::BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
+
+/// The in-memory catalog with a hook before every expiry write: a crash or a racing
+/// extension, at a known point of the run.
+struct BeforeEachExpiry {
     inner: Arc<MemoryStore>,
-    allowed: usize,
-    writes: AtomicUsize,
+    hook: Hook,
 }
 
 #[async_trait]
-impl OfferReader for CrashAfter {
+impl OfferReader for BeforeEachExpiry {
     async fn offer(&self, id: &OfferId) -> crate::Result<Option<Offer>> {
         self.inner.offer(id).await
     }
@@ -265,7 +276,7 @@ impl OfferReader for CrashAfter {
 }
 
 #[async_trait]
-impl ExpiryIndex for CrashAfter {
+impl ExpiryIndex for BeforeEachExpiry {
     async fn expiring(
         &self,
         until: EpochMillis,
@@ -273,10 +284,13 @@ impl ExpiryIndex for CrashAfter {
     ) -> crate::Result<Vec<ExpiringOffer>> {
         self.inner.expiring(until, limit).await
     }
+    async fn oldest_due(&self, until: EpochMillis) -> crate::Result<Vec<ExpiringOffer>> {
+        self.inner.oldest_due(until).await
+    }
 }
 
 #[async_trait]
-impl OfferExpirer for CrashAfter {
+impl OfferExpirer for BeforeEachExpiry {
     async fn expire_offer(
         &self,
         product: &ProductId,
@@ -284,24 +298,36 @@ impl OfferExpirer for CrashAfter {
         version: u64,
         now: EpochMillis,
     ) -> crate::Result<bool> {
-        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.allowed {
-            std::future::pending::<()>().await;
-        }
+        (self.hook)(self.inner.clone(), offer.clone(), now).await;
         self.inner.expire_offer(product, offer, version, now).await
+    }
+}
+
+impl Fixture {
+    fn deps_with_hook(&self, hook: Hook) -> ExpiryDeps {
+        ExpiryDeps {
+            catalog: Arc::new(BeforeEachExpiry {
+                inner: self.store.clone(),
+                hook,
+            }),
+            ..self.deps()
+        }
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_run_that_crashes_half_way_is_finished_by_the_next_once_its_lease_lapses() {
     let f = Fixture::new(30, &[("due", NOW - MINUTE)]).await;
-    let crashing = ExpiryDeps {
-        catalog: Arc::new(CrashAfter {
-            inner: f.store.clone(),
-            allowed: 12,
-            writes: AtomicUsize::new(0),
-        }),
-        ..f.deps()
-    };
+    // Every write after the 12th hangs: the function died there.
+    let writes = Arc::new(AtomicUsize::new(0));
+    let crashing = f.deps_with_hook(Arc::new(move |_, _, _| {
+        let n = writes.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if n >= 12 {
+                std::future::pending::<()>().await;
+            }
+        })
+    }));
     let options = ExpiryOptions {
         concurrency: 1,
         ..ExpiryOptions::default()
@@ -324,66 +350,22 @@ async fn a_run_that_crashes_half_way_is_finished_by_the_next_once_its_lease_laps
     f.assert_each_expired_once(&ids(30, "due")).await;
 }
 
-/// A catalog where someone extends an offer just before the job's write lands.
-struct ExtendsFirst {
-    inner: Arc<MemoryStore>,
-    extended: AtomicUsize,
-}
-
-#[async_trait]
-impl OfferReader for ExtendsFirst {
-    async fn offer(&self, id: &OfferId) -> crate::Result<Option<Offer>> {
-        self.inner.offer(id).await
-    }
-    async fn offers(&self, keys: &[(ProductId, OfferId)]) -> crate::Result<Vec<Offer>> {
-        self.inner.offers(keys).await
-    }
-}
-
-#[async_trait]
-impl ExpiryIndex for ExtendsFirst {
-    async fn expiring(
-        &self,
-        until: EpochMillis,
-        limit: usize,
-    ) -> crate::Result<Vec<ExpiringOffer>> {
-        self.inner.expiring(until, limit).await
-    }
-}
-
-#[async_trait]
-impl OfferExpirer for ExtendsFirst {
-    async fn expire_offer(
-        &self,
-        product: &ProductId,
-        offer: &OfferId,
-        version: u64,
-        now: EpochMillis,
-    ) -> crate::Result<bool> {
-        if self.extended.fetch_add(1, Ordering::SeqCst) == 0 {
-            let current = self.inner.offer(offer).await?.unwrap();
+#[tokio::test(start_paused = true)]
+async fn an_extension_that_lands_first_wins_and_is_counted() {
+    let f = Fixture::new(1, &[("due", NOW - MINUTE)]).await;
+    let deps = f.deps_with_hook(Arc::new(|store, offer, now| {
+        Box::pin(async move {
+            let current = store.offer(&offer).await.unwrap().unwrap();
             let extended = Offer {
                 expires_at: now + 3_600_000,
                 ..current.clone()
             };
-            self.inner
+            store
                 .put_offer(&extended, ExpectedVersion::Exactly(current.version))
-                .await?;
-        }
-        self.inner.expire_offer(product, offer, version, now).await
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_extension_that_lands_first_wins_and_is_counted() {
-    let f = Fixture::new(1, &[("due", NOW - MINUTE)]).await;
-    let deps = ExpiryDeps {
-        catalog: Arc::new(ExtendsFirst {
-            inner: f.store.clone(),
-            extended: AtomicUsize::new(0),
-        }),
-        ..f.deps()
-    };
+                .await
+                .unwrap();
+        })
+    }));
     let report = expire_once(&deps, &ExpiryOptions::default(), NOW, None).await;
     assert_eq!((report.expired, report.extended), (0, 1));
     let o = f.offer("o0-due").await;
@@ -422,7 +404,11 @@ async fn a_reconcile_removes_orphans_and_adds_missing_members() {
     let report = expire_once(&f.deps(), &ExpiryOptions::default(), NOW, None).await;
 
     assert!(report.reconciled);
-    assert_eq!(report.source, Some(DueSource::Index));
+    assert_eq!(
+        report.source,
+        Some(DueSource::Set),
+        "expiring first, then the reconcile"
+    );
     assert_eq!((report.orphans_removed, report.members_added), (1, 1));
     let mut members: Vec<String> = set
         .all()
@@ -459,9 +445,12 @@ async fn a_flushed_set_is_rebuilt_from_the_index_in_the_same_run() {
     assert_eq!(report.source, Some(DueSource::Index));
     assert!(report.reconciled);
     assert_eq!(report.expired, 3);
-    assert_eq!(report.members_added, 6, "every active offer went back in");
+    assert_eq!(
+        report.members_added, 3,
+        "after expiring, every active offer went back in"
+    );
     let remaining = f.set().all().await.unwrap();
-    assert_eq!(remaining.len(), 3, "then the expired ones left again");
+    assert_eq!(remaining.len(), 3);
     assert!(
         remaining
             .iter()
@@ -525,6 +514,41 @@ async fn a_run_near_its_deadline_leaves_the_rest_for_the_next_run() {
     let second = expire_once(&f.deps(), &options, NOW + MINUTE, None).await;
     assert_eq!(second.expired, 30);
     f.assert_each_expired_once(&ids(50, "due")).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_offer_the_set_missed_is_caught_by_the_index_check_and_expired_on_time() {
+    let f = Fixture::new(3, &[("due", NOW - 5 * MINUTE)]).await;
+    // The API stored o1-due but its set update never arrived; the marker is recent.
+    f.set().untrack(&[member(&pid("p1"), &oid("o1-due"))]).await;
+    let report = expire_once(&f.deps(), &ExpiryOptions::default(), NOW, None).await;
+    assert_eq!(report.set_missed, 1);
+    assert_eq!(report.source, Some(DueSource::Index));
+    assert_eq!(report.expired, 3);
+    assert_eq!(report.lag_ms, 5 * 60_000, "the lag comes from the index");
+    assert!(
+        report.reconciled,
+        "a set found missing is reconciled in the same run"
+    );
+    f.assert_each_expired_once(&ids(3, "due")).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_every_write_fails_is_a_failure_for_health() {
+    let f = Fixture::new(2, &[("due", NOW - MINUTE)]).await;
+    let store = f.store.clone();
+    let deps = f.deps_with_hook(Arc::new(move |_, _, _| {
+        store.set_unavailable(true);
+        Box::pin(async {})
+    }));
+    let report = expire_once(&deps, &ExpiryOptions::default(), NOW, None).await;
+    f.store.set_unavailable(false);
+    assert_eq!((report.expired, report.errors), (0, 2));
+    assert_eq!(
+        report.outcome,
+        Some(RunOutcome::Failed),
+        "not a partial success that would keep health quiet"
+    );
 }
 
 #[tokio::test]

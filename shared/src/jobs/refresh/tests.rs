@@ -187,6 +187,25 @@ impl ViewCounters for FailingFor {
         self.0.add_views(product, bucket, count).await
     }
 
+    async fn add_views_once(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        count: u64,
+        mark: &crate::store::CounterMark<'_>,
+    ) -> crate::Result<bool> {
+        self.0.add_views_once(product, bucket, count, mark).await
+    }
+
+    async fn counter_mark(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        shard: &str,
+    ) -> crate::Result<Option<String>> {
+        self.0.counter_mark(product, bucket, shard).await
+    }
+
     async fn view_counters(&self, product: &ProductId) -> crate::Result<Vec<(CounterBucket, u64)>> {
         if *product == self.1 {
             return Err(Error::Timeout {

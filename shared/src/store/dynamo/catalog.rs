@@ -531,6 +531,15 @@ impl ExpiryIndex for DynamoStore {
         due.truncate(limit);
         Ok(due)
     }
+
+    async fn oldest_due(&self, until: EpochMillis) -> Result<Vec<ExpiringOffer>> {
+        let shards = (0..EXPIRY_SHARDS).map(|shard| self.expiry_page(shard, until, None, 1));
+        Ok(futures::future::try_join_all(shards)
+            .await?
+            .into_iter()
+            .flat_map(|(oldest, _)| oldest)
+            .collect())
+    }
 }
 
 /// An expiry-index item (keys plus the projected version) as a due offer; `None` for an

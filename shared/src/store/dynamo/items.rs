@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EpochMillis, Offer, OfferId, OfferStatus, Product, ProductId};
+use crate::model::{EpochMillis, Offer, OfferId, OfferStatus, Product, ProductId, ViewEvent};
 
 /// Sort key of a product's own item.
 pub const PRODUCT_SK: &str = "META";
@@ -118,6 +118,28 @@ pub struct OfferRefItem {
     pub sk: String,
     /// The offer's product.
     pub product_id: ProductId,
+}
+
+/// View events only feed the counters; two days covers any stream retry.
+pub const VIEW_RETENTION_S: i64 = 2 * 86_400;
+
+/// A view event as stored in the views table: the event plus its TTL (epoch seconds).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ViewItem {
+    /// The event's attributes.
+    #[serde(flatten)]
+    pub event: ViewEvent,
+    /// When DynamoDB may delete it.
+    pub ttl: i64,
+}
+
+impl From<&ViewEvent> for ViewItem {
+    fn from(event: &ViewEvent) -> Self {
+        ViewItem {
+            event: event.clone(),
+            ttl: event.viewed_at / 1000 + VIEW_RETENTION_S,
+        }
+    }
 }
 
 #[cfg(test)]

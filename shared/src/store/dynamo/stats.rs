@@ -14,6 +14,8 @@
 //! | job lease | `LEASE` | `<job>` |
 //!
 //! Counters and history carry a `ttl` so DynamoDB deletes them once no period needs them.
+//! Counters fed by the views stream also carry one `mark_<shard>` attribute per stream shard:
+//! the last sequence number that shard counted there (see [`ViewCounters::add_views_once`]).
 
 use std::collections::HashMap;
 
@@ -22,6 +24,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::items::ViewItem;
 use super::schema::TTL_ATTRIBUTE;
 use super::{DynamoStore, is_condition_failure, sdk_error};
 use crate::error::{Error, Result};
@@ -29,13 +32,13 @@ use crate::model::{
     CounterBucket, EpochMillis, FeedKind, JobRun, Lease, PeriodStats, ProductId, RankedFeed,
     RunOutcome, ViewEvent,
 };
-use crate::store::{JobLeases, StatsReader, StatsWriter, ViewCounters, ViewRecorder};
+use crate::store::{
+    CounterMark, JobLeases, MarkCondition, StatsReader, StatsWriter, ViewCounters, ViewRecorder,
+};
 
 /// Hourly counters outlive the 24 h period by a day, daily ones the 30 d period by five days.
 const HOURLY_RETENTION_S: i64 = 48 * 3600;
 const DAILY_RETENTION_S: i64 = 35 * 86_400;
-/// View events only feed the counters; two days covers any stream retry.
-const VIEW_RETENTION_S: i64 = 2 * 86_400;
 /// Job history is kept for a month of trends.
 const HISTORY_RETENTION_S: i64 = 30 * 86_400;
 
@@ -56,6 +59,11 @@ fn bucket_sk(bucket: CounterBucket) -> String {
         CounterBucket::Hour(h) => format!("H#{h:010}"),
         CounterBucket::Day(d) => format!("D#{d:06}"),
     }
+}
+
+/// The attribute that holds a shard's stream mark on a counter item.
+fn mark_attribute(shard: &str) -> String {
+    format!("mark_{shard}")
 }
 
 fn bucket_from_sk(sk: &str) -> Option<CounterBucket> {
@@ -152,12 +160,8 @@ impl DynamoStore {
 impl ViewRecorder for DynamoStore {
     async fn record_view(&self, event: &ViewEvent) -> Result<bool> {
         event.validate()?;
-        let mut item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(event).map_err(|e| Error::codec("view event", e))?;
-        item.insert(
-            TTL_ATTRIBUTE.to_owned(),
-            n(event.viewed_at / 1000 + VIEW_RETENTION_S),
-        );
+        let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(ViewItem::from(event))
+            .map_err(|e| Error::codec("view event", e))?;
         match self
             .client
             .put_item()
@@ -200,6 +204,74 @@ impl ViewCounters for DynamoStore {
             .await
             .map(drop)
             .map_err(|e| sdk_error("UpdateItem", e))
+    }
+
+    async fn add_views_once(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        count: u64,
+        mark: &CounterMark<'_>,
+    ) -> Result<bool> {
+        let retention = match bucket {
+            CounterBucket::Hour(_) => HOURLY_RETENTION_S,
+            CounterBucket::Day(_) => DAILY_RETENTION_S,
+        };
+        let (condition, bound) = match mark.condition {
+            MarkCondition::Before(first) => {
+                ("attribute_not_exists(#mark) OR #mark < :bound", first)
+            }
+            MarkCondition::Exactly(expected) => ("#mark = :bound", expected),
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.stats)
+            .key("pk", s(views_pk(product)))
+            .key("sk", s(bucket_sk(bucket)))
+            .update_expression("ADD #count :n SET #ttl = :ttl, #mark = :through")
+            .condition_expression(condition)
+            .expression_attribute_names("#count", "count")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_names("#mark", mark_attribute(mark.shard))
+            .expression_attribute_values(":n", n(count))
+            .expression_attribute_values(":ttl", n(bucket.end_ms() / 1000 + retention))
+            .expression_attribute_values(":through", s(mark.through))
+            .expression_attribute_values(":bound", s(bound))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
+
+    async fn counter_mark(
+        &self,
+        product: &ProductId,
+        bucket: CounterBucket,
+        shard: &str,
+    ) -> Result<Option<String>> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.tables.stats)
+            .key("pk", s(views_pk(product)))
+            .key("sk", s(bucket_sk(bucket)))
+            .consistent_read(true)
+            .projection_expression("#mark")
+            .expression_attribute_names("#mark", mark_attribute(shard))
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?
+            .item;
+        Ok(
+            match item.and_then(|mut i| i.remove(&mark_attribute(shard))) {
+                Some(AttributeValue::S(mark)) => Some(mark),
+                _ => None,
+            },
+        )
     }
 
     async fn view_counters(&self, product: &ProductId) -> Result<Vec<(CounterBucket, u64)>> {
