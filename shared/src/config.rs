@@ -60,6 +60,12 @@ pub struct JobsConfig {
     /// How often the Redis expiry set is reconciled with the index at least
     /// (`OFFER_RECONCILE_INTERVAL_SECS`, default 3600).
     pub expiry_reconcile_interval: Duration,
+    /// Counter updates in flight when the view-aggregator writes a window
+    /// (`VIEW_WRITE_CONCURRENCY`, default 32).
+    pub view_write_concurrency: usize,
+    /// Products whose stats the view-aggregator recomputes after a window, most viewed first
+    /// (`VIEW_STATS_REFRESH_MAX`, default 100; 0 leaves it to the refresh job).
+    pub view_stats_refresh_max: usize,
 }
 
 impl Default for JobsConfig {
@@ -70,6 +76,8 @@ impl Default for JobsConfig {
             expiry_interval: Duration::from_secs(60),
             expiry_concurrency: 128,
             expiry_reconcile_interval: Duration::from_secs(3600),
+            view_write_concurrency: 32,
+            view_stats_refresh_max: 100,
         }
     }
 }
@@ -245,6 +253,10 @@ impl Config {
                         "OFFER_RECONCILE_INTERVAL_SECS",
                         defaults.expiry_reconcile_interval,
                     )?,
+                    view_write_concurrency: env
+                        .at_least_one("VIEW_WRITE_CONCURRENCY", defaults.view_write_concurrency)?,
+                    view_stats_refresh_max: env
+                        .parse("VIEW_STATS_REFRESH_MAX", defaults.view_stats_refresh_max)?,
                 }
             },
         })

@@ -10,7 +10,8 @@
 //! - [`jobs`]: scheduled jobs (refresh, offer expiry), each one testable step, and their lease.
 //! - [`health`]: cache health evaluation (status, alerts, trends).
 //! - [`model`]: products, offers, view events and stats, with validation.
-//! - [`store`]: storage ports and the DynamoDB and in-memory adapters.
+//! - [`store`]: storage ports and the DynamoDB and in-memory adapters (and in-memory streams).
+//! - [`streams`]: DynamoDB stream events for the stream functions (view-aggregator).
 //! - [`reads`]: cached reads of the catalog (keys and loaders every function shares).
 //! - [`redis_conn`]: one Redis connection per process, standalone or cluster.
 //! - [`telemetry`]: tracing set-up.
@@ -27,6 +28,7 @@ pub mod model;
 pub mod reads;
 pub mod redis_conn;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 pub mod wiring;
 

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-pub mod lambda_emulator;
+/// The Lambda runtime API emulator (it lives with the event-source-mapping runner).
+pub use esm::emulator as lambda_emulator;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};

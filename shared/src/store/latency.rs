@@ -18,13 +18,16 @@ use crate::model::{
 };
 
 /// Wraps a shared store; every call sleeps `per_call` first and is counted (writes also on
-/// their own, for figures such as writes per expired offer).
+/// their own, for figures such as writes per expired offer). Writes can be made to fail from
+/// a given one on, as a throttled or failing DynamoDB would fail them.
 #[derive(Debug)]
 pub struct LatencyShim<S: ?Sized> {
     inner: Arc<S>,
     per_call: Duration,
     calls: AtomicU64,
     writes: AtomicU64,
+    /// Writes numbered from this one on fail (`u64::MAX`: none).
+    fail_writes_from: AtomicU64,
 }
 
 impl<S: ?Sized> LatencyShim<S> {
@@ -35,7 +38,20 @@ impl<S: ?Sized> LatencyShim<S> {
             per_call,
             calls: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            fail_writes_from: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Makes every write fail once `ok_first` more writes have succeeded (a retryable
+    /// DynamoDB error), until [`LatencyShim::heal`].
+    pub fn fail_writes_after(&self, ok_first: u64) {
+        self.fail_writes_from
+            .store(self.writes() + ok_first, Ordering::SeqCst);
+    }
+
+    /// Lets writes succeed again.
+    pub fn heal(&self) {
+        self.fail_writes_from.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// Write calls made so far (a subset of [`LatencyShim::calls`]).
@@ -53,14 +69,22 @@ impl<S: ?Sized> LatencyShim<S> {
         &self.inner
     }
 
-    async fn delay(&self, write: bool) {
+    async fn delay(&self, write: bool) -> Result<()> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if write {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-        }
         if !self.per_call.is_zero() {
             tokio::time::sleep(self.per_call).await;
         }
+        if write
+            && self.writes.fetch_add(1, Ordering::SeqCst)
+                >= self.fail_writes_from.load(Ordering::SeqCst)
+        {
+            return Err(crate::Error::Dynamo {
+                op: "write",
+                retryable: true,
+                source: "injected write failure".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -71,7 +95,7 @@ macro_rules! shim {
         #[async_trait]
         impl<S: $port + ?Sized> $port for LatencyShim<S> {
             $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
-                self.delay(shim!(@write $kind)).await;
+                self.delay(shim!(@write $kind)).await?;
                 self.inner.$name($($arg),*).await
             })*
         }
@@ -99,7 +123,7 @@ impl<S: ?Sized> LatencyShim<S> {
 #[async_trait]
 impl<S: ProductReader + ?Sized> ProductReader for LatencyShim<S> {
     async fn product_detail(&self, id: &ProductId) -> Result<Option<ProductDetail>> {
-        self.delay(false).await;
+        self.delay(false).await?;
         self.inner.product_detail(id).await
     }
 
@@ -117,7 +141,7 @@ shim!(ProductWriter {
 #[async_trait]
 impl<S: OfferReader + ?Sized> OfferReader for LatencyShim<S> {
     async fn offer(&self, id: &OfferId) -> Result<Option<Offer>> {
-        self.delay(false).await;
+        self.delay(false).await?;
         self.inner.offer(id).await
     }
 

@@ -150,6 +150,7 @@ fn emit<T: serde::Serialize>(
         partition: keys
             .first()
             .map_or_else(String::new, |(_, v)| (*v).to_owned()),
+        at: None,
     });
 }
 

@@ -52,6 +52,8 @@ pub struct Change {
     pub new: Option<Item>,
     /// The partition key's value: it picks the shard, as DynamoDB's partitions do.
     pub partition: String,
+    /// When the change happened (`None`: now), for tests that need records in given windows.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug)]
@@ -132,7 +134,7 @@ impl MemoryStream {
         record.event_version = Some("1.1".to_owned());
         record.event_source_arn = Some(self.arn.clone());
         record.table_name = Some(self.table.clone());
-        record.change.approximate_creation_date_time = chrono::Utc::now();
+        record.change.approximate_creation_date_time = change.at.unwrap_or_else(chrono::Utc::now);
         record.change.size_bytes = i64::try_from(
             serde_json::to_vec(&(&change.keys, &change.new, &change.old)).map_or(0, |b| b.len()),
         )
@@ -224,6 +226,7 @@ mod tests {
             old: Some(keys.clone()),
             new: Some(keys),
             partition: partition.to_owned(),
+            at: None,
         }
     }
 

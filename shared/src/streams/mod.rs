@@ -120,7 +120,8 @@ use serde::Deserialize;
 /// A sequence number padded to 40 digits, so that comparing strings compares positions in
 /// the shard; `None` unless it is 1 to 40 ASCII digits.
 pub fn sequence_key(raw: &str) -> Option<String> {
-    let valid = !raw.is_empty() && raw.len() <= SEQUENCE_DIGITS && raw.bytes().all(|b| b.is_ascii_digit());
+    let valid =
+        !raw.is_empty() && raw.len() <= SEQUENCE_DIGITS && raw.bytes().all(|b| b.is_ascii_digit());
     valid.then(|| format!("{raw:0>SEQUENCE_DIGITS$}"))
 }
 
@@ -161,7 +162,7 @@ mod tests {
     fn one_bad_record_does_not_spoil_the_others() {
         let event = json!({
             "Records": [
-                {"eventID": "1", "eventName": "INSERT", "dynamodb": {"SequenceNumber": "100", "SizeBytes": 10, "Keys": {}}},
+                {"eventID": "1", "eventName": "INSERT", "awsRegion": "us-east-1", "dynamodb": {"SequenceNumber": "100", "SizeBytes": 10, "Keys": {}}},
                 {"eventID": "2", "eventName": "INSERT", "dynamodb": {"SequenceNumber": "not-a-number", "SizeBytes": 10}},
                 {"eventID": "3", "dynamodb": "garbage"},
                 42
@@ -175,8 +176,14 @@ mod tests {
                 .iter()
                 .all(|r| matches!(r, Incoming::Malformed { .. }))
         );
-        assert_eq!(parse_event(&json!({"hello": 1})).unwrap_err(), EventError::NotAStreamEvent);
-        assert_eq!(parse_event(&json!([])).unwrap_err(), EventError::NotAStreamEvent);
+        assert_eq!(
+            parse_event(&json!({"hello": 1})).unwrap_err(),
+            EventError::NotAStreamEvent
+        );
+        assert_eq!(
+            parse_event(&json!([])).unwrap_err(),
+            EventError::NotAStreamEvent
+        );
     }
 
     #[test]

@@ -153,8 +153,23 @@ impl Emulator {
         self.addr.to_string()
     }
 
-    /// Invokes the function with `payload` and waits for its response (at most `timeout`).
+    /// Invokes the function with `payload` and waits for its response (at most `timeout`);
+    /// panics if none comes (tests that expect an answer).
     pub async fn invoke(&self, payload: Value, timeout: Duration) -> Invocation {
+        match self.try_invoke(payload, timeout).await {
+            Ok(invocation) => invocation,
+            Err(e) => panic!("{e}; events: {:?}", self.events().await),
+        }
+    }
+
+    /// Invokes the function with `payload` and waits for its response (at most `timeout`).
+    /// An invocation that gets no response in time is an error, as a Lambda timeout is; the
+    /// function is then presumed dead (callers restart it) and the invocation is dropped.
+    pub async fn try_invoke(
+        &self,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Invocation, String> {
         let (reply, response) = oneshot::channel();
         {
             let mut state = self.shared.state.lock().await;
@@ -166,11 +181,16 @@ impl Emulator {
         }
         self.shared.changed.notify_waiters();
         match tokio::time::timeout(timeout, response).await {
-            Ok(Ok(invocation)) => invocation,
-            _ => panic!(
-                "the function did not answer within {timeout:?}; events: {:?}",
-                self.events().await
-            ),
+            Ok(Ok(invocation)) => Ok(invocation),
+            _ => {
+                // Forget the invocation, so a restarted function starts afresh.
+                let mut state = self.shared.state.lock().await;
+                state.current = None;
+                state.queue.clear();
+                drop(state);
+                self.shared.changed.notify_waiters();
+                Err(format!("the function did not answer within {timeout:?}"))
+            }
         }
     }
 
