@@ -1,8 +1,8 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh` or `expiry` (default:
-//! all).
+//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry` or `views`
+//! (default: all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
 
@@ -14,12 +14,13 @@ mod load;
 mod refresh;
 mod report;
 mod stats;
+mod views;
 
 use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 4] = ["cache", "api", "refresh", "expiry"];
+const GROUPS: [&str; 5] = ["cache", "api", "refresh", "expiry", "views"];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -38,6 +39,8 @@ async fn main() -> anyhow::Result<()> {
             "api" => api::run(&mut report).await?,
             "refresh" => refresh::run(&mut report).await?,
             "expiry" => expiry::run(&mut report).await?,
+            "views" => views::run(&mut report).await?,
+            "views-rate" => views::run_rate(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

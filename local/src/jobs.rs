@@ -1,12 +1,21 @@
-//! The scheduled jobs of `make dev`: each runs once at start, then on its interval, in the
-//! background of the API process (as EventBridge would invoke the functions).
+//! The jobs of `make dev`, in the background of the API process: the scheduled ones run once
+//! at start, then on their interval (as EventBridge would invoke them); the stream functions
+//! run behind the local event-source mapping on the store's streams (as Lambda would).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::jobs::offer_expiry::{self, ExpiryDeps, ExpiryOptions};
 use catalog_core::jobs::refresh::{self, RefreshDeps, RefreshOptions};
+use catalog_core::streams::RawEvent;
+use catalog_core::streams::views::{self, ViewAggDeps, ViewAggOptions};
+use esm::invoke::InProcess;
+use esm::mapping::{EventSourceMapping, MappingConfig};
+use esm::source::StreamSource;
+use futures::FutureExt;
+use serde_json::Value;
 
 /// Runs `job` every `interval` (the first tick after one interval; callers run it once
 /// themselves first) until the process ends.
@@ -48,4 +57,40 @@ pub async fn start_offer_expiry(deps: ExpiryDeps, options: ExpiryOptions, interv
             offer_expiry::expire_once(&deps, &options, SystemClock.now_ms(), None).await;
         }
     });
+}
+
+/// The dev mapping's settings: the deployed mapping's, with a five-second tumbling window so
+/// a view shows in its product's stats within seconds.
+pub fn dev_mapping() -> MappingConfig {
+    MappingConfig {
+        batch_size: 100,
+        tumbling_window: Some(Duration::from_secs(5)),
+        ..MappingConfig::default()
+    }
+}
+
+/// Runs the view-aggregator in this process on the views stream, as Lambda would.
+pub fn start_view_aggregator(
+    stream: Arc<dyn StreamSource>,
+    deps: ViewAggDeps,
+    options: ViewAggOptions,
+) -> tokio::task::JoinHandle<()> {
+    let deps = Arc::new(deps);
+    let handler = InProcess(move |event: Value| {
+        let deps = deps.clone();
+        async move {
+            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
+            let response = views::handle(event, &deps, &options, SystemClock.now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(response).map_err(|e| e.to_string())
+        }
+        .boxed()
+    });
+    Arc::new(EventSourceMapping::new(
+        stream,
+        vec![Arc::new(handler)],
+        dev_mapping(),
+    ))
+    .spawn()
 }

@@ -7,6 +7,7 @@
 
 mod jobs;
 mod seed;
+mod stores;
 
 use std::sync::Arc;
 
@@ -14,12 +15,11 @@ use anyhow::Context;
 use catalog_core::cache::l2::L2Store;
 use catalog_core::cache::l2::memory::MemoryL2;
 use catalog_core::cache::{Cache, CacheOptions};
-use catalog_core::clock::{Clock, SystemClock};
+use catalog_core::clock::SystemClock;
 use catalog_core::config::Config;
-use catalog_core::jobs::offer_expiry::{ExpiryCatalog, ExpiryDeps, ExpiryOptions};
-use catalog_core::jobs::refresh::{RefreshCatalog, RefreshDeps, RefreshOptions};
-use catalog_core::store::memory::MemoryStore;
-use catalog_core::store::{CatalogStore, ProductLister, StatsStore, ViewRecorder};
+use catalog_core::jobs::offer_expiry::{ExpiryDeps, ExpiryOptions};
+use catalog_core::jobs::refresh::{RefreshDeps, RefreshOptions};
+use catalog_core::streams::views::{ViewAggDeps, ViewAggOptions};
 use catalog_core::wiring;
 
 /// Defaults that make the embedded mode need no environment at all.
@@ -37,87 +37,16 @@ fn default_var(name: &str) -> Option<String> {
     Some(value.to_owned())
 }
 
-struct Stores {
-    catalog: Arc<dyn CatalogStore>,
-    /// The same store, as the refresh job's narrower port.
-    refresh_catalog: Arc<dyn RefreshCatalog>,
-    /// The same store, as the offer-expiry job's narrower port.
-    expiry_catalog: Arc<dyn ExpiryCatalog>,
-    stats: Arc<dyn StatsStore>,
-    views: Arc<dyn ViewRecorder>,
-    description: String,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     catalog_core::telemetry::init();
     let config =
         Config::from_lookup(|name| std::env::var(name).ok().or_else(|| default_var(name)))?;
-    let clock = SystemClock;
-    let demo_products: usize = std::env::var("DEMO_PRODUCTS")
+    let demo_products: Option<usize> = std::env::var("DEMO_PRODUCTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-
-    let stores = match &config.dynamodb.endpoint {
-        None => {
-            let store = Arc::new(MemoryStore::new());
-            let count = if demo_products > 0 {
-                demo_products
-            } else {
-                3000
-            };
-            let seeded = seed::seed(store.as_ref(), count, clock.now_ms(), 48, 30).await?;
-            Stores {
-                catalog: store.clone(),
-                refresh_catalog: store.clone(),
-                expiry_catalog: store.clone(),
-                stats: store.clone(),
-                views: store,
-                description: format!(
-                    "embedded store: {} products, {} offers, {} view counters",
-                    seeded.products, seeded.offers, seeded.counters
-                ),
-            }
-        }
-        Some(endpoint) => {
-            let store = wiring::dynamo_store(&config).await;
-            let existing = store.list_products(None, 1).await;
-            let description = match existing {
-                Ok((page, _)) if !page.is_empty() => {
-                    format!("DynamoDB at {endpoint} (existing data)")
-                }
-                _ => {
-                    // Missing tables are created; an existing empty catalog is seeded.
-                    let _ = catalog_core::store::dynamo::schema::create_tables(
-                        store.client(),
-                        &config.tables,
-                    )
-                    .await;
-                    let count = if demo_products > 0 {
-                        demo_products
-                    } else {
-                        200
-                    };
-                    let seeded = seed::seed(store.as_ref(), count, clock.now_ms(), 6, 7)
-                        .await
-                        .context("seeding the demo catalog")?;
-                    format!(
-                        "DynamoDB at {endpoint}: seeded {} products, {} offers",
-                        seeded.products, seeded.offers
-                    )
-                }
-            };
-            Stores {
-                catalog: store.clone(),
-                refresh_catalog: store.clone(),
-                expiry_catalog: store.clone(),
-                stats: store.clone(),
-                views: store,
-                description,
-            }
-        }
-    };
+        .filter(|n| *n > 0);
+    let stores = stores::open(&config, demo_products).await?;
 
     let cache = match &config.redis {
         Some(_) => wiring::cache(&config).await,
@@ -157,6 +86,15 @@ async fn main() -> anyhow::Result<()> {
         config.jobs.expiry_interval,
     )
     .await;
+    let _views = jobs::start_view_aggregator(
+        stores.views_stream.clone(),
+        ViewAggDeps {
+            products: stores.products.clone(),
+            stats: stores.stats.clone(),
+            cache: cache.clone(),
+        },
+        ViewAggOptions::from_config(&config.jobs),
+    );
 
     let state = api::AppState::new(
         stores.catalog.clone(),
@@ -199,6 +137,7 @@ catalog-cache dev server on {base}
   cache: {cache}
   refresh: {refreshed} products refreshed at start, then every {refresh_every:?}
   offer expiry: every {expiry_every:?} (some demo offers expire in the first minutes)
+  view-aggregator: on the views stream, 5 s tumbling windows (a posted view is counted within seconds)
 
 A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -i {base}/products/p-0001
@@ -211,6 +150,7 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -s -X PUT {base}/products/p-0001 {json} -d '{{"name": "Renamed kettle", "category": "kitchen", "price": {{"amount_minor": 1999, "currency": "EUR"}}, "active": true, "expected_version": 1}}'
   curl -s -X POST {base}/products/p-0003/offers {json} -d '{{"price": {{"amount_minor": 999, "currency": "EUR"}}, "expires_at": <epoch ms in the future>}}'
   curl -s -X POST {base}/products/p-0001/views {json} -d '{{"event_id": "my-first-view"}}'
+  sleep 6; curl -s {base}/products/p-0001/stats   # views_1h went up by one
   curl -s {base}/admin/cache/stats {admin}
   curl -s {base}/admin/cache/health {admin}
   curl -s {base}/admin/jobs {admin}

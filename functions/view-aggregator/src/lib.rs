@@ -4,13 +4,13 @@
 
 use aws_lambda_events::dynamodb::TimeWindowEventResponse;
 use catalog_core::clock::{Clock, SystemClock};
+use catalog_core::streams::RawEvent;
 use catalog_core::streams::views::{self, ViewAggDeps, ViewAggOptions};
-use serde_json::Value;
 
 /// Handles one invocation: the window's state (and any `batchItemFailures`), or an error
 /// that makes Lambda retry the invocation.
 pub async fn handle(
-    payload: &Value,
+    payload: RawEvent,
     deps: &ViewAggDeps,
     options: &ViewAggOptions,
 ) -> Result<TimeWindowEventResponse, lambda_runtime::Error> {

@@ -2,9 +2,9 @@
 //! tumbling window; clients built once at cold start.
 
 use catalog_core::config::Config;
+use catalog_core::streams::RawEvent;
 use catalog_core::streams::views::{ViewAggDeps, ViewAggOptions};
 use lambda_runtime::{LambdaEvent, service_fn};
-use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -18,8 +18,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let options = ViewAggOptions::from_config(&config.jobs);
     let (deps, options) = (&deps, &options);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        view_aggregator::handle(&event.payload, deps, options).await
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<RawEvent>| async move {
+        view_aggregator::handle(event.payload, deps, options).await
     }))
     .await
 }

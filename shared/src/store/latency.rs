@@ -28,6 +28,8 @@ pub struct LatencyShim<S: ?Sized> {
     writes: AtomicU64,
     /// Writes numbered from this one on fail (`u64::MAX`: none).
     fail_writes_from: AtomicU64,
+    /// Calls per method name.
+    by_method: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 impl<S: ?Sized> LatencyShim<S> {
@@ -39,7 +41,27 @@ impl<S: ?Sized> LatencyShim<S> {
             calls: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             fail_writes_from: AtomicU64::new(u64::MAX),
+            by_method: std::sync::Mutex::default(),
         }
+    }
+
+    /// Calls made so far to one method of the ports (e.g. `add_views_once`).
+    pub fn calls_of(&self, method: &str) -> u64 {
+        self.by_method
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(method)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn note(&self, method: &'static str) {
+        *self
+            .by_method
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(method)
+            .or_default() += 1;
     }
 
     /// Makes every write fail once `ok_first` more writes have succeeded (a retryable
@@ -95,6 +117,7 @@ macro_rules! shim {
         #[async_trait]
         impl<S: $port + ?Sized> $port for LatencyShim<S> {
             $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                self.note(stringify!($name));
                 self.delay(shim!(@write $kind)).await?;
                 self.inner.$name($($arg),*).await
             })*

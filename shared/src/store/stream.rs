@@ -77,6 +77,7 @@ pub struct MemoryStream {
     arn: String,
     shard_ids: Vec<String>,
     view: StreamViewType,
+    retained_per_shard: usize,
     shards: Mutex<Shards>,
     changed: watch::Sender<u64>,
 }
@@ -84,6 +85,17 @@ pub struct MemoryStream {
 impl MemoryStream {
     /// A stream of `table` with `shards` shards and the given view type.
     pub fn new(table: &str, shards: usize, view: StreamViewType) -> Arc<MemoryStream> {
+        MemoryStream::with_retention(table, shards, view, RETAINED_PER_SHARD)
+    }
+
+    /// The same, keeping `retained_per_shard` records per shard (simulations that write
+    /// more than a day's worth before reading).
+    pub fn with_retention(
+        table: &str,
+        shards: usize,
+        view: StreamViewType,
+        retained_per_shard: usize,
+    ) -> Arc<MemoryStream> {
         let shards = shards.max(1);
         Arc::new(MemoryStream {
             arn: format!(
@@ -94,6 +106,7 @@ impl MemoryStream {
                 .map(|i| format!("shardId-00000001767225600000-{i:08x}"))
                 .collect(),
             view,
+            retained_per_shard,
             shards: Mutex::new(Shards {
                 next_sequence: FIRST_SEQUENCE,
                 records: vec![VecDeque::new(); shards],
@@ -150,7 +163,7 @@ impl MemoryStream {
         record.change.stream_view_type = Some(self.view.clone());
         let queue = &mut shards.records[shard];
         queue.push_back(record);
-        if queue.len() > RETAINED_PER_SHARD {
+        if queue.len() > self.retained_per_shard {
             queue.pop_front();
         }
         drop(shards);

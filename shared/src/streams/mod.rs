@@ -9,6 +9,8 @@ pub mod views;
 use aws_lambda_events::dynamodb::EventRecord;
 use aws_lambda_events::streams::DynamoDbBatchItemFailure;
 use aws_lambda_events::time_window::TimeWindowProperties;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Width sequence numbers are padded to: DynamoDB's are at most 40 digits.
@@ -56,66 +58,105 @@ pub enum EventError {
     BadWindow(String),
 }
 
-/// The window-related keys of a time-window event (everything but `Records`).
-const WINDOW_KEYS: [&str; 6] = [
-    "window",
-    "state",
-    "shardId",
-    "eventSourceARN",
-    "isFinalInvokeForWindow",
-    "isWindowTerminatedEarly",
-];
+/// A stream event as the runtime hands it over: each record still as its JSON text, the rest
+/// (the tumbling-window properties, if any) as values.
+///
+/// Records are decoded one by one later, straight from their text into `EventRecord`, so one
+/// that does not decode is skipped on its own, and no record is parsed twice.
+#[derive(Debug, Default)]
+pub struct RawEvent {
+    /// `Records`, each as its JSON text; `None` when the payload has no `Records` array.
+    pub records: Option<Vec<Box<RawValue>>>,
+    /// Every other key of the payload.
+    pub rest: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for RawEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RawEvent;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawEvent, A::Error> {
+                let mut event = RawEvent::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "Records" {
+                        // Each record's text, unparsed: needs a text deserializer (as the
+                        // runtime's), not a `Value`.
+                        event.records = Some(map.next_value()?);
+                    } else {
+                        event.rest.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(event)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+impl RawEvent {
+    /// From an event held as a value (tests, the in-process dev invoker).
+    pub fn from_value(event: &Value) -> Result<RawEvent, serde_json::Error> {
+        serde_json::from_str(&event.to_string())
+    }
+}
 
 /// Reads an invocation payload as a stream event.
-pub fn parse_event(payload: &Value) -> Result<StreamEvent, EventError> {
-    let object = payload.as_object().ok_or(EventError::NotAStreamEvent)?;
-    let raw = object
-        .get("Records")
-        .and_then(Value::as_array)
-        .ok_or(EventError::NotAStreamEvent)?;
-    let window = if object.contains_key("window") {
-        let properties: Map<String, Value> = WINDOW_KEYS
-            .iter()
-            .filter_map(|k| object.get(*k).map(|v| ((*k).to_owned(), v.clone())))
-            .collect();
+pub fn parse_event(payload: RawEvent) -> Result<StreamEvent, EventError> {
+    let RawEvent { records, rest } = payload;
+    let records = records.ok_or(EventError::NotAStreamEvent)?;
+    // What is left is the tumbling-window properties, when the mapping has a window.
+    let window = if rest.contains_key("window") {
         Some(
-            serde_json::from_value(Value::Object(properties))
+            TimeWindowProperties::deserialize(Value::Object(rest))
                 .map_err(|e| EventError::BadWindow(e.to_string()))?,
         )
     } else {
         None
     };
     Ok(StreamEvent {
-        records: raw.iter().map(parse_record).collect(),
+        records: records.iter().map(|r| parse_record(r)).collect(),
         window,
     })
 }
 
-fn parse_record(raw: &Value) -> Incoming {
-    let raw_sequence = raw
-        .pointer("/dynamodb/SequenceNumber")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let Some(sequence) = raw_sequence.as_deref().and_then(sequence_key) else {
-        return Incoming::Malformed {
-            raw_sequence,
-            reason: "missing or malformed SequenceNumber".into(),
-        };
-    };
-    match EventRecord::deserialize(raw) {
-        Ok(record) => Incoming::Record {
-            raw_sequence: raw_sequence.unwrap_or_default(),
-            sequence,
-            record: Box::new(record),
+fn parse_record(raw: &RawValue) -> Incoming {
+    match serde_json::from_str::<EventRecord>(raw.get()) {
+        Ok(record) => match record
+            .change
+            .sequence_number
+            .as_deref()
+            .and_then(sequence_key)
+        {
+            Some(sequence) => Incoming::Record {
+                raw_sequence: record.change.sequence_number.clone().unwrap_or_default(),
+                sequence,
+                record: Box::new(record),
+            },
+            None => Incoming::Malformed {
+                raw_sequence: record.change.sequence_number.clone(),
+                reason: "missing or malformed SequenceNumber".into(),
+            },
         },
         Err(e) => Incoming::Malformed {
-            raw_sequence,
+            // For the log: the sequence number, if the record has a readable one.
+            raw_sequence: serde_json::from_str::<Value>(raw.get()).ok().and_then(|v| {
+                v.pointer("/dynamodb/SequenceNumber")?
+                    .as_str()
+                    .map(str::to_owned)
+            }),
             reason: e.to_string(),
         },
     }
 }
-
-use serde::Deserialize;
 
 /// A sequence number padded to 40 digits, so that comparing strings compares positions in
 /// the shard; `None` unless it is 1 to 40 ASCII digits.
@@ -168,7 +209,7 @@ mod tests {
                 42
             ]
         });
-        let parsed = parse_event(&event).unwrap();
+        let parsed = parse_event(RawEvent::from_value(&event).unwrap()).unwrap();
         assert!(parsed.window.is_none());
         assert!(matches!(parsed.records[0], Incoming::Record { .. }));
         assert!(
@@ -177,13 +218,11 @@ mod tests {
                 .all(|r| matches!(r, Incoming::Malformed { .. }))
         );
         assert_eq!(
-            parse_event(&json!({"hello": 1})).unwrap_err(),
+            parse_event(RawEvent::from_value(&json!({"hello": 1})).unwrap()).unwrap_err(),
             EventError::NotAStreamEvent
         );
-        assert_eq!(
-            parse_event(&json!([])).unwrap_err(),
-            EventError::NotAStreamEvent
-        );
+        assert!(RawEvent::from_value(&json!([])).is_err());
+        assert!(RawEvent::from_value(&json!({"Records": 7})).is_err());
     }
 
     #[test]
@@ -197,12 +236,18 @@ mod tests {
             "isFinalInvokeForWindow": true,
             "isWindowTerminatedEarly": false
         });
-        let window = parse_event(&event).unwrap().window.unwrap();
+        let window = parse_event(RawEvent::from_value(&event).unwrap())
+            .unwrap()
+            .window
+            .unwrap();
         assert!(window.is_final_invoke_for_window);
         assert_eq!(window.state["k"], "v");
         assert_eq!(window.shard_id.as_deref(), Some("shardId-1"));
         let mut bad = event;
         bad["window"] = json!("soon");
-        assert!(matches!(parse_event(&bad), Err(EventError::BadWindow(_))));
+        assert!(matches!(
+            parse_event(RawEvent::from_value(&bad).unwrap()),
+            Err(EventError::BadWindow(_))
+        ));
     }
 }

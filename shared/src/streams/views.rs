@@ -24,6 +24,7 @@
 //!   number is not after the last one seen);
 //! - a batch split by bisect-on-error is re-run from the state it started from;
 //! - shards have their own marks, so several shards can update one counter at once.
+//!
 //! A window terminated early (state over 1 MB) is counted when it ends, and the rest of the
 //! window continues from a fresh state with a later first sequence number.
 //!
@@ -38,9 +39,8 @@ use aws_lambda_events::dynamodb::TimeWindowEventResponse;
 use aws_lambda_events::time_window::TimeWindowProperties;
 use futures::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
 
-use super::{EventError, Incoming, item_failure, parse_event, sequence_key, shard_key};
+use super::{EventError, Incoming, RawEvent, item_failure, parse_event, sequence_key, shard_key};
 use crate::cache::Cache;
 use crate::jobs::refresh::recompute_stats;
 use crate::model::{CounterBucket, EpochMillis, JobRun, ProductId, RunOutcome, ViewEvent};
@@ -175,12 +175,25 @@ impl WindowCounts {
     }
 }
 
-/// State keys that are not product ids (ids never start with `~`).
+/// The state's keys.
 const FIRST: &str = "~first";
 const LAST: &str = "~last";
 const COUNTS: &str = "~counts";
+const VIEWS: &str = "~views";
+const DELTA: &str = "~delta";
+
+/// Below this many bytes of deltas, a batch's views are appended rather than merged.
+const DELTA_MIN_BYTES: usize = 64 * 1024;
 
 /// A window's state between invocations.
+///
+/// Lambda carries it as a map of strings, parsed and re-sent whole on every invocation, so
+/// the views travel packed in two strings rather than as thousands of entries: `~views`
+/// (`product:hour:views,...`, each product and hour once) and `~delta` (the same format,
+/// appended by each batch). A batch only appends its own views; when the deltas outgrow the
+/// base (and 64 KB), they are merged into it. So an invocation costs about its batch, not
+/// the window's size, and the state stays well under Lambda's 1 MB for a window of tens of
+/// thousands of products.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowState {
     /// The first sequence number of the window (padded), once a record was seen.
@@ -189,58 +202,109 @@ pub struct WindowState {
     pub last: Option<String>,
     /// What the window counted so far.
     pub counts: WindowCounts,
-    /// Views per product per epoch hour.
-    pub views: BTreeMap<ProductId, BTreeMap<i64, u64>>,
+    /// Merged views.
+    base: String,
+    /// Views appended since the last merge.
+    delta: String,
+    /// This invocation's views, not yet appended.
+    batch: HashMap<(ProductId, i64), u64>,
+}
+
+/// Reads `product:hour:views` entries, adding them into `into`.
+fn read_views(packed: &str, into: &mut HashMap<(ProductId, i64), u64>) -> Result<(), String> {
+    for entry in packed.split(',').filter(|e| !e.is_empty()) {
+        let mut parts = entry.splitn(3, ':');
+        let parsed = (|| {
+            let product = ProductId::parse(parts.next()?).ok()?;
+            let hour: i64 = parts.next()?.parse().ok()?;
+            let views: u64 = parts.next()?.parse().ok()?;
+            Some((product, hour, views))
+        })();
+        let (product, hour, views) = parsed.ok_or_else(|| format!("bad views entry `{entry}`"))?;
+        *into.entry((product, hour)).or_default() += views;
+    }
+    Ok(())
+}
+
+/// Appends entries to a packed string.
+fn write_views<'a>(
+    packed: &mut String,
+    views: impl IntoIterator<Item = (&'a (ProductId, i64), &'a u64)>,
+) {
+    use std::fmt::Write;
+    for ((product, hour), n) in views {
+        if !packed.is_empty() {
+            packed.push(',');
+        }
+        let _ = write!(packed, "{product}:{hour}:{n}");
+    }
 }
 
 impl WindowState {
-    /// Reads the state Lambda passed in (empty at the start of a window).
-    pub fn decode(state: &HashMap<String, String>) -> Result<WindowState, String> {
+    /// Reads the state Lambda passed in (empty at the start of a window). The views are
+    /// checked when they are read (a merge or the window's end).
+    pub fn decode(mut state: HashMap<String, String>) -> Result<WindowState, String> {
         let mut decoded = WindowState::default();
-        for (key, value) in state {
-            match key.as_str() {
-                FIRST => decoded.first = Some(sequence_key(value).ok_or("bad ~first")?),
-                LAST => decoded.last = Some(sequence_key(value).ok_or("bad ~last")?),
-                COUNTS => decoded.counts = WindowCounts::decode(value).ok_or("bad ~counts")?,
-                product => {
-                    let id = ProductId::parse(product).map_err(|e| e.to_string())?;
-                    let hours = value
-                        .split(',')
-                        .map(|pair| {
-                            let (hour, n) = pair.split_once(':')?;
-                            Some((hour.parse().ok()?, n.parse().ok()?))
-                        })
-                        .collect::<Option<BTreeMap<i64, u64>>>()
-                        .ok_or_else(|| format!("bad views of {product}"))?;
-                    decoded.views.insert(id, hours);
-                }
-            }
+        if let Some(first) = state.remove(FIRST) {
+            decoded.first = Some(sequence_key(&first).ok_or("bad ~first")?);
+        }
+        if let Some(last) = state.remove(LAST) {
+            decoded.last = Some(sequence_key(&last).ok_or("bad ~last")?);
+        }
+        if let Some(counts) = state.remove(COUNTS) {
+            decoded.counts = WindowCounts::decode(&counts).ok_or("bad ~counts")?;
+        }
+        decoded.base = state.remove(VIEWS).unwrap_or_default();
+        decoded.delta = state.remove(DELTA).unwrap_or_default();
+        if let Some(unknown) = state.keys().next() {
+            return Err(format!("unknown state key `{unknown}`"));
         }
         Ok(decoded)
     }
 
     /// The state to hand back to Lambda.
-    pub fn encode(&self) -> HashMap<String, String> {
-        let mut state: HashMap<String, String> = self
-            .views
-            .iter()
-            .map(|(product, hours)| {
-                let value = hours
-                    .iter()
-                    .map(|(hour, n)| format!("{hour}:{n}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                (product.to_string(), value)
-            })
-            .collect();
-        if let Some(first) = &self.first {
-            state.insert(FIRST.to_owned(), first.clone());
+    pub fn encode(mut self) -> Result<HashMap<String, String>, String> {
+        let batch = std::mem::take(&mut self.batch);
+        write_views(&mut self.delta, &batch);
+        if self.delta.len() > self.base.len().max(DELTA_MIN_BYTES) {
+            let mut merged = HashMap::new();
+            read_views(&self.base, &mut merged)?;
+            read_views(&self.delta, &mut merged)?;
+            let mut entries: Vec<_> = merged.iter().collect();
+            entries.sort();
+            self.base.clear();
+            write_views(&mut self.base, entries);
+            self.delta.clear();
         }
-        if let Some(last) = &self.last {
-            state.insert(LAST.to_owned(), last.clone());
+        let mut state = HashMap::from([(COUNTS.to_owned(), self.counts.encode())]);
+        for (key, value) in [(FIRST, self.first), (LAST, self.last)] {
+            if let Some(value) = value {
+                state.insert(key.to_owned(), value);
+            }
         }
-        state.insert(COUNTS.to_owned(), self.counts.encode());
-        state
+        for (key, value) in [(VIEWS, self.base), (DELTA, self.delta)] {
+            if !value.is_empty() {
+                state.insert(key.to_owned(), value);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Adds `views` views of `product` in epoch hour `hour`.
+    pub fn add_views(&mut self, product: &ProductId, hour: i64, views: u64) {
+        *self.batch.entry((product.clone(), hour)).or_default() += views;
+    }
+
+    /// Views per product per epoch hour, everything read (a window's final invocation).
+    pub fn views(&self) -> Result<BTreeMap<ProductId, BTreeMap<i64, u64>>, String> {
+        let mut merged = self.batch.clone();
+        read_views(&self.base, &mut merged)?;
+        read_views(&self.delta, &mut merged)?;
+        let mut views: BTreeMap<ProductId, BTreeMap<i64, u64>> = BTreeMap::new();
+        for ((product, hour), n) in merged {
+            views.entry(product).or_default().insert(hour, n);
+        }
+        Ok(views)
     }
 
     /// Records that a record at `sequence` was handled (whatever became of it).
@@ -271,30 +335,30 @@ enum Action {
 }
 
 impl Action {
-    fn of(incoming: &Incoming, last: &mut Option<String>) -> Action {
-        let Incoming::Record {
-            raw_sequence,
-            sequence,
-            record,
-        } = incoming
-        else {
-            if let Incoming::Malformed {
+    fn of(incoming: Incoming, last: &mut Option<String>) -> Action {
+        let (raw_sequence, sequence, mut record) = match incoming {
+            Incoming::Record {
+                raw_sequence,
+                sequence,
+                record,
+            } => (raw_sequence, sequence, record),
+            Incoming::Malformed {
                 raw_sequence,
                 reason,
-            } = incoming
-            {
+            } => {
                 tracing::warn!(sequence = ?raw_sequence, reason, "malformed stream record skipped");
+                return Action::Malformed;
             }
-            return Action::Malformed;
         };
         if last.as_deref().is_some_and(|l| sequence.as_str() <= l) {
             return Action::Duplicate;
         }
         *last = Some(sequence.clone());
         if record.event_name != "INSERT" {
-            return Action::Ignored(sequence.clone());
+            return Action::Ignored(sequence);
         }
-        let view = serde_dynamo::from_item::<_, ViewItem>(record.change.new_image.clone())
+        let image = std::mem::take(&mut record.change.new_image);
+        let view = serde_dynamo::from_item::<_, ViewItem>(image)
             .map_err(|e| e.to_string())
             .and_then(|item| {
                 item.event
@@ -304,8 +368,8 @@ impl Action {
             });
         match view {
             Ok(event) => Action::View {
-                raw_sequence: raw_sequence.clone(),
-                sequence: sequence.clone(),
+                raw_sequence,
+                sequence,
                 event,
             },
             Err(reason) => {
@@ -314,7 +378,7 @@ impl Action {
                     reason,
                     "unreadable view event skipped"
                 );
-                Action::Unreadable(sequence.clone())
+                Action::Unreadable(sequence)
             }
         }
     }
@@ -348,12 +412,7 @@ impl Action {
                     return;
                 };
                 state.counts.views += 1;
-                *state
-                    .views
-                    .entry(event.product_id)
-                    .or_default()
-                    .entry(hour)
-                    .or_default() += 1;
+                state.add_views(&event.product_id, hour, 1);
             }
         }
     }
@@ -361,20 +420,22 @@ impl Action {
 
 /// Handles one invocation: the response to return, or an error (a failed invocation).
 pub async fn handle(
-    payload: &Value,
+    payload: RawEvent,
     deps: &ViewAggDeps,
     options: &ViewAggOptions,
     now: EpochMillis,
 ) -> Result<TimeWindowEventResponse, ViewAggError> {
     let event = parse_event(payload)?;
     let window = event.window.ok_or(ViewAggError::NoWindow)?;
-    let mut state = WindowState::decode(&window.state).map_err(ViewAggError::BadState)?;
+    let mut window = window;
+    let mut state =
+        WindowState::decode(std::mem::take(&mut window.state)).map_err(ViewAggError::BadState)?;
     let final_invoke = window.is_final_invoke_for_window || window.is_window_terminated_early;
 
     let mut last = state.last.clone();
     let actions: Vec<Action> = event
         .records
-        .iter()
+        .into_iter()
         .map(|incoming| Action::of(incoming, &mut last))
         .collect();
     let products: Vec<ProductId> = actions
@@ -421,9 +482,11 @@ pub async fn handle(
     }
     if final_invoke {
         // The window is written; a new one starts with a fresh state.
-        write_window(deps, options, &window, &state, now).await?;
+        let views = state.views().map_err(ViewAggError::BadState)?;
+        write_window(deps, options, &window, &state, &views, now).await?;
     } else {
-        response.time_window_event_response_properties.state = state.encode();
+        response.time_window_event_response_properties.state =
+            state.encode().map_err(ViewAggError::BadState)?;
     }
     Ok(response)
 }
@@ -502,14 +565,14 @@ async fn write_window(
     options: &ViewAggOptions,
     window: &TimeWindowProperties,
     state: &WindowState,
+    views: &BTreeMap<ProductId, BTreeMap<i64, u64>>,
     now: EpochMillis,
 ) -> Result<(), ViewAggError> {
     let (Some(first), Some(last)) = (&state.first, &state.last) else {
         return Ok(()); // an empty window
     };
     let shard = shard_key(window.shard_id.as_deref().unwrap_or_default());
-    let updates: Vec<Update> = state
-        .views
+    let updates: Vec<Update> = views
         .iter()
         .flat_map(|(product, hours)| {
             let mut days: BTreeMap<i64, u64> = BTreeMap::new();
@@ -572,8 +635,8 @@ async fn write_window(
             attempted: updates.len(),
         });
     }
-    record_window(deps, window, state, &written, now).await;
-    refresh_stats(deps, options, state, now).await;
+    record_window(deps, window, state, views, &written, now).await;
+    refresh_stats(deps, options, views, now).await;
     Ok(())
 }
 
@@ -582,6 +645,7 @@ async fn record_window(
     deps: &ViewAggDeps,
     window: &TimeWindowProperties,
     state: &WindowState,
+    views: &BTreeMap<ProductId, BTreeMap<i64, u64>>,
     written: &Written,
     now: EpochMillis,
 ) {
@@ -610,7 +674,7 @@ async fn record_window(
         ("unknown_products", counts.unknown_products),
         ("counter_writes", written.applied),
         ("already_applied", written.already),
-        ("products", state.views.len() as u64),
+        ("products", views.len() as u64),
     ] {
         run.counts.insert(name.to_owned(), value);
     }
@@ -635,11 +699,10 @@ async fn record_window(
 async fn refresh_stats(
     deps: &ViewAggDeps,
     options: &ViewAggOptions,
-    state: &WindowState,
+    views: &BTreeMap<ProductId, BTreeMap<i64, u64>>,
     now: EpochMillis,
 ) {
-    let mut by_views: Vec<(&ProductId, u64)> = state
-        .views
+    let mut by_views: Vec<(&ProductId, u64)> = views
         .iter()
         .map(|(product, hours)| (product, hours.values().sum()))
         .collect();

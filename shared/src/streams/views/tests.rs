@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aws_lambda_events::dynamodb::EventRecord;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::cache::l2::L2Store;
@@ -17,6 +17,7 @@ use crate::store::latency::LatencyShim;
 use crate::store::memory::MemoryStore;
 use crate::store::stream::MemoryStreams;
 use crate::store::{ProductWriter, StatsReader, ViewCounters, ViewRecorder};
+use crate::streams::RawEvent;
 
 /// 2026-11-20 10:30 UTC.
 const NOW: i64 = 1_795_602_600_000;
@@ -105,8 +106,22 @@ impl Fixture {
     }
 }
 
-/// A time-window event as Lambda sends it.
+/// A time-window event as Lambda sends it, as the runtime hands it over.
 fn event(
+    records: &[EventRecord],
+    state: &HashMap<String, String>,
+    shard: &str,
+    final_invoke: bool,
+) -> RawEvent {
+    raw(&event_json(records, state, shard, final_invoke))
+}
+
+fn raw(event: &Value) -> RawEvent {
+    RawEvent::from_value(event).unwrap()
+}
+
+/// The same event as JSON.
+fn event_json(
     records: &[EventRecord],
     state: &HashMap<String, String>,
     shard: &str,
@@ -130,7 +145,7 @@ async fn invoke(
     final_invoke: bool,
 ) -> Result<TimeWindowEventResponse, ViewAggError> {
     handle(
-        &event(records, state, "shardId-1", final_invoke),
+        event(records, state, "shardId-1", final_invoke),
         &f.deps(),
         &ViewAggOptions::default(),
         NOW,
@@ -275,19 +290,19 @@ async fn remove_and_modify_records_are_ignored_and_malformed_ones_skipped() {
     garbage.change.new_image = serde_dynamo::to_item(json!({"event_id": "x"})).unwrap();
     garbage.change.sequence_number = Some("200000000000000000002".into());
     records.extend([removed, modified, garbage]);
-    let mut payload = event(&records, &HashMap::new(), "s", false);
+    let mut payload = event_json(&records, &HashMap::new(), "s", false);
     payload["Records"]
         .as_array_mut()
         .unwrap()
         .push(json!({"eventName": "INSERT", "dynamodb": {"SequenceNumber": "oops"}}));
-    let response = handle(&payload, &f.deps(), &ViewAggOptions::default(), NOW)
+    let response = handle(raw(&payload), &f.deps(), &ViewAggOptions::default(), NOW)
         .await
         .unwrap();
     assert!(
         response.batch_item_failures.is_empty(),
         "bad records never block the shard"
     );
-    let state = WindowState::decode(&state_of(&response)).unwrap();
+    let state = WindowState::decode(state_of(&response)).unwrap();
     assert_eq!(
         state.counts,
         WindowCounts {
@@ -334,7 +349,7 @@ async fn a_failed_product_check_reports_the_first_view_and_keeps_only_what_came_
         failures,
         [records[1].change.sequence_number.clone().unwrap()]
     );
-    let state = WindowState::decode(&state_of(&response)).unwrap();
+    let state = WindowState::decode(state_of(&response)).unwrap();
     assert_eq!(
         (
             state.counts.records,
@@ -362,7 +377,7 @@ async fn two_shards_count_into_the_same_counters_each_once() {
         async move {
             let options = ViewAggOptions::default();
             let r = handle(
-                &event(&records, &HashMap::new(), shard, false),
+                event(&records, &HashMap::new(), shard, false),
                 &deps,
                 &options,
                 NOW,
@@ -372,7 +387,7 @@ async fn two_shards_count_into_the_same_counters_each_once() {
             let state = state_of(&r);
             for _ in 0..2 {
                 // Each shard's final invocation, retried once.
-                handle(&event(&[], &state, shard, true), &deps, &options, NOW)
+                handle(event(&[], &state, shard, true), &deps, &options, NOW)
                     .await
                     .unwrap();
             }
@@ -387,7 +402,7 @@ async fn an_event_without_a_tumbling_window_fails_rather_than_risk_a_wrong_count
     let f = Fixture::new(&["p1"]).await;
     let records = f.view(&[("e1", "p1", NOW)]).await;
     let err = handle(
-        &json!({"Records": records}),
+        raw(&json!({"Records": records})),
         &f.deps(),
         &ViewAggOptions::default(),
         NOW,
@@ -396,7 +411,7 @@ async fn an_event_without_a_tumbling_window_fails_rather_than_risk_a_wrong_count
     .unwrap_err();
     assert!(matches!(err, ViewAggError::NoWindow));
     let err = handle(
-        &json!({"hello": 1}),
+        raw(&json!({"hello": 1})),
         &f.deps(),
         &ViewAggOptions::default(),
         NOW,
@@ -419,21 +434,30 @@ fn the_state_round_trips_and_rejects_what_it_did_not_write() {
             ignored: 1,
             unknown_products: 1,
         },
-        views: BTreeMap::new(),
+        ..WindowState::default()
     };
-    state.views.insert(
-        ProductId::parse("p-1").unwrap(),
-        BTreeMap::from([(498_778, 3), (498_779, 2)]),
+    let p1 = ProductId::parse("p-1").unwrap();
+    state.add_views(&p1, 498_778, 3);
+    state.add_views(&p1, 498_779, 2);
+    state.add_views(&p1, 498_778, 1);
+    let back = WindowState::decode(state.clone().encode().unwrap()).unwrap();
+    assert_eq!(back.views().unwrap(), state.views().unwrap());
+    assert_eq!(
+        (back.first.clone(), back.counts),
+        (state.first.clone(), state.counts)
     );
-    assert_eq!(WindowState::decode(&state.encode()).unwrap(), state);
-    for (key, value) in [
-        ("~first", "x"),
-        ("~counts", "1,2"),
-        ("p 1", "1:1"),
-        ("p1", "1:x"),
-    ] {
+    assert_eq!(
+        back.views().unwrap()[&p1],
+        BTreeMap::from([(498_778, 4), (498_779, 2)])
+    );
+    for (key, value) in [("~first", "x"), ("~counts", "1,2"), ("p1", "1:1")] {
         let bad = HashMap::from([(key.to_owned(), value.to_owned())]);
-        assert!(WindowState::decode(&bad).is_err(), "{key}={value}");
+        assert!(WindowState::decode(bad).is_err(), "{key}={value}");
+    }
+    for (key, value) in [("~views", "p 1:1:1"), ("~delta", "p1:1:x")] {
+        let raw = HashMap::from([(key.to_owned(), value.to_owned())]);
+        let state = WindowState::decode(raw).unwrap();
+        assert!(state.views().is_err(), "{key}={value} is refused when used");
     }
 }
 
@@ -475,7 +499,7 @@ async fn a_product_that_cannot_be_checked_stops_the_batch_at_its_first_view_only
         .await;
     let options = ViewAggOptions::default();
     let response = handle(
-        &event(&records, &HashMap::new(), "s", false),
+        event(&records, &HashMap::new(), "s", false),
         &deps,
         &options,
         NOW,
@@ -486,13 +510,13 @@ async fn a_product_that_cannot_be_checked_stops_the_batch_at_its_first_view_only
         response.batch_item_failures[0].item_identifier, records[1].change.sequence_number,
         "p1 is checked one by one and counted; the batch stops at the poison"
     );
-    let state = WindowState::decode(&state_of(&response)).unwrap();
+    let state = WindowState::decode(state_of(&response)).unwrap();
     assert_eq!(state.counts.views, 1);
 
     // The retry starts at the poison: nothing can be done, so the invocation fails and the
     // mapping can bisect the batch down to the poison record.
     let retry = handle(
-        &event(&records[1..], &state_of(&response), "s", false),
+        event(&records[1..], &state_of(&response), "s", false),
         &deps,
         &options,
         NOW,
@@ -501,13 +525,39 @@ async fn a_product_that_cannot_be_checked_stops_the_batch_at_its_first_view_only
     .unwrap_err();
     assert!(matches!(retry, ViewAggError::Products(_)), "{retry}");
     let without_poison = handle(
-        &event(&records[2..], &state_of(&response), "s", false),
+        event(&records[2..], &state_of(&response), "s", false),
         &deps,
         &options,
         NOW,
     )
     .await
     .unwrap();
-    let state = WindowState::decode(&state_of(&without_poison)).unwrap();
+    let state = WindowState::decode(state_of(&without_poison)).unwrap();
     assert_eq!(state.counts.views, 2);
+}
+
+#[test]
+fn batches_append_to_the_state_and_are_merged_once_the_deltas_outgrow_the_base() {
+    let mut state = WindowState::default();
+    let mut expected: BTreeMap<ProductId, BTreeMap<i64, u64>> = BTreeMap::new();
+    for round in 0..40 {
+        let mut next = WindowState::decode(state.encode().unwrap()).unwrap();
+        for p in 0..500 {
+            let id = ProductId::parse(&format!("product-{p:04}")).unwrap();
+            let hour = 498_000 + (round % 2);
+            next.add_views(&id, hour, 1);
+            *expected.entry(id).or_default().entry(hour).or_default() += 1;
+        }
+        state = next;
+    }
+    let encoded = state.clone().encode().unwrap();
+    assert!(encoded["~views"].len() > 10_000, "merged at least once");
+    assert!(
+        encoded.len() <= 5,
+        "a handful of keys, whatever the products"
+    );
+    assert_eq!(
+        WindowState::decode(encoded).unwrap().views().unwrap(),
+        expected
+    );
 }
