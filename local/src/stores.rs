@@ -30,7 +30,10 @@ pub struct Stores {
     /// The views table's stream, which the view-aggregator reads.
     pub views_stream: Arc<dyn StreamSource>,
     /// The catalog table's stream, which cache-sync reads.
-    #[allow(dead_code, reason = "cache-sync (issue 11) is the reader; it lands next")]
+    #[allow(
+        dead_code,
+        reason = "cache-sync (issue 11) is the reader; it lands next"
+    )]
     pub catalog_stream: Arc<dyn StreamSource>,
     /// What the store is, for the tour.
     pub description: String,

@@ -333,6 +333,34 @@ async fn a_batch_lists_what_it_did_not_find_and_rejects_bad_bodies() {
 }
 
 #[tokio::test]
+async fn only_writes_that_can_change_a_feed_move_the_feed_generation() {
+    let app = TestApp::new();
+    let input = |name: &str, active: bool, expected: Option<u64>| {
+        json!({"name": name, "category": "kitchen", "price": {"amount_minor": 1500, "currency": "EUR"},
+               "active": active, "expected_version": expected})
+    };
+    let generation = || async {
+        app.state
+            .cache
+            .generation(catalog_core::reads::FEED_NAMESPACE)
+            .await
+    };
+    app.json("PUT", "/products/lamp", input("Lamp", true, None))
+        .await;
+    assert_eq!(generation().await, 1, "a new product can enter the feeds");
+    app.json(
+        "PUT",
+        "/products/lamp",
+        input("Lamp, cheaper", true, Some(1)),
+    )
+    .await;
+    assert_eq!(generation().await, 1, "an edit moves no feed");
+    app.json("PUT", "/products/lamp", input("Lamp", false, Some(2)))
+        .await;
+    assert_eq!(generation().await, 2, "deactivating leaves the feeds");
+}
+
+#[tokio::test]
 async fn writes_are_conditional_on_version_and_invalidate_at_once() {
     let app = TestApp::new();
     let input = |name: &str, expected: Option<u64>| {

@@ -4,6 +4,7 @@
 //!
 //! Every type here is `aws_lambda_events`'; nothing about the event is hand-modelled.
 
+pub mod cache_sync;
 pub mod views;
 
 use aws_lambda_events::dynamodb::EventRecord;

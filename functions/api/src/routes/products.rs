@@ -329,8 +329,8 @@ pub async fn put_product(
         .expected_version
         .map_or(ExpectedVersion::Absent, ExpectedVersion::Exactly);
     // An update keeps the creation time, so read the current item (consistently).
-    let created_at = match expected {
-        ExpectedVersion::Absent => now,
+    let (created_at, was_active) = match expected {
+        ExpectedVersion::Absent => (now, None),
         ExpectedVersion::Exactly(version) => {
             let current = state
                 .catalog
@@ -340,10 +340,14 @@ pub async fn put_product(
             match current {
                 None => return Err(ApiError::NotFound),
                 Some(p) if p.version != version => return Err(ApiError::Conflict),
-                Some(p) => p.created_at,
+                Some(p) => (p.created_at, Some(p.active)),
             }
         }
     };
+    // Feeds list active products by views and by creation: only a new product or one
+    // (de)activated can change them. A price or name edit reaches feed pages through the
+    // summaries, which the invalidation below drops.
+    let moves_feeds = was_active != Some(input.active);
     let product = Product {
         id: id.clone(),
         name: input.name,
@@ -356,7 +360,7 @@ pub async fn put_product(
         version: 0,
     };
     let stored = state.catalog.put_product(&product, expected).await?;
-    if !reads::invalidate_product(&state.cache, &id, true).await {
+    if !reads::invalidate_product(&state.cache, &id, moves_feeds).await {
         tracing::warn!(product = %id, "cache invalidation did not reach Redis; entries expire by TTL");
     }
     let status = if expected == ExpectedVersion::Absent {
