@@ -1,7 +1,7 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry` or `views`
+//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry`, `views` or `sync`
 //! (default: all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
@@ -14,13 +14,14 @@ mod load;
 mod refresh;
 mod report;
 mod stats;
+mod sync;
 mod views;
 
 use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 5] = ["cache", "api", "refresh", "expiry", "views"];
+const GROUPS: [&str; 6] = ["cache", "api", "refresh", "expiry", "views", "sync"];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -41,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
             "expiry" => expiry::run(&mut report).await?,
             "views" => views::run(&mut report).await?,
             "views-rate" => views::run_rate(&mut report).await?,
+            "sync" => sync::run(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

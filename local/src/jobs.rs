@@ -6,13 +6,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use catalog_core::cache::Cache;
 use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::jobs::offer_expiry::{self, ExpiryDeps, ExpiryOptions};
 use catalog_core::jobs::refresh::{self, RefreshDeps, RefreshOptions};
-use catalog_core::streams::RawEvent;
 use catalog_core::streams::views::{self, ViewAggDeps, ViewAggOptions};
+use catalog_core::streams::{RawEvent, cache_sync};
 use esm::invoke::InProcess;
-use esm::mapping::{EventSourceMapping, MappingConfig};
+use esm::mapping::{EventSourceMapping, MappingConfig, StartingPosition};
 use esm::source::StreamSource;
 use futures::FutureExt;
 use serde_json::Value;
@@ -93,4 +94,36 @@ pub fn start_view_aggregator(
         dev_mapping(),
     ))
     .spawn()
+}
+
+/// Runs cache-sync in this process on the catalog stream, as Lambda would: no batching
+/// window, so a write reaches the cache within one poll (a quarter of a second). It starts
+/// at the stream's end (`LATEST`, as the template deploys it): the seeding before it is
+/// already what the refresh job warmed.
+pub async fn start_cache_sync(
+    stream: Arc<dyn StreamSource>,
+    cache: Cache,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let handler = InProcess(move |event: Value| {
+        let cache = cache.clone();
+        async move {
+            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
+            let (response, _) = cache_sync::handle(event, &cache)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(response).map_err(|e| e.to_string())
+        }
+        .boxed()
+    });
+    let mapping = Arc::new(EventSourceMapping::new(
+        stream,
+        vec![Arc::new(handler)],
+        MappingConfig {
+            starting_position: StartingPosition::Latest,
+            ..MappingConfig::default()
+        },
+    ));
+    // Before the API serves: a write made through it later is never skipped.
+    mapping.take_starting_position().await?;
+    Ok(mapping.spawn())
 }

@@ -1,10 +1,12 @@
-//! `make dev`: the API on 127.0.0.1:3000 and the scheduled jobs (refresh, offer expiry) on
-//! short intervals, in one process, seeded with a demo catalog.
+//! `make dev`: the API on 127.0.0.1:3000, the scheduled jobs (refresh, offer expiry) on
+//! short intervals and the stream functions (view-aggregator, cache-sync) on the store's
+//! streams, in one process, seeded with a demo catalog.
 //!
 //! By default everything is embedded (in-memory store and cache, no services needed). Give
 //! `DYNAMODB_ENDPOINT` (e.g. a local `moto_server`) and/or `REDIS_ENDPOINTS` to use real
 //! services instead; tables are created and seeded when missing.
 
+mod direct;
 mod jobs;
 mod seed;
 mod stores;
@@ -96,6 +98,8 @@ async fn main() -> anyhow::Result<()> {
         ViewAggOptions::from_config(&config.jobs),
     );
 
+    let _sync = jobs::start_cache_sync(stores.catalog_stream.clone(), cache.clone()).await?;
+
     let state = api::AppState::new(
         stores.catalog.clone(),
         stores.stats.clone(),
@@ -116,10 +120,12 @@ async fn main() -> anyhow::Result<()> {
         refreshed,
         &config,
     );
-    api::serve_until(listener, state, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    let app = api::router(state).merge(direct::routes(stores.catalog.clone()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 
@@ -138,6 +144,7 @@ catalog-cache dev server on {base}
   refresh: {refreshed} products refreshed at start, then every {refresh_every:?}
   offer expiry: every {expiry_every:?} (some demo offers expire in the first minutes)
   view-aggregator: on the views stream, 5 s tumbling windows (a posted view is counted within seconds)
+  cache-sync: on the catalog stream (a write made anywhere reaches the cache within a second)
 
 A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -i {base}/products/p-0001
@@ -149,6 +156,8 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -s {base}/admin/jobs {admin}              # offer-expiry: expired, lag_ms, source
   curl -s -X PUT {base}/products/p-0001 {json} -d '{{"name": "Renamed kettle", "category": "kitchen", "price": {{"amount_minor": 1999, "currency": "EUR"}}, "active": true, "expected_version": 1}}'
   curl -s -X POST {base}/products/p-0003/offers {json} -d '{{"price": {{"amount_minor": 999, "currency": "EUR"}}, "expires_at": <epoch ms in the future>}}'
+  curl -s -X PATCH {base}/dev/store/products/p-0002 {json} -d '{{"name": "Written behind the API"}}'   # straight to the store, no invalidation
+  sleep 1; curl -s {base}/products/p-0002         # cache-sync already followed the stream
   curl -s -X POST {base}/products/p-0001/views {json} -d '{{"event_id": "my-first-view"}}'
   sleep 6; curl -s {base}/products/p-0001/stats   # views_1h went up by one
   curl -s {base}/admin/cache/stats {admin}

@@ -58,6 +58,18 @@ pub struct MappingConfig {
     pub poll_interval: Duration,
     /// Pause before retrying a failed invocation.
     pub retry_pause: Duration,
+    /// `StartingPosition`: where a new mapping starts reading each shard.
+    pub starting_position: StartingPosition,
+}
+
+/// Where a new mapping starts reading (later drains and polls go on from where it stopped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartingPosition {
+    /// `TRIM_HORIZON`: the oldest record the stream keeps.
+    #[default]
+    TrimHorizon,
+    /// `LATEST`: only records written after the mapping started.
+    Latest,
 }
 
 impl Default for MappingConfig {
@@ -72,6 +84,7 @@ impl Default for MappingConfig {
             max_record_age: None,
             poll_interval: Duration::from_millis(250),
             retry_pause: Duration::from_millis(20),
+            starting_position: StartingPosition::TrimHorizon,
         }
     }
 }
@@ -202,6 +215,18 @@ impl EventSourceMapping {
         futures::future::try_join_all(workers).await.map(drop)
     }
 
+    /// Takes the starting position of every shard now, so that with `LATEST` whatever is
+    /// written after this returns is delivered (otherwise the position is taken when the
+    /// mapping first reads, and a write made meanwhile may be skipped).
+    pub async fn take_starting_position(&self) -> Result<(), SourceError> {
+        for (i, shard) in self.source.shards().await?.into_iter().enumerate() {
+            let mut worker = self.worker(i, shard);
+            worker.take_starting_position().await?;
+            worker.park();
+        }
+        Ok(())
+    }
+
     /// Runs until the returned handle is dropped or aborted: polls each shard, honours the
     /// batching window, and ends each tumbling window once its time has passed.
     pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -236,19 +261,19 @@ impl EventSourceMapping {
     }
 
     fn worker(&self, index: usize, shard: String) -> ShardWorker<'_> {
-        let fetched_to = self
+        let parked = self
             .positions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&shard)
-            .cloned()
-            .flatten();
+            .cloned();
         ShardWorker {
             invoker: self.invokers[index % self.invokers.len().max(1)].clone(),
             mapping: self,
             rng: SmallRng::seed_from_u64(self.chaos.seed.wrapping_add(index as u64)),
             shard,
-            fetched_to,
+            positioned: parked.is_some(),
+            fetched_to: parked.flatten(),
             buffer: VecDeque::new(),
             buffered_since: None,
             window: None,
@@ -270,6 +295,8 @@ struct ShardWorker<'a> {
     invoker: Arc<dyn Invoker>,
     rng: SmallRng,
     shard: String,
+    /// Whether the starting position was applied (by this worker or an earlier drain).
+    positioned: bool,
     /// The last sequence number read from the source.
     fetched_to: Option<String>,
     /// Read, not yet delivered.
@@ -282,6 +309,32 @@ struct ShardWorker<'a> {
 impl ShardWorker<'_> {
     fn config(&self) -> &MappingConfig {
         &self.mapping.config
+    }
+
+    /// Applies the starting position, once.
+    async fn take_starting_position(&mut self) -> Result<(), SourceError> {
+        if !self.positioned {
+            if self.config().starting_position == StartingPosition::Latest {
+                self.skip_to_latest().await?;
+            }
+            self.positioned = true;
+        }
+        Ok(())
+    }
+
+    /// Moves past every record the shard holds now (`LATEST`).
+    async fn skip_to_latest(&mut self) -> Result<(), SourceError> {
+        loop {
+            let page = self
+                .mapping
+                .source
+                .read(&self.shard, self.fetched_to.as_deref(), 1000)
+                .await?;
+            match page.last() {
+                Some(last) => self.fetched_to = last.change.sequence_number.clone(),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Keeps the shard's position for the next drain. Only called with an empty buffer and
@@ -298,6 +351,7 @@ impl ShardWorker<'_> {
     /// to do now. `drain` ignores time: no batching window, windows end as soon as the
     /// stream has nothing more for them.
     async fn step(&mut self, drain: bool) -> Result<bool, SourceError> {
+        self.take_starting_position().await?;
         let batch_size = self.config().batch_size.max(1);
         if self.buffer.len() < batch_size {
             let more = self

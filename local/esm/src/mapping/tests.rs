@@ -139,6 +139,35 @@ async fn batches_are_at_most_batch_size_and_in_order() {
 }
 
 #[tokio::test]
+async fn latest_starts_after_what_the_stream_holds_when_the_mapping_starts() {
+    let stream = stream_with(&[("old-1", T0), ("old-2", T0)]);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let esm = mapping(
+        &stream,
+        function(seen.clone(), Box::new(|_, _, _| Ok(json!({})))),
+        MappingConfig {
+            starting_position: StartingPosition::Latest,
+            ..MappingConfig::default()
+        },
+    );
+    esm.drain().await.unwrap();
+    assert!(seen.lock().unwrap().is_empty(), "nothing new yet");
+    let item: serde_dynamo::Item = serde_dynamo::to_item(json!({"id": "new"})).unwrap();
+    stream.record(Change {
+        kind: ChangeKind::Insert,
+        keys: item.clone(),
+        old: None,
+        new: Some(item),
+        partition: "p".into(),
+        at: DateTime::from_timestamp_millis(T0),
+    });
+    // The position was taken once: the second drain does not skip again.
+    esm.drain().await.unwrap();
+    let ids: Vec<Vec<String>> = seen.lock().unwrap().iter().map(|s| s.ids.clone()).collect();
+    assert_eq!(ids, [vec!["new"]]);
+}
+
+#[tokio::test]
 async fn a_tumbling_window_carries_its_state_and_ends_with_a_final_invocation() {
     let stream = stream_with(&[
         ("a", T0),

@@ -561,3 +561,31 @@ fn batches_append_to_the_state_and_are_merged_once_the_deltas_outgrow_the_base()
         expected
     );
 }
+
+#[tokio::test]
+async fn the_lambda_fixture_is_read_as_aws_sends_it() {
+    let f = Fixture::new(&["p1"]).await;
+    let fixture: Value = serde_json::from_str(include_str!(
+        "../../../../tests/fixtures/views-stream-window-event.json"
+    ))
+    .unwrap();
+    let response = handle(raw(&fixture), &f.deps(), &ViewAggOptions::default(), NOW)
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let mut last = fixture.clone();
+    last["Records"] = json!([]);
+    last["state"] = json!(state_of(&response));
+    last["isFinalInvokeForWindow"] = json!(true);
+    handle(raw(&last), &f.deps(), &ViewAggOptions::default(), NOW)
+        .await
+        .unwrap();
+    let hour = CounterBucket::hour_of(1_795_602_660_000);
+    assert_eq!(
+        f.counter("p1", hour).await,
+        2,
+        "two views; the TTL REMOVE is ignored"
+    );
+    let run = &f.store.last_runs().await.unwrap()[0];
+    assert_eq!((run.counts["views"], run.counts["ignored"]), (2, 1));
+}
