@@ -23,6 +23,10 @@ use report::Report;
 
 const GROUPS: [&str; 6] = ["cache", "api", "refresh", "expiry", "views", "sync"];
 
+/// mimalloc: faster than the system allocator for this many small JSON allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let requested: Vec<String> = std::env::args().skip(1).collect();

@@ -26,7 +26,7 @@ use catalog_core::store::{OfferWriter, ProductReader, ProductWriter};
 use catalog_core::streams::{RawEvent, cache_sync};
 use esm::invoke::InProcess;
 use esm::mapping::{EventSourceMapping, MappingConfig, StartingPosition};
-use esm::source::MemorySource;
+use esm::source::{MemorySource, Polled};
 use futures::FutureExt;
 use serde_json::{Value, json};
 
@@ -82,7 +82,8 @@ async fn propagation() -> anyhow::Result<Vec<f64>> {
         .boxed()
     });
     let mapping = Arc::new(EventSourceMapping::new(
-        Arc::new(MemorySource(streams.catalog.clone())),
+        // Polled four times a second, never woken early: what a deployed mapping does.
+        Arc::new(Polled(MemorySource(streams.catalog.clone()))),
         vec![Arc::new(handler)],
         MappingConfig {
             starting_position: StartingPosition::Latest,
@@ -94,10 +95,14 @@ async fn propagation() -> anyhow::Result<Vec<f64>> {
 
     let reader = l2_cache(&l2, false);
     let catalog: Arc<dyn ProductReader> = store.clone();
-    // Every product cached in L2, as a warm deployment has them.
-    for n in 0..PRODUCTS {
-        reads::product_detail(&reader, &catalog, &product_id(n)).await?;
+    // Every product's detail and summary cached in L2, as a warm deployment has them.
+    let ids: Vec<ProductId> = (0..PRODUCTS).map(product_id).collect();
+    for id in &ids {
+        reads::product_detail(&reader, &catalog, id).await?;
     }
+    reads::summaries(&reader, &catalog, &ids).await?;
+    // Past the engine's skew margin after the loads, as a deployment long warm is.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut watchers = Vec::with_capacity(WRITES);
     for n in 0..WRITES {
         let id = product_id(n % PRODUCTS);

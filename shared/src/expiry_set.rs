@@ -81,6 +81,12 @@ impl ExpirySet {
         self.add(members, true).await
     }
 
+    /// Adds members or moves them to exactly these scores, earlier included: for a writer
+    /// that sees every change of an offer in order (cache-sync, from the catalog stream).
+    pub async fn place(&self, members: &[(String, i64)]) -> bool {
+        self.add(members, false).await
+    }
+
     async fn add(&self, members: &[(String, i64)], only_later: bool) -> bool {
         if members.is_empty() {
             return true;

@@ -3,6 +3,10 @@
 
 use catalog_core::config::Config;
 
+/// mimalloc: faster than the system allocator for this many small JSON allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     catalog_core::telemetry::init();

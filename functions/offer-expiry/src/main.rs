@@ -7,6 +7,10 @@ use catalog_core::jobs::offer_expiry::{ExpiryDeps, ExpiryOptions};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
+/// mimalloc: faster than the system allocator for this many small JSON allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     catalog_core::telemetry::init();

@@ -6,6 +6,10 @@ use catalog_core::streams::RawEvent;
 use catalog_core::streams::views::{ViewAggDeps, ViewAggOptions};
 use lambda_runtime::{LambdaEvent, service_fn};
 
+/// mimalloc: faster than the system allocator for this many small JSON allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     catalog_core::telemetry::init();

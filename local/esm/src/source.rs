@@ -82,6 +82,32 @@ impl StreamSource for MemorySource {
     }
 }
 
+/// A source that is polled, never woken: [`StreamSource::wait`] sleeps the whole poll
+/// interval, as Lambda's pollers do (four reads a second per shard). The in-memory source
+/// otherwise wakes the mapping the moment a record is appended, which is convenient in
+/// `make dev` but faster than anything deployed; benchmarks of propagation use this.
+pub struct Polled<S>(pub S);
+
+#[async_trait]
+impl<S: StreamSource> StreamSource for Polled<S> {
+    fn arn(&self) -> &str {
+        self.0.arn()
+    }
+
+    async fn shards(&self) -> Result<Vec<String>, SourceError> {
+        self.0.shards().await
+    }
+
+    async fn read(
+        &self,
+        shard: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, SourceError> {
+        self.0.read(shard, after, limit).await
+    }
+}
+
 /// A DynamoDB stream read through the DynamoDB Streams API (moto in tests).
 ///
 /// ## Behavior

@@ -28,7 +28,7 @@
 //! that needed one (`batchItemFailures`): Lambda delivers it again, and redoing what did land
 //! is harmless. Records before it needed nothing (ignored or unreadable).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_lambda_events::dynamodb::EventRecord;
 use aws_lambda_events::streams::DynamoDbEventResponse;
@@ -117,10 +117,16 @@ pub async fn handle(
         match incoming {
             Incoming::Malformed {
                 raw_sequence,
+                partition,
                 reason,
             } => {
                 counts.malformed += 1;
-                tracing::warn!(sequence = ?raw_sequence, reason, "unreadable catalog stream record skipped");
+                tracing::warn!(sequence = ?raw_sequence, partition, reason, "unreadable catalog stream record skipped");
+                // If it names a product, that product is dropped from the cache: whatever
+                // the record said, the next read loads the truth.
+                if let Some(id) = partition.as_deref().and_then(product_id_from_pk) {
+                    plan.forget(id, raw_sequence.as_deref());
+                }
             }
             Incoming::Record {
                 raw_sequence,
@@ -262,14 +268,17 @@ fn read_offer(item: serde_dynamo::Item) -> Result<Offer, String> {
     Ok(offer)
 }
 
-/// What a batch asks of the cache: per product and per offer, what its last change says.
+/// What a batch asks of the cache: per product and per offer, what its changes add up to.
 #[derive(Debug, Default)]
 struct Plan {
     /// Products whose detail is invalidated (any product or offer change).
-    details: BTreeMap<ProductId, ()>,
-    /// Per product, its newest readable image (rewrite the summary) or `None` (invalidate
-    /// summary and stats: deleted, or unreadable).
-    summaries: BTreeMap<ProductId, Option<Box<Product>>>,
+    details: BTreeSet<ProductId>,
+    /// Per product, its newest readable image: the summary is rewritten from it.
+    summaries: BTreeMap<ProductId, Box<Product>>,
+    /// Products deleted, or with a change that could not be read: summary and stats are
+    /// invalidated and never rewritten in this batch (a re-created product starts again at
+    /// version 1, below what the cache may hold).
+    forgotten: BTreeSet<ProductId>,
     /// Per offer member, its expiry if active after its last change.
     offers: BTreeMap<String, Option<EpochMillis>>,
     moves_feeds: bool,
@@ -295,12 +304,21 @@ impl Plan {
                 counts.products += 1;
                 counts.unreadable_images += u64::from(unreadable);
                 self.moves_feeds |= moves_feeds;
-                self.details.insert(id.clone(), ());
-                if new.is_some() {
-                    self.earliest_write = Some(self.earliest_write.map_or(at, |e| e.min(at)));
+                match new {
+                    Some(new) => {
+                        self.details.insert(id.clone());
+                        self.earliest_write = Some(self.earliest_write.map_or(at, |e| e.min(at)));
+                        // The newest version wins, whatever order the records came in.
+                        let newer = self
+                            .summaries
+                            .get(&id)
+                            .is_none_or(|held| held.version <= new.version);
+                        if newer {
+                            self.summaries.insert(id, new);
+                        }
+                    }
+                    None => self.forget(id, None),
                 }
-                // Records of one item arrive in order: the last one is the item's state.
-                self.summaries.insert(id, new);
             }
             Change::Offer {
                 product,
@@ -310,12 +328,22 @@ impl Plan {
             } => {
                 counts.offers += 1;
                 counts.unreadable_images += u64::from(unreadable);
-                self.details.insert(product, ());
+                self.details.insert(product);
+                // An item's records come in stream order: its last one is its state.
                 self.offers.insert(member, active_until);
             }
         }
         if self.first_action.is_none() {
             self.first_action = Some(sequence.to_owned());
+        }
+    }
+
+    /// Drops everything cached about a product (deleted, or a change that cannot be read).
+    fn forget(&mut self, id: ProductId, sequence: Option<&str>) {
+        self.details.insert(id.clone());
+        self.forgotten.insert(id);
+        if self.first_action.is_none() {
+            self.first_action = sequence.map(str::to_owned);
         }
     }
 
@@ -327,13 +355,15 @@ impl Plan {
         let keys = cache.keys();
         let mut invalidate = Vec::new();
         let mut rewrites = Vec::new();
-        for id in self.details.keys() {
+        for id in &self.details {
             invalidate.push(keys.product(id));
         }
+        for id in &self.forgotten {
+            invalidate.extend([keys.summary(id), keys.stats(id)]);
+        }
         for (id, newest) in &self.summaries {
-            match newest {
-                Some(product) => rewrites.push((keys.summary(id), product.as_ref().clone())),
-                None => invalidate.extend([keys.summary(id), keys.stats(id)]),
+            if !self.forgotten.contains(id) {
+                rewrites.push((keys.summary(id), newest.as_ref().clone()));
             }
         }
         let (mut track, mut untrack) = (Vec::new(), Vec::new());
@@ -349,7 +379,9 @@ impl Plan {
         let (invalidated, written, tracked, untracked) = tokio::join!(
             cache.invalidate(&invalidate),
             cache.put_many(rewrites, read_at),
-            set.track(&track),
+            // Exact scores, not only later ones: the stream delivers an offer's changes in
+            // order, so an expiry moved earlier (by the console, a script) is followed too.
+            set.place(&track),
             set.untrack(&untrack),
         );
         let mut ok = invalidated && tracked && untracked;
@@ -362,20 +394,28 @@ impl Plan {
         if untracked {
             counts.offers_untracked += untrack.len() as u64;
         }
-        // A summary the engine would not cache (over the size limit) must not leave the
-        // old one behind.
-        let mut too_large = Vec::new();
+        // A rewrite the guard refused (the key holds something newer, or was invalidated
+        // after this write) or the engine would not cache (over the size limit) is replaced
+        // by an invalidation: its tombstone is newer than the write, so no load that read
+        // the table before it can put an older copy back.
+        let mut not_written = Vec::new();
         for (key, outcome) in rewritten.into_iter().zip(written) {
             match outcome {
                 PutOutcome::Written => counts.summaries_written += 1,
-                PutOutcome::Refused => counts.summaries_refused += 1,
+                PutOutcome::Refused => {
+                    counts.summaries_refused += 1;
+                    not_written.push(key);
+                }
                 PutOutcome::L2Unavailable => ok = false,
-                PutOutcome::Skipped => too_large.push(key),
+                PutOutcome::Skipped => not_written.push(key),
             }
         }
-        if !too_large.is_empty() {
-            ok &= cache.invalidate(&too_large).await;
-            counts.keys_invalidated += too_large.len() as u64;
+        if !not_written.is_empty() {
+            let dropped = cache.invalidate(&not_written).await;
+            ok &= dropped;
+            if dropped {
+                counts.keys_invalidated += not_written.len() as u64;
+            }
         }
         if self.moves_feeds {
             counts.feeds_bumped = cache.bump_generation(FEED_NAMESPACE).await.is_some();

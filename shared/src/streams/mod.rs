@@ -33,6 +33,9 @@ pub enum Incoming {
     Malformed {
         /// Its sequence number, if one could be read.
         raw_sequence: Option<String>,
+        /// Its partition key (`dynamodb.Keys.pk.S`), if one could be read: enough for
+        /// cache-sync to invalidate the product a record it cannot read was about.
+        partition: Option<String>,
         /// What was wrong, for the log.
         reason: String,
     },
@@ -144,18 +147,27 @@ fn parse_record(raw: &RawValue) -> Incoming {
             },
             None => Incoming::Malformed {
                 raw_sequence: record.change.sequence_number.clone(),
+                partition: match record.change.keys.get("pk") {
+                    Some(serde_dynamo::AttributeValue::S(pk)) => Some(pk.clone()),
+                    _ => None,
+                },
                 reason: "missing or malformed SequenceNumber".into(),
             },
         },
-        Err(e) => Incoming::Malformed {
-            // For the log: the sequence number, if the record has a readable one.
-            raw_sequence: serde_json::from_str::<Value>(raw.get()).ok().and_then(|v| {
-                v.pointer("/dynamodb/SequenceNumber")?
-                    .as_str()
-                    .map(str::to_owned)
-            }),
-            reason: e.to_string(),
-        },
+        Err(e) => {
+            // For the log and for cache-sync: what can still be read of it.
+            let value = serde_json::from_str::<Value>(raw.get()).ok();
+            let text = |pointer: &str| {
+                value
+                    .as_ref()
+                    .and_then(|v| v.pointer(pointer)?.as_str().map(str::to_owned))
+            };
+            Incoming::Malformed {
+                raw_sequence: text("/dynamodb/SequenceNumber"),
+                partition: text("/dynamodb/Keys/pk/S"),
+                reason: e.to_string(),
+            }
+        }
     }
 }
 

@@ -345,6 +345,7 @@ impl Action {
             Incoming::Malformed {
                 raw_sequence,
                 reason,
+                ..
             } => {
                 tracing::warn!(sequence = ?raw_sequence, reason, "malformed stream record skipped");
                 return Action::Malformed;

@@ -25,7 +25,8 @@ use integration_tests::{dynamodb_client, dynamodb_endpoint, unique_name};
 /// shared, so this is a liveness bound, not the propagation figure (that is `make bench`).
 pub const PROPAGATION_BOUND: Duration = Duration::from_secs(10);
 
-/// The mapping the template deploys: no batching window, partial failures reported.
+/// The mapping the template deploys: no batching window, partial failures reported, retried
+/// without limit (the template's `-1`), with short pauses for tests.
 pub fn config() -> MappingConfig {
     MappingConfig {
         batch_size: 100,

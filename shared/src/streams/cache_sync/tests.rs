@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::cache::l2::L2Store;
 use crate::cache::l2::memory::MemoryL2;
-use crate::cache::{CacheOptions, Source};
+use crate::cache::{CacheOptions, PutOutcome, Source};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ExpectedVersion;
 use crate::expiry_set::SetState;
@@ -202,16 +202,143 @@ async fn an_older_image_delivered_after_a_newer_one_never_wins() {
         "the guard refuses the older version"
     );
     assert_eq!(f.summary("p1").await.1.unwrap().version, v2.version);
-    // Both in one batch, out of order: the last record of an item is taken as its state,
-    // and the guard still keeps the newer version.
+}
+
+#[tokio::test]
+async fn within_one_batch_the_newest_version_wins_whatever_the_order() {
+    for reversed in [false, true] {
+        let f = Fixture::new();
+        let v1 = f
+            .store
+            .put_product(&product("p1", "One", true), ExpectedVersion::Absent)
+            .await
+            .unwrap();
+        f.store
+            .put_product(
+                &Product {
+                    name: "Two".into(),
+                    ..v1.clone()
+                },
+                ExpectedVersion::Exactly(v1.version),
+            )
+            .await
+            .unwrap();
+        let mut records = f.new_records();
+        if reversed {
+            records.reverse();
+        }
+        let (_, counts) = f.sync(&records).await;
+        assert_eq!(counts.summaries_written, 1, "reversed: {reversed}");
+        let (source, summary) = f.summary("p1").await;
+        assert_eq!(source, Source::L2, "reversed: {reversed}");
+        assert_eq!(summary.unwrap().name, "Two", "reversed: {reversed}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_rewrite_leaves_a_tombstone_newer_than_the_write() {
+    let f = Fixture::new();
+    let v1 = f
+        .store
+        .put_product(&product("p1", "One", true), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    f.new_records();
+    // The API writes v2 and invalidates; a reader loads v2 meanwhile (read before the
+    // console's v3, slow to write back).
+    let v2 = f
+        .store
+        .put_product(
+            &Product {
+                name: "Two".into(),
+                ..v1.clone()
+            },
+            ExpectedVersion::Exactly(v1.version),
+        )
+        .await
+        .unwrap();
+    let summary_key = f.cache.keys().summary(&pid("p1"));
+    f.cache.invalidate(std::slice::from_ref(&summary_key)).await;
+    let slow_read_at = f.cache.now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // The console's v3, whose record carries a time before the API's tombstone (stream
+    // times are coarse): the rewrite is refused...
+    let v3 = f
+        .store
+        .put_product(
+            &Product {
+                name: "Three".into(),
+                ..v2.clone()
+            },
+            ExpectedVersion::Exactly(v2.version),
+        )
+        .await
+        .unwrap();
+    let mut records = f.new_records();
+    records.remove(0); // v2's record, already handled by the API
+    records[0].change.approximate_creation_date_time =
+        chrono::DateTime::from_timestamp_millis(slow_read_at - 1000).unwrap();
+    let (_, counts) = f.sync(&records).await;
+    assert_eq!(counts.summaries_refused, 1);
+    // ...and replaced by an invalidation, so the slow reader's v2 cannot land.
+    assert_eq!(
+        f.cache.put(&summary_key, v2.clone(), slow_read_at).await,
+        PutOutcome::Refused
+    );
+    assert_eq!(f.summary("p1").await.1.unwrap().version, v3.version);
+}
+
+#[tokio::test]
+async fn deleted_and_created_again_in_one_batch_drops_the_old_entries() {
+    let f = Fixture::new();
+    let old = f
+        .store
+        .put_product(&product("p1", "Old", true), ExpectedVersion::Absent)
+        .await
+        .unwrap();
+    // The old product at a high version is cached.
     f.cache
-        .invalidate(&[f.cache.keys().summary(&pid("p1"))])
+        .put(
+            &f.cache.keys().summary(&pid("p1")),
+            Product {
+                version: 7,
+                ..old.clone()
+            },
+            f.cache.now(),
+        )
         .await;
-    let mut reversed = records.clone();
-    reversed.reverse();
-    f.sync(&records).await;
-    f.sync(&reversed).await;
-    assert_eq!(f.summary("p1").await.1.unwrap().name, "Two");
+    f.new_records();
+    let remove = StreamChange {
+        kind: ChangeKind::Remove,
+        keys: serde_dynamo::to_item(json!({"pk": "PRODUCT#p1", "sk": "META"})).unwrap(),
+        old: Some(serde_dynamo::to_item(ProductItem::from(&old)).unwrap()),
+        new: None,
+        partition: "PRODUCT#p1".into(),
+        at: None,
+    };
+    f.streams.catalog.record(remove);
+    let created = StreamChange {
+        kind: ChangeKind::Insert,
+        keys: serde_dynamo::to_item(json!({"pk": "PRODUCT#p1", "sk": "META"})).unwrap(),
+        old: None,
+        new: Some(
+            serde_dynamo::to_item(ProductItem::from(&Product {
+                name: "New".into(),
+                ..old.clone()
+            }))
+            .unwrap(),
+        ),
+        partition: "PRODUCT#p1".into(),
+        at: None,
+    };
+    f.streams.catalog.record(created);
+    let (_, counts) = f.sync(&f.new_records()).await;
+    assert_eq!(
+        counts.summaries_written, 0,
+        "nothing rewritten over the old version"
+    );
+    assert_eq!(counts.keys_invalidated, 3, "detail, summary, stats");
+    assert_eq!(f.summary("p1").await.0, Source::Loaded);
 }
 
 #[tokio::test]
@@ -375,11 +502,16 @@ async fn poison_records_are_skipped_and_counted_and_unreadable_images_invalidate
     let event = json!({"Records": [
         {"eventID": "x", "eventName": "INSERT", "dynamodb": "garbage"},
         {"eventID": "y", "eventName": "INSERT", "dynamodb": {"SequenceNumber": "900000000000000000000", "Keys": {"pk": {"N": "1"}}}},
+        {"eventID": "z", "eventName": "INSERT", "dynamodb": {"SequenceNumber": "900000000000000000002", "Keys": {"pk": {"S": "PRODUCT#p2"}}, "NewImage": "garbage"}},
         bad_image,
     ]});
     let (response, counts) = handle(raw(&event), &f.cache).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!((counts.malformed, counts.unreadable_images), (2, 1));
+    assert_eq!((counts.malformed, counts.unreadable_images), (3, 1));
+    assert_eq!(
+        counts.keys_invalidated, 6,
+        "p1 (image unreadable) and p2 (record unreadable, key readable): detail, summary, stats"
+    );
     assert_eq!(
         f.summary("p1").await.0,
         Source::Loaded,
