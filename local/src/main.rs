@@ -31,6 +31,7 @@ fn default_var(name: &str) -> Option<String> {
         "VIEWS_TABLE" => "catalog-cache-views",
         "STATS_TABLE" => "catalog-cache-stats",
         "ADMIN_TOKEN" => "dev-admin-token",
+        "WRITE_TOKEN" => "dev-write-token",
         // Short enough to watch the jobs work while trying the API.
         "REFRESH_INTERVAL_SECS" => "30",
         "OFFER_EXPIRY_INTERVAL_SECS" => "10",
@@ -135,6 +136,7 @@ fn tour(address: &str, store: &str, cache: &str, refreshed: u64, config: &Config
     let expiry_every = config.jobs.expiry_interval;
     let base = format!("http://{address}");
     let admin = "-H 'authorization: Bearer dev-admin-token'";
+    let writer = "-H 'authorization: Bearer dev-write-token'";
     let json = "-H 'content-type: application/json'";
     println!(
         r#"
@@ -154,8 +156,8 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -s '{base}/feed?kind=new&per_page=3'
   curl -s '{base}/offers/expiring?within=5m'      # then, once one has passed its time:
   curl -s {base}/admin/jobs {admin}              # offer-expiry: expired, lag_ms, source
-  curl -s -X PUT {base}/products/p-0001 {json} -d '{{"name": "Renamed kettle", "category": "kitchen", "price": {{"amount_minor": 1999, "currency": "EUR"}}, "active": true, "expected_version": 1}}'
-  curl -s -X POST {base}/products/p-0003/offers {json} -d '{{"price": {{"amount_minor": 999, "currency": "EUR"}}, "expires_at": <epoch ms in the future>}}'
+  curl -s -X PUT {base}/products/p-0001 {writer} {json} -d '{{"name": "Renamed kettle", "category": "kitchen", "price": {{"amount_minor": 1999, "currency": "EUR"}}, "active": true, "expected_version": 1}}'
+  curl -s -X POST {base}/products/p-0003/offers {writer} {json} -d '{{"price": {{"amount_minor": 999, "currency": "EUR"}}, "expires_at": <epoch ms in the future>}}'
   curl -s -X PATCH {base}/dev/store/products/p-0002 {json} -d '{{"name": "Written behind the API"}}'   # straight to the store, no invalidation
   sleep 1; curl -s {base}/products/p-0002         # cache-sync already followed the stream
   curl -s -X POST {base}/products/p-0001/views {json} -d '{{"event_id": "my-first-view"}}'

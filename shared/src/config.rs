@@ -40,6 +40,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Bearer token of the admin API (`ADMIN_TOKEN`); admin routes refuse every request without it.
     pub admin_token: Option<SecretString>,
+    /// Bearer token of product and offer writes (`WRITE_TOKEN`), distinct from the admin
+    /// token; write routes refuse every request without it.
+    pub write_token: Option<SecretString>,
     /// Scheduled job settings.
     pub jobs: JobsConfig,
 }
@@ -238,6 +241,17 @@ impl Config {
                 },
             },
             admin_token: env.optional("ADMIN_TOKEN").map(SecretString::from),
+            write_token: {
+                let write = env.optional("WRITE_TOKEN");
+                if write.is_some() && write == env.optional("ADMIN_TOKEN") {
+                    // One leaked credential must not give both writes and admin.
+                    return Err(ConfigError::Invalid {
+                        name: "WRITE_TOKEN",
+                        reason: "must differ from ADMIN_TOKEN".into(),
+                    });
+                }
+                write.map(SecretString::from)
+            },
             jobs: {
                 let defaults = JobsConfig::default();
                 JobsConfig {
@@ -476,6 +490,23 @@ mod tests {
         assert!(config.redis.is_none());
         assert_eq!(config.cache, CacheConfig::default());
         assert_eq!(config.dynamodb.operation_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_write_token_must_differ_from_the_admin_token() {
+        let mut vars = TABLES.to_vec();
+        vars.push(("ADMIN_TOKEN", "one-token-for-everything"));
+        vars.push(("WRITE_TOKEN", "one-token-for-everything"));
+        assert!(matches!(
+            config_from(&vars).unwrap_err(),
+            ConfigError::Invalid {
+                name: "WRITE_TOKEN",
+                ..
+            }
+        ));
+        vars.pop();
+        vars.push(("WRITE_TOKEN", "another-token"));
+        assert!(config_from(&vars).unwrap().write_token.is_some());
     }
 
     #[test]

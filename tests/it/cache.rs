@@ -344,6 +344,59 @@ async fn an_invalidation_refuses_values_read_before_it(config: RedisConfig) {
     );
 }
 
+/// After a failover or a `SCRIPT FLUSH` the guard script is gone from the server: the next
+/// guarded write loads it again and the guard still holds (a tombstone refuses an older read,
+/// admits a newer one).
+async fn a_flushed_script_cache_is_reloaded_and_the_guard_still_holds(config: RedisConfig) {
+    let clock = ManualClock::at(SystemClock.now_ms());
+    let env = Env::with_clock(config, clock.clone()).await;
+    let engine = env.engine();
+    let key = engine.keys().product(&id("p1"));
+    engine.put(&key, doc("v1", 1), clock.now_ms()).await;
+    let read_before = clock.now_ms();
+    clock.advance(Duration::from_secs(1));
+    assert!(engine.invalidate(std::slice::from_ref(&key)).await);
+    clock.advance(Duration::from_secs(1));
+
+    let flush = || async {
+        let mut raw = env.raw().await;
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    };
+    flush().await;
+    assert_eq!(
+        engine.put(&key, doc("v1", 1), read_before).await,
+        PutOutcome::Refused,
+        "the tombstone refuses a value read before it"
+    );
+    flush().await;
+    assert_eq!(
+        engine.put(&key, doc("v2", 2), clock.now_ms()).await,
+        PutOutcome::Written
+    );
+    flush().await;
+    // A batch over several slots, every key tombstoned.
+    let keys: Vec<_> = (0..20)
+        .map(|n| engine.keys().product(&id(&format!("b{n}"))))
+        .collect();
+    assert!(engine.invalidate(&keys).await);
+    clock.advance(Duration::from_secs(1));
+    flush().await;
+    let outcomes = engine
+        .put_many(
+            keys.iter().map(|k| (k.clone(), doc("new", 1))).collect(),
+            clock.now_ms(),
+        )
+        .await;
+    assert!(
+        outcomes.iter().all(|o| *o == PutOutcome::Written),
+        "{outcomes:?}"
+    );
+}
+
 macro_rules! on_both_topologies {
     ($($test:ident),* $(,)?) => {
         mod standalone {
@@ -365,6 +418,7 @@ on_both_topologies!(
     a_lock_is_only_released_by_its_holder,
     generations_invalidate_a_namespace,
     an_invalidation_refuses_values_read_before_it,
+    a_flushed_script_cache_is_reloaded_and_the_guard_still_holds,
 );
 
 #[tokio::test]

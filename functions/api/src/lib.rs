@@ -6,8 +6,10 @@
 //! - [`state`]: shared state (store ports, cache, clock, admin token).
 //! - [`deferred`]: work that runs after the response (revalidation, prefetch, counters).
 //! - [`lambda`]: the Lambda runtime and the internal extension that runs deferred work.
+//! - [`auth`]: the admin and write bearer tokens.
 //! - `respond`, `error`, `extract`: cache headers, JSON errors, validated inputs.
 
+pub mod auth;
 pub mod deferred;
 mod error;
 mod extract;

@@ -19,24 +19,35 @@ use crate::state::AppState;
     ),
     modifiers(&BearerAuth),
     tags(
-        (name = "products", description = "Products, batches, stats and views"),
-        (name = "offers", description = "Offers and their expiry"),
+        (name = "products", description = "Products, batches, stats and views; writes need the write token"),
+        (name = "offers", description = "Offers and their expiry; writes need the write token"),
         (name = "feeds", description = "Ranked feeds"),
         (name = "admin", description = "Cache operations; bearer token required"),
     )
 )]
 struct ApiDoc;
 
-/// Declares the admin bearer scheme the admin paths refer to.
+/// Declares the two bearer schemes the paths refer to: `admin_token` (`ADMIN_TOKEN`, the
+/// admin routes) and `write_token` (`WRITE_TOKEN`, product and offer writes).
 struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        for (name, what) in [
+            ("admin_token", "ADMIN_TOKEN: the admin routes"),
+            ("write_token", "WRITE_TOKEN: product and offer writes"),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(what))
+                        .build(),
+                ),
+            );
+        }
     }
 }
 

@@ -8,29 +8,9 @@ use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::config::Config;
 use catalog_core::store::{CatalogStore, StatsReader, ViewRecorder};
 use catalog_core::wiring;
-use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
+use crate::auth::BearerToken;
 use crate::deferred::AfterResponse;
-
-/// The admin bearer token, kept only as a digest so comparisons are constant-time and of
-/// fixed length.
-#[derive(Clone)]
-pub struct AdminToken([u8; 32]);
-
-impl AdminToken {
-    /// From the configured secret.
-    pub fn new(secret: &SecretString) -> Self {
-        AdminToken(Sha256::digest(secret.expose_secret().as_bytes()).into())
-    }
-
-    /// Whether `presented` is the token, in constant time.
-    pub fn matches(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.0.ct_eq(&digest).into()
-    }
-}
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -46,7 +26,9 @@ pub struct AppState {
     /// Wall clock (injected in tests).
     pub clock: Arc<dyn Clock>,
     /// Admin credentials; `None` disables the admin routes.
-    pub admin_token: Option<AdminToken>,
+    pub admin_token: Option<BearerToken>,
+    /// Write credentials; `None` disables product and offer writes.
+    pub write_token: Option<BearerToken>,
     /// The refresh job's schedule, for health.
     pub refresh_interval: Duration,
     /// The offer-expiry job's schedule, for health.
@@ -82,7 +64,8 @@ impl AppState {
             views,
             cache,
             clock: Arc::new(SystemClock),
-            admin_token: config.admin_token.as_ref().map(AdminToken::new),
+            admin_token: config.admin_token.as_ref().map(BearerToken::new),
+            write_token: config.write_token.as_ref().map(BearerToken::new),
             refresh_interval: config.jobs.refresh_interval,
             expiry_interval: config.jobs.expiry_interval,
             counters_flush_every: Duration::from_secs(10),

@@ -16,7 +16,7 @@ use catalog_core::model::{
     Currency, FeedKind, Money, Offer, OfferId, OfferStatus, Product, ProductId, RankedFeed,
 };
 use catalog_core::store::memory::MemoryStore;
-use catalog_core::store::{OfferWriter, ProductWriter, StatsWriter};
+use catalog_core::store::{OfferWriter, ProductReader, ProductWriter, StatsWriter};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -25,6 +25,7 @@ use crate::AppState;
 
 const NOW: i64 = 1_800_000_000_000;
 const TOKEN: &str = "s3cret-admin-token";
+const WRITE_TOKEN: &str = "s3cret-write-token";
 
 struct TestApp {
     state: AppState,
@@ -41,6 +42,7 @@ impl TestApp {
         let config = Config::from_lookup(|name| match name {
             "CATALOG_TABLE" | "VIEWS_TABLE" | "STATS_TABLE" => Some("t".repeat(3)),
             "ADMIN_TOKEN" => Some(TOKEN.to_owned()),
+            "WRITE_TOKEN" => Some(WRITE_TOKEN.to_owned()),
             _ => None,
         })
         .unwrap();
@@ -74,16 +76,21 @@ impl TestApp {
             .await
     }
 
+    /// A JSON request from a client holding the write token.
     async fn json(&self, method: &str, uri: &str, body: Value) -> Response {
-        self.send(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
+        self.json_as(method, uri, body, Some(WRITE_TOKEN)).await
+    }
+
+    async fn json_as(&self, method: &str, uri: &str, body: Value, token: Option<&str>) -> Response {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.send(builder.body(Body::from(body.to_string())).unwrap())
+            .await
     }
 
     async fn admin(&self, method: &str, uri: &str, body: Option<Value>) -> Response {
@@ -330,6 +337,51 @@ async fn a_batch_lists_what_it_did_not_find_and_rejects_bad_bodies() {
         )
         .await;
     assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn writes_need_the_write_token_and_views_stay_public() {
+    let app = TestApp::new();
+    let product = json!({"name": "Lamp", "category": "kitchen", "price": {"amount_minor": 1500, "currency": "EUR"}, "active": true});
+    let offer =
+        json!({"price": {"amount_minor": 999, "currency": "EUR"}, "expires_at": NOW + 60_000});
+    let writes = [
+        ("PUT", "/products/lamp", product.clone()),
+        ("POST", "/products/lamp/offers", offer.clone()),
+        ("PATCH", "/offers/o1", json!({"action": "cancel"})),
+    ];
+    for (method, uri, body) in &writes {
+        for token in [None, Some(TOKEN), Some("s3cret-write-tokeN")] {
+            let response = app.json_as(method, uri, body.clone(), token).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} as {token:?}"
+            );
+            assert_eq!(header_of(&response, "www-authenticate"), "Bearer");
+        }
+    }
+    assert!(
+        app.store
+            .products(&[ProductId::parse("lamp").unwrap()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was written"
+    );
+    assert_eq!(
+        app.json("PUT", "/products/lamp", product).await.status(),
+        StatusCode::CREATED
+    );
+    let view = app
+        .json_as(
+            "POST",
+            "/products/lamp/views",
+            json!({"event_id": "v1"}),
+            None,
+        )
+        .await;
+    assert!(view.status().is_success(), "{}", view.status());
 }
 
 #[tokio::test]

@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
-use axum::http::header;
-use axum::http::request::Parts;
+use axum::extract::State;
 use catalog_core::cache::breaker::BreakerState;
 use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
@@ -17,29 +15,11 @@ use catalog_core::model::{FeedKind, JobRun, ProductId};
 use catalog_core::reads::{self, WarmReport};
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
 use crate::routes::products::parse_ids;
 use crate::state::AppState;
-
-/// Proof that the request carries the admin token.
-pub struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match (&state.admin_token, presented) {
-            (Some(token), Some(presented)) if token.matches(presented) => Ok(Admin),
-            _ => Err(ApiError::Unauthorized),
-        }
-    }
-}
 
 /// Reads and ratios over one window.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -116,7 +96,7 @@ pub struct CacheStats {
 }
 
 #[utoipa::path(
-    get, path = "/admin/cache/stats", tag = "admin", security(("bearer" = [])),
+    get, path = "/admin/cache/stats", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = CacheStats), (status = 401, body = ErrorBody))
 )]
 /// Hit ratios per tier over 5 min, 1 h and 24 h, Redis memory and keys, L1 size.
@@ -167,7 +147,7 @@ pub struct HealthResponse {
 }
 
 #[utoipa::path(
-    get, path = "/admin/cache/health", tag = "admin", security(("bearer" = [])),
+    get, path = "/admin/cache/health", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = HealthResponse), (status = 401, body = ErrorBody))
 )]
 /// Health from thresholds (hit ratio, memory, circuit, error rate, refresh), with trends.
@@ -228,7 +208,7 @@ pub struct WarmRequest {
 }
 
 #[utoipa::path(
-    post, path = "/admin/cache/warm", tag = "admin", security(("bearer" = [])), request_body = WarmRequest,
+    post, path = "/admin/cache/warm", tag = "admin", security(("admin_token" = [])), request_body = WarmRequest,
     responses((status = 200, body = WarmReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 /// Loads products, their offers and stats into the cache.
@@ -283,7 +263,7 @@ pub struct InvalidateResponse {
 }
 
 #[utoipa::path(
-    post, path = "/admin/cache/invalidate", tag = "admin", security(("bearer" = [])), request_body = InvalidateRequest,
+    post, path = "/admin/cache/invalidate", tag = "admin", security(("admin_token" = [])), request_body = InvalidateRequest,
     responses((status = 200, body = InvalidateResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
 )]
 /// Drops products, keys or a whole namespace from the cache.
@@ -345,7 +325,7 @@ pub struct JobsResponse {
 const HISTORY_SHOWN: usize = 5;
 
 #[utoipa::path(
-    get, path = "/admin/jobs", tag = "admin", security(("bearer" = [])),
+    get, path = "/admin/jobs", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = JobsResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 /// The last run of each scheduled job, and each job's recent runs.

@@ -9,6 +9,7 @@ use catalog_core::model::{ExpiringOffer, Offer, OfferStatus};
 use catalog_core::reads;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Writer;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, duration_ms, offer_id};
 use crate::routes::products::check_expiry;
@@ -33,16 +34,17 @@ pub enum OfferPatch {
 }
 
 #[utoipa::path(
-    patch, path = "/offers/{id}", tag = "offers", request_body = OfferPatch,
+    patch, path = "/offers/{id}", tag = "offers", request_body = OfferPatch, security(("write_token" = [])),
     params(("id" = String, Path, description = "Offer id")),
     responses(
-        (status = 200, body = Offer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 200, body = Offer), (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "stale expected_version, or the offer is no longer active", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
 /// Extends or cancels an active offer, conditional on its version; invalidates its product.
 pub async fn patch_offer(
+    _writer: Writer,
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(patch): ApiJson<OfferPatch>,

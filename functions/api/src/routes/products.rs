@@ -18,6 +18,7 @@ use catalog_core::model::{
 use catalog_core::reads;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Writer;
 use crate::deferred::Deferred;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, offer_id, product_id};
@@ -308,17 +309,18 @@ pub struct ProductInput {
 }
 
 #[utoipa::path(
-    put, path = "/products/{id}", tag = "products", request_body = ProductInput,
+    put, path = "/products/{id}", tag = "products", request_body = ProductInput, security(("write_token" = [])),
     params(("id" = String, Path, description = "Product id")),
     responses(
         (status = 200, description = "Updated", body = Product), (status = 201, description = "Created", body = Product),
-        (status = 400, body = ErrorBody), (status = 404, description = "expected_version given for an unknown product", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, description = "expected_version given for an unknown product", body = ErrorBody),
         (status = 409, description = "expected_version is stale, or the product exists", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
 /// Creates or replaces a product, conditional on its version, and invalidates its cache entries.
 pub async fn put_product(
+    _writer: Writer,
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(input): ApiJson<ProductInput>,
@@ -385,15 +387,16 @@ pub struct OfferInput {
 }
 
 #[utoipa::path(
-    post, path = "/products/{id}/offers", tag = "offers", request_body = OfferInput,
+    post, path = "/products/{id}/offers", tag = "offers", request_body = OfferInput, security(("write_token" = [])),
     params(("id" = String, Path, description = "Product id")),
     responses(
-        (status = 201, body = Offer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 201, body = Offer), (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "the offer id is taken", body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
 /// Adds an active offer to a product and invalidates the product's cache entries.
 pub async fn create_offer(
+    _writer: Writer,
     State(state): State<AppState>,
     ApiPath(raw): ApiPath<String>,
     ApiJson(input): ApiJson<OfferInput>,

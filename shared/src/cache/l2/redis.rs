@@ -160,19 +160,11 @@ impl RedisL2 {
         let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut self.trip()?).await;
         let written = match result {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Load on the node that owns these keys: invoking the script there loads it.
-                let first = writes[0];
-                let _: i64 = self
-                    .set_script
-                    .key(&first.key)
-                    .arg(&first.bytes)
-                    .arg(
-                        u64::try_from(first.ttl.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
-                    .arg(first.version)
-                    .invoke_async(&mut self.trip()?)
+                // A failover or a SCRIPT FLUSH emptied the script cache: load the script (on
+                // every node of a cluster), then send the whole pipeline again. Each write is
+                // a guarded SET, so the writes that ran before the error run again harmlessly.
+                self.set_script
+                    .load_async(&mut self.trip()?)
                     .await
                     .map_err(|e| Error::redis("SCRIPT LOAD", e))?;
                 pipe.query_async(&mut self.trip()?)
