@@ -81,9 +81,12 @@ impl Environment {
             .client
             .request(method, format!("{}{path}", self.base))
             .json(&body);
-        if admin {
-            request = request.bearer_auth("test-token");
-        }
+        // A client holds one of the two tokens.
+        request = request.bearer_auth(if admin {
+            "test-token"
+        } else {
+            "test-write-token"
+        });
         let response = request.send().await.unwrap();
         (
             response.status().as_u16(),

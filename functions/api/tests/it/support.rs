@@ -45,6 +45,7 @@ impl Services {
             ("STATS_TABLE", self.tables.stats.as_str()),
             ("CACHE_KEY_PREFIX", self.prefix.as_str()),
             ("ADMIN_TOKEN", "test-token"),
+            ("WRITE_TOKEN", "test-write-token"),
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("AWS_REGION", "us-east-1"),
