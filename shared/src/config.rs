@@ -169,6 +169,10 @@ pub struct CacheConfig {
     pub compress_threshold: usize,
     /// TTLs per category.
     pub ttl: CategoryTtls,
+    /// Longest a cache load may take (`CACHE_LOAD_TIMEOUT_MS`, default 9000: three DynamoDB
+    /// operations); an invalidation's tombstone outlives it, so no load that began before an
+    /// invalidation can write its old value back.
+    pub load_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -193,6 +197,7 @@ impl Default for CacheConfig {
                 },
                 negative: Duration::from_secs(30),
             },
+            load_timeout: Duration::from_secs(9),
         }
     }
 }
@@ -216,16 +221,17 @@ impl Config {
             },
             dynamodb: DynamoConfig {
                 endpoint: env.optional("DYNAMODB_ENDPOINT"),
-                operation_timeout: env.millis("DYNAMODB_TIMEOUT_MS", 3000)?,
+                operation_timeout: env.millis_in("DYNAMODB_TIMEOUT_MS", 3000, 100..=60_000)?,
             },
             redis: RedisConfig::from_env(&env)?,
             cache: CacheConfig {
                 key_prefix: env.key_prefix("CACHE_KEY_PREFIX", &defaults.key_prefix)?,
-                l1_max_bytes: env.parse("L1_MAX_BYTES", defaults.l1_max_bytes)?,
-                l1_ttl: env.secs("L1_TTL_SECS", defaults.l1_ttl)?,
-                compress_threshold: env.parse(
+                l1_max_bytes: env.number_in("L1_MAX_BYTES", defaults.l1_max_bytes, 0..=4 << 30)?,
+                l1_ttl: env.secs_in("L1_TTL_SECS", defaults.l1_ttl, 0..=3600)?,
+                compress_threshold: env.number_in(
                     "CACHE_COMPRESS_THRESHOLD_BYTES",
                     defaults.compress_threshold,
+                    0..=1 << 20,
                 )?,
                 ttl: CategoryTtls {
                     product: env.ttl(
@@ -237,7 +243,21 @@ impl Config {
                         ttl.stats,
                     )?,
                     feed: env.ttl(["CACHE_TTL_FEED_SECS", "CACHE_STALE_FEED_SECS"], ttl.feed)?,
-                    negative: env.secs("CACHE_TTL_NEGATIVE_SECS", ttl.negative)?,
+                    negative: env.secs_in("CACHE_TTL_NEGATIVE_SECS", ttl.negative, 1..=3600)?,
+                },
+                load_timeout: {
+                    let load = env.millis_in("CACHE_LOAD_TIMEOUT_MS", 9000, 100..=120_000)?;
+                    let operation = env.millis_in("DYNAMODB_TIMEOUT_MS", 3000, 100..=60_000)?;
+                    if load < operation {
+                        return Err(ConfigError::Invalid {
+                            name: "CACHE_LOAD_TIMEOUT_MS",
+                            reason: format!(
+                                "must be at least DYNAMODB_TIMEOUT_MS ({} ms): a load makes at least one operation",
+                                operation.as_millis()
+                            ),
+                        });
+                    }
+                    load
                 },
             },
             admin_token: env.optional("ADMIN_TOKEN").map(SecretString::from),
@@ -255,22 +275,32 @@ impl Config {
             jobs: {
                 let defaults = JobsConfig::default();
                 JobsConfig {
-                    refresh_interval: env
-                        .secs("REFRESH_INTERVAL_SECS", defaults.refresh_interval)?,
+                    refresh_interval: env.secs_in(
+                        "REFRESH_INTERVAL_SECS",
+                        defaults.refresh_interval,
+                        10..=86_400,
+                    )?,
                     refresh_concurrency: env
                         .at_least_one("REFRESH_CONCURRENCY", defaults.refresh_concurrency)?,
-                    expiry_interval: env
-                        .secs("OFFER_EXPIRY_INTERVAL_SECS", defaults.expiry_interval)?,
+                    expiry_interval: env.secs_in(
+                        "OFFER_EXPIRY_INTERVAL_SECS",
+                        defaults.expiry_interval,
+                        1..=3600,
+                    )?,
                     expiry_concurrency: env
                         .at_least_one("OFFER_EXPIRY_CONCURRENCY", defaults.expiry_concurrency)?,
-                    expiry_reconcile_interval: env.secs(
+                    expiry_reconcile_interval: env.secs_in(
                         "OFFER_RECONCILE_INTERVAL_SECS",
                         defaults.expiry_reconcile_interval,
+                        60..=86_400,
                     )?,
                     view_write_concurrency: env
                         .at_least_one("VIEW_WRITE_CONCURRENCY", defaults.view_write_concurrency)?,
-                    view_stats_refresh_max: env
-                        .parse("VIEW_STATS_REFRESH_MAX", defaults.view_stats_refresh_max)?,
+                    view_stats_refresh_max: env.number_in(
+                        "VIEW_STATS_REFRESH_MAX",
+                        defaults.view_stats_refresh_max,
+                        0..=10_000,
+                    )?,
                 }
             },
         })
@@ -330,8 +360,8 @@ impl RedisConfig {
             tls: env.flag("REDIS_TLS", false)?,
             username: env.optional("REDIS_USERNAME"),
             password: env.optional("REDIS_PASSWORD").map(SecretString::from),
-            command_timeout: env.millis("REDIS_TIMEOUT_MS", 50)?,
-            connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000)?,
+            command_timeout: env.millis_in("REDIS_TIMEOUT_MS", 50, 1..=10_000)?,
+            connect_timeout: env.millis_in("REDIS_CONNECT_TIMEOUT_MS", 1000, 10..=60_000)?,
         }))
     }
 }
@@ -376,23 +406,52 @@ impl Env<'_> {
         }
     }
 
-    /// A count that must be at least 1 (concurrency limits).
+    /// A concurrency limit: 1 to 1024.
     fn at_least_one(&self, name: &'static str, default: usize) -> Result<usize, ConfigError> {
-        match self.parse(name, default)? {
-            0 => Err(ConfigError::Invalid {
+        self.number_in(name, default, 1..=1024)
+    }
+
+    /// A number within `range`: an absurd value is refused at start-up with its name, rather
+    /// than overflowing or exhausting something later.
+    fn number_in<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid {
                 name,
-                reason: "must be at least 1".into(),
-            }),
-            n => Ok(n),
+                reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+            })
         }
     }
 
-    fn millis(&self, name: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
-        self.parse(name, default_ms).map(Duration::from_millis)
+    fn millis_in(
+        &self,
+        name: &'static str,
+        default_ms: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.number_in(name, default_ms, range)
+            .map(Duration::from_millis)
     }
 
-    fn secs(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        self.parse(name, default.as_secs()).map(Duration::from_secs)
+    fn secs_in(
+        &self,
+        name: &'static str,
+        default: Duration,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.number_in(name, default.as_secs(), range)
+            .map(Duration::from_secs)
     }
 
     fn ttl(
@@ -400,16 +459,10 @@ impl Env<'_> {
         [fresh_name, stale_name]: [&'static str; 2],
         default: Ttl,
     ) -> Result<Ttl, ConfigError> {
-        let fresh = self.secs(fresh_name, default.fresh)?;
-        if fresh.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: fresh_name,
-                reason: "must be at least 1 second".into(),
-            });
-        }
+        const WEEK: u64 = 7 * 86_400;
         Ok(Ttl {
-            fresh,
-            stale: self.secs(stale_name, default.stale)?,
+            fresh: self.secs_in(fresh_name, default.fresh, 1..=WEEK)?,
+            stale: self.secs_in(stale_name, default.stale, 0..=WEEK)?,
         })
     }
 
@@ -490,6 +543,46 @@ mod tests {
         assert!(config.redis.is_none());
         assert_eq!(config.cache, CacheConfig::default());
         assert_eq!(config.dynamodb.operation_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_their_name() {
+        for (name, value) in [
+            ("L1_TTL_SECS", "99999999999"),
+            ("L1_MAX_BYTES", "18446744073709551616"),
+            ("CACHE_TTL_PRODUCT_SECS", "0"),
+            ("CACHE_STALE_FEED_SECS", "31536000"),
+            ("CACHE_TTL_NEGATIVE_SECS", "0"),
+            ("DYNAMODB_TIMEOUT_MS", "5"),
+            ("CACHE_LOAD_TIMEOUT_MS", "2000"),
+            ("REFRESH_CONCURRENCY", "100000"),
+            ("OFFER_EXPIRY_INTERVAL_SECS", "0"),
+            ("REDIS_TIMEOUT_MS", "0"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "-1"),
+            ("VIEW_STATS_REFRESH_MAX", "1e9"),
+        ] {
+            let mut vars = TABLES.to_vec();
+            vars.push(("REDIS_ENDPOINTS", "localhost:6379"));
+            vars.push((name, value));
+            match config_from(&vars) {
+                Err(ConfigError::Invalid { name: named, .. }) => {
+                    assert_eq!(named, name, "{name}={value}");
+                }
+                other => panic!("{name}={value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_tombstone_outlives_the_slowest_load_and_its_write() {
+        let mut vars = TABLES.to_vec();
+        vars.push(("REDIS_ENDPOINTS", "localhost:6379"));
+        vars.push(("CACHE_LOAD_TIMEOUT_MS", "30000"));
+        vars.push(("REDIS_TIMEOUT_MS", "200"));
+        let config = config_from(&vars).unwrap();
+        let options = crate::cache::CacheOptions::from_config(&config.cache, config.redis.as_ref());
+        assert_eq!(options.load_timeout, Duration::from_secs(30));
+        assert!(options.tombstone_ttl() > options.load_timeout + 2 * options.command_timeout);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use catalog_core::cache::{BoxFuture, Revalidation};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -26,12 +27,23 @@ use crate::state::AppState;
 pub struct Deferred(Arc<Mutex<Vec<BoxFuture>>>);
 
 impl Deferred {
-    /// Adds work to run after the response.
+    /// Adds work to run after the response. A panic in it is caught and logged: it ends
+    /// that piece of work, never the extension that runs it or the process.
     pub fn push(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let guarded = async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = message, "post-response work panicked; dropped");
+            }
+        };
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::pin(work));
+            .push(Box::pin(guarded));
     }
 
     /// Adds a stale answer's refresh, if there is one.

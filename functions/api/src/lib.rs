@@ -34,24 +34,32 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     let (routes, document) = openapi::routes().split_for_parts();
     let document = std::sync::Arc::new(document);
+    let routes = routes.route(
+        "/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { Json(document.as_ref().clone()) }
+        }),
+    );
+    with_layers(routes, state)
+}
+
+/// The fallbacks and layers every route goes through.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route(
-            "/openapi.json",
-            get(move || {
-                let document = document.clone();
-                async move { Json(document.as_ref().clone()) }
-            }),
-        )
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside the deferred-work layer: a panicking handler becomes a 500 and the layer
+        // still hands this invocation's work on, so the extension is never left waiting
+        // for a batch that will not come (holding the environment until the deadline).
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_| -> Response { ApiError::Internal("handler panicked".into()).into_response() },
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             deferred::layer,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_| -> Response { ApiError::Internal("handler panicked".into()).into_response() },
-        ))
         .with_state(state)
 }
 

@@ -926,3 +926,69 @@ async fn the_openapi_document_describes_every_route_and_every_path_is_served() {
     }
     assert_eq!(documented, expected.len(), "every route is documented");
 }
+
+/// A handler that panics, and one whose post-response work panics, behind the API's layers,
+/// with the work going where the Lambda extension would take it.
+#[tokio::test]
+async fn a_panic_never_keeps_the_invocation_s_work_from_the_extension() {
+    use axum::routing::get;
+
+    use crate::deferred::{AfterResponse, Deferred};
+
+    let app = TestApp::new();
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let state = AppState {
+        after_response: AfterResponse::Extension(sender),
+        ..app.state.clone()
+    };
+    let ran_after_the_panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ran = ran_after_the_panic.clone();
+    let routes = axum::Router::new()
+        .route(
+            "/boom",
+            get(|| async {
+                #[allow(clippy::panic)]
+                if true {
+                    panic!("handler bug");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/late-boom",
+            get(move |deferred: Deferred| async move {
+                deferred.push(async {
+                    #[allow(clippy::panic)]
+                    {
+                        panic!("post-response bug");
+                    }
+                });
+                deferred.push(async move {
+                    ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
+                "ok"
+            }),
+        );
+    let router = crate::with_layers(routes, state);
+
+    let response = router
+        .clone()
+        .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let batch = receiver
+        .try_recv()
+        .expect("the panicked request's work was handed on");
+    futures::future::join_all(batch.work).await;
+
+    let response = router
+        .oneshot(Request::get("/late-boom").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let batch = receiver.try_recv().unwrap();
+    // Run as the extension runs it: the panic is caught, the rest of the batch still runs.
+    futures::future::join_all(batch.work).await;
+    assert!(ran_after_the_panic.load(std::sync::atomic::Ordering::SeqCst));
+}

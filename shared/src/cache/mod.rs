@@ -119,6 +119,18 @@ pub struct CacheOptions {
     /// Coalesce concurrent loads of a key (in process and across processes). Off gives plain
     /// cache-aside, for comparison in benchmarks.
     pub single_flight: bool,
+    /// Longest a load may take; a slower one fails (and writes nothing).
+    pub load_timeout: Duration,
+}
+
+impl CacheOptions {
+    /// How long an invalidation's tombstone lives: past the slowest load that may have read
+    /// the source of truth before it (bounded by `load_timeout`), plus that load's write
+    /// (a batch deadline) and the skew margin, so no such load can write its old value back
+    /// after the tombstone is gone.
+    pub fn tombstone_ttl(&self) -> Duration {
+        self.load_timeout + 2 * self.command_timeout + Duration::from_secs(1)
+    }
 }
 
 impl CacheOptions {
@@ -138,6 +150,7 @@ impl CacheOptions {
             breaker_cooldown: Duration::from_secs(5),
             jitter: 0.1,
             single_flight: true,
+            load_timeout: cache.load_timeout,
         }
     }
 }

@@ -506,6 +506,18 @@ impl Cache {
         Some(LoadedAny::from(self.serve_fresh_from_l2(key, entry, now)))
     }
 
+    /// Runs a load within `load_timeout`: the tombstone of an invalidation made after the load
+    /// began outlives it, so the load can never write its old value back unguarded.
+    async fn bounded_load<R>(&self, load: impl Future<Output = Result<R>>) -> Result<R> {
+        let after = self.inner.options.load_timeout;
+        tokio::time::timeout(after, load)
+            .await
+            .map_err(|_| crate::Error::Timeout {
+                op: "cache load",
+                after,
+            })?
+    }
+
     /// Runs the loader and writes its answer (or "not found") to both tiers.
     async fn load_and_store<T, F, Fut>(
         &self,
@@ -521,7 +533,7 @@ impl Cache {
     {
         CacheMetrics::incr(&self.inner.metrics.loads);
         let read_at = self.now();
-        let loaded = loader().await.inspect_err(|e| {
+        let loaded = self.bounded_load(loader()).await.inspect_err(|e| {
             CacheMetrics::incr(&self.inner.metrics.load_errors);
             tracing::warn!(key = key.as_str(), error.message = %e, "cache loader failed");
         })?;
@@ -558,7 +570,8 @@ impl Cache {
     {
         CacheMetrics::incr(&self.inner.metrics.loads);
         let read_at = self.now();
-        let found: HashMap<I, Arc<T>> = loader(ids)
+        let found: HashMap<I, Arc<T>> = self
+            .bounded_load(loader(ids))
             .await
             .inspect_err(|e| {
                 CacheMetrics::incr(&self.inner.metrics.load_errors);

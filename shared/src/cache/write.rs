@@ -29,10 +29,6 @@ pub enum PutOutcome {
     Skipped,
 }
 
-/// How long an invalidation's tombstone lives: longer than any load in flight can take (the
-/// DynamoDB operation deadline is 3 s by default), after which the key is simply absent.
-const TOMBSTONE_TTL_MS: i64 = 10_000;
-
 /// Clock skew tolerated between the process that invalidates and one that loads. A value read
 /// less than this after an invalidation is not cached (the next read loads again), so a loader
 /// whose clock runs ahead cannot slip an old value past the tombstone.
@@ -86,13 +82,15 @@ impl Cache {
         for key in keys {
             self.inner.l1.remove(key.as_str());
         }
-        let marker = envelope::tombstone(self.now(), TOMBSTONE_TTL_MS).bytes;
+        // Outlives any load that began before now (see `CacheOptions::tombstone_ttl`).
+        let ttl = self.inner.options.tombstone_ttl();
+        let marker = envelope::tombstone(self.now(), millis(ttl)).bytes;
         let writes: Vec<L2Write> = keys
             .iter()
             .map(|key| L2Write {
                 key: key.as_str().to_owned(),
                 bytes: marker.clone(),
-                ttl: Duration::from_millis(TOMBSTONE_TTL_MS.unsigned_abs()),
+                ttl,
                 // An invalidation always wins.
                 version: u64::MAX,
                 read_at: i64::MAX,
