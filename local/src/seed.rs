@@ -2,12 +2,10 @@
 //! week (some within minutes, some within the hour), and view counters with a few hot products, so every route
 //! has something to show.
 
-use catalog_core::ExpectedVersion;
 use catalog_core::model::{
     CounterBucket, Currency, EpochMillis, Money, Offer, OfferId, OfferStatus, Product, ProductId,
 };
-use catalog_core::store::{OfferWriter, ProductWriter, ViewCounters};
-use futures::{StreamExt, TryStreamExt};
+use catalog_core::store::{BulkCatalog, BulkLoader};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -35,7 +33,8 @@ pub struct Seeded {
     pub counters: usize,
 }
 
-/// Writes `count` products with offers and view counters. `hourly_days` and `daily_days` bound
+/// Writes `count` products with offers and view counters, in bulk (`BatchWriteItem` on
+/// DynamoDB). `hourly_days` and `daily_days` bound
 /// how much counter history is written (a real DynamoDB API is slower to seed than memory).
 pub async fn seed<S>(
     store: &S,
@@ -45,7 +44,7 @@ pub async fn seed<S>(
     daily_days: i64,
 ) -> catalog_core::Result<Seeded>
 where
-    S: ProductWriter + OfferWriter + ViewCounters,
+    S: BulkLoader + ?Sized,
 {
     let mut rng = SmallRng::seed_from_u64(42);
     let eur = Currency::parse("EUR")?;
@@ -111,21 +110,12 @@ where
             }
         }
     }
-    let concurrency = 16;
-    futures::stream::iter(&products)
-        .map(|p| store.put_product(p, ExpectedVersion::Absent))
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await?;
-    futures::stream::iter(&offers)
-        .map(|o| store.put_offer(o, ExpectedVersion::Absent))
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
-        .await?;
-    futures::stream::iter(&counters)
-        .map(|(id, bucket, views)| store.add_views(id, *bucket, *views))
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<_>>()
+    store
+        .load(BulkCatalog {
+            products: &products,
+            offers: &offers,
+            counters: &counters,
+        })
         .await?;
     Ok(Seeded {
         products: products.len(),

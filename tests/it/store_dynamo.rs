@@ -366,3 +366,85 @@ async fn listing_pages_through_every_product_and_skips_offers() {
     }
     assert_eq!(seen.len(), 9);
 }
+
+/// A bulk load through a proxy that throttles: the SDK retries the throttled requests,
+/// the loader retries what a batch left unprocessed, and every item lands.
+#[tokio::test]
+async fn a_bulk_load_lands_every_item_through_throttling() {
+    use catalog_core::model::CounterBucket;
+    use catalog_core::store::dynamo::DynamoStore;
+    use catalog_core::store::{BulkCatalog, BulkLoader, ExpiryIndex, OfferReader, ViewCounters};
+    use integration_tests::dynamo_faults::{DynamoFaults, Fault, Rule};
+
+    let env = spawn_dynamo_env().await;
+    let faults = DynamoFaults::start(&integration_tests::dynamodb_endpoint()).await;
+    // After two requests, six in a row are throttled as a whole: more than the SDK's own
+    // three attempts at one request.
+    faults.add(Rule {
+        pass_first: 2,
+        fail: Some(6),
+        ..Rule::on("BatchWriteItem", Fault::Throttle)
+    });
+    let config = catalog_core::config::DynamoConfig {
+        endpoint: Some(faults.endpoint()),
+        operation_timeout: std::time::Duration::from_secs(10),
+    };
+    let client = catalog_core::store::dynamo::client(&config).await;
+    let store = DynamoStore::new(client, env.tables.clone());
+    let products: Vec<_> = (0..60).map(|n| product(&format!("bulk-{n:02}"))).collect();
+    let offers: Vec<_> = (0..60)
+        .map(|n| {
+            offer(
+                &format!("bulk-{n:02}"),
+                &format!("bulk-offer-{n:02}"),
+                OfferStatus::Active,
+            )
+        })
+        .collect();
+    let counters: Vec<_> = (0..60)
+        .map(|n| {
+            (
+                id(&format!("bulk-{n:02}")),
+                CounterBucket::hour_of(crate::helpers::NOW),
+                n as u64 + 1,
+            )
+        })
+        .collect();
+    store
+        .load(BulkCatalog {
+            products: &products,
+            offers: &offers,
+            counters: &counters,
+        })
+        .await
+        .unwrap();
+    assert_eq!(faults.injected(), 6, "the proxy throttled six requests");
+
+    let ids: Vec<_> = products.iter().map(|p| p.id.clone()).collect();
+    let stored = env.store.products(&ids).await.unwrap();
+    assert_eq!(stored.len(), 60);
+    assert!(stored.iter().all(|p| p.version == 1));
+    // Offers are found by id (their reference items landed) and are in the expiry index.
+    let found = env
+        .store
+        .offer(&OfferId::parse("bulk-offer-42").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.product_id, id("bulk-42"));
+    let due = env
+        .store
+        .expiring(crate::helpers::NOW + 7_200_000, 1000)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 60);
+    let counted: u64 = env
+        .store
+        .view_counters(&id("bulk-59"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(counted, 60);
+}

@@ -587,6 +587,24 @@ impl JobLeases for MemoryStore {
     }
 }
 
+/// The memory store is loaded through its ordinary writes (it is always fresh when seeded).
+#[async_trait]
+impl crate::store::BulkLoader for MemoryStore {
+    async fn load(&self, catalog: crate::store::BulkCatalog<'_>) -> Result<()> {
+        use crate::store::{OfferWriter, ProductWriter, ViewCounters};
+        for product in catalog.products {
+            self.put_product(product, ExpectedVersion::Absent).await?;
+        }
+        for offer in catalog.offers {
+            self.put_offer(offer, ExpectedVersion::Absent).await?;
+        }
+        for (product, bucket, views) in catalog.counters {
+            self.add_views(product, *bucket, *views).await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,6 +235,24 @@ pub trait JobLeases: Send + Sync {
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
 }
 
+/// A fresh catalog written in bulk (the demo seed, imports): what it holds, unconditionally.
+pub struct BulkCatalog<'a> {
+    /// Products, written at version 1.
+    pub products: &'a [Product],
+    /// Their offers, written at version 1 (with their offer-id references).
+    pub offers: &'a [Offer],
+    /// View counters to set: (product, bucket, views).
+    pub counters: &'a [(ProductId, CounterBucket, u64)],
+}
+
+/// Writes a fresh catalog in bulk.
+#[async_trait]
+pub trait BulkLoader: Send + Sync {
+    /// Puts every item, overwriting what is there. Items are validated first; nothing is
+    /// written if one is invalid.
+    async fn load(&self, catalog: BulkCatalog<'_>) -> Result<()>;
+}
+
 /// Everything the catalog offers; both adapters implement it.
 pub trait CatalogStore:
     ProductReader

@@ -1,5 +1,6 @@
 //! DynamoDB adapter (aws-sdk-dynamodb + serde_dynamo) for the store ports.
 
+mod bulk;
 mod catalog;
 pub mod items;
 pub mod schema;

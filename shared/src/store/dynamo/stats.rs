@@ -50,6 +50,27 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// A counter item as `add_views` leaves it: `views` in the bucket, expiring with it.
+pub(super) fn counter_item(
+    product: &ProductId,
+    bucket: CounterBucket,
+    views: u64,
+) -> std::collections::HashMap<String, AttributeValue> {
+    let retention = match bucket {
+        CounterBucket::Hour(_) => HOURLY_RETENTION_S,
+        CounterBucket::Day(_) => DAILY_RETENTION_S,
+    };
+    std::collections::HashMap::from([
+        ("pk".to_owned(), s(views_pk(product))),
+        ("sk".to_owned(), s(bucket_sk(bucket))),
+        ("count".to_owned(), n(views)),
+        (
+            TTL_ATTRIBUTE.to_owned(),
+            n(bucket.end_ms() / 1000 + retention),
+        ),
+    ])
+}
+
 fn views_pk(product: &ProductId) -> String {
     format!("VIEWS#{product}")
 }
