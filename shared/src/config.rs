@@ -123,6 +123,9 @@ pub struct RedisConfig {
     pub mode: RedisMode,
     /// Connect with TLS (`REDIS_TLS`, default `false`; ElastiCache Serverless requires `true`).
     pub tls: bool,
+    /// PEM certificates of the CA that signed the server's certificate (`REDIS_CA_FILE`),
+    /// read at start-up; `None` trusts the public roots (as ElastiCache needs).
+    pub ca_pem: Option<std::sync::Arc<Vec<u8>>>,
     /// ACL user (`REDIS_USERNAME`), if any.
     pub username: Option<String>,
     /// ACL password or auth token (`REDIS_PASSWORD`), if any.
@@ -314,6 +317,7 @@ impl RedisConfig {
             nodes: vec![node.into()],
             mode: RedisMode::Standalone,
             tls: false,
+            ca_pem: None,
             username: None,
             password: None,
             command_timeout: Duration::from_millis(50),
@@ -354,10 +358,34 @@ impl RedisConfig {
                 ),
             });
         }
+        let tls = env.flag("REDIS_TLS", false)?;
+        let ca_pem = match env.optional("REDIS_CA_FILE") {
+            None => None,
+            Some(_) if !tls => {
+                return Err(ConfigError::Invalid {
+                    name: "REDIS_CA_FILE",
+                    reason: "needs REDIS_TLS=true".into(),
+                });
+            }
+            Some(path) => {
+                let pem = std::fs::read(&path).map_err(|e| ConfigError::Invalid {
+                    name: "REDIS_CA_FILE",
+                    reason: format!("cannot read `{path}`: {e}"),
+                })?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(ConfigError::Invalid {
+                        name: "REDIS_CA_FILE",
+                        reason: format!("`{path}` holds no PEM certificate"),
+                    });
+                }
+                Some(std::sync::Arc::new(pem))
+            }
+        };
         Ok(Some(RedisConfig {
             nodes,
             mode,
-            tls: env.flag("REDIS_TLS", false)?,
+            tls,
+            ca_pem,
             username: env.optional("REDIS_USERNAME"),
             password: env.optional("REDIS_PASSWORD").map(SecretString::from),
             command_timeout: env.millis_in("REDIS_TIMEOUT_MS", 50, 1..=10_000)?,

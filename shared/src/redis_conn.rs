@@ -61,8 +61,11 @@ impl RedisConnection {
                             (redis::ErrorKind::InvalidClientConfig, "no Redis endpoint").into(),
                         )
                     })?;
-                    let client =
-                        redis::Client::open(node).map_err(|e| Error::redis("connect", e))?;
+                    let client = match &config.ca_pem {
+                        Some(pem) => redis::Client::build_with_tls(node, certificates(pem)),
+                        None => redis::Client::open(node),
+                    }
+                    .map_err(|e| Error::redis("connect", e))?;
                     let manager_config = ConnectionManagerConfig::new()
                         .set_response_timeout(Some(config.command_timeout))
                         .set_connection_timeout(Some(config.connect_timeout))
@@ -85,6 +88,9 @@ impl RedisConnection {
                     }
                     if let Some(password) = &config.password {
                         builder = builder.password(password.expose_secret());
+                    }
+                    if let Some(pem) = &config.ca_pem {
+                        builder = builder.certs(certificates(pem));
                     }
                     let client = builder.build().map_err(|e| Error::redis("connect", e))?;
                     client
@@ -116,6 +122,14 @@ impl RedisConnection {
             .await
             .map(drop)
             .map_err(|e| Error::redis("PING", e))
+    }
+}
+
+/// Trust exactly the configured CA (no client certificate).
+fn certificates(ca_pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca_pem.to_vec()),
     }
 }
 

@@ -8,6 +8,7 @@ mod cache;
 mod helpers;
 mod offer_expiry;
 mod redis_connection;
+mod redis_tls;
 mod refresh;
 mod store_dynamo;
 mod store_stats;
