@@ -436,82 +436,140 @@ async fn zipf(report: &mut Report) -> anyhow::Result<()> {
     }
 
     // The engine: 8 environments, each with its own L1, sharing the same size of Redis.
-    {
-        let server = RedisServer::start(RedisServer::free_port(), &args);
-        let loads = Arc::new(AtomicUsize::new(0));
-        let mut engines = Vec::new();
-        for _ in 0..ZIPF_ENVIRONMENTS {
-            let l2 = l2_for(&server, Duration::from_millis(50)).await?;
-            engines.push(engine(l2, |o| {
-                o.ttl = CategoryTtls {
-                    product: Ttl {
-                        fresh: ZIPF_FRESH,
-                        stale: ZIPF_STALE,
-                    },
-                    ..o.ttl
-                };
-            }));
-        }
-        let started = Instant::now();
-        let hits = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for (e, engine) in engines.iter().enumerate() {
-            for c in 0..ZIPF_CONCURRENCY_PER_ENV {
-                let (engine, doc, loads, hits) =
-                    (engine.clone(), doc.clone(), loads.clone(), hits.clone());
-                let seed = (e * ZIPF_CONCURRENCY_PER_ENV + c) as u64;
-                tasks.push(tokio::spawn(async move {
-                    let zipf =
-                        Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let mut rng = SmallRng::seed_from_u64(seed);
-                    for _ in 0..ZIPF_READS / (ZIPF_ENVIRONMENTS * ZIPF_CONCURRENCY_PER_ENV) {
-                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                        let key = engine.keys().product(&id(zipf.sample(&mut rng) as usize));
-                        let lookup = engine
-                            .get_or_load(&key, db_loader(&loads, doc.clone()))
-                            .await?;
-                        if matches!(lookup.source, Source::L1 | Source::L2 | Source::Stale) {
-                            hits.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if let Some(revalidation) = lookup.revalidation {
-                            // What the API does after responding.
-                            tokio::spawn(revalidation.run());
-                        }
-                    }
-                    anyhow::Ok(())
-                }));
-            }
-        }
-        for task in tasks {
-            task.await??;
-        }
-        report.set("zipf_run_s", started.elapsed().as_secs_f64(), "s");
-        report.set("zipf_hit_pct", pct(hits.load(Ordering::Relaxed)), "%");
-        report.set(
-            "zipf_db_loads",
-            loads.load(Ordering::Relaxed) as f64,
-            "loads",
-        );
-        let stats: HashMap<&str, u64> = engines
-            .iter()
-            .map(Cache::snapshot)
-            .fold(
-                catalog_core::cache::metrics::MetricsSnapshot::default(),
-                |mut acc, s| {
-                    acc.add(&s);
-                    acc
-                },
-            )
-            .fields()
-            .into_iter()
-            .map(|(n, v, _)| (n, v))
-            .collect();
-        report.set("zipf_l1_hits", stats["l1_hits"] as f64, "reads");
-        report.set("zipf_stale_serves", stats["stale_serves"] as f64, "reads");
-    }
+    let plain = zipf_engine_run(&args, &doc, 0.0).await?;
+    report.set("zipf_run_s", plain.run_s, "s");
+    report.set("zipf_hit_pct", plain.known_hit_pct, "%");
+    report.set("zipf_db_loads", plain.loads as f64, "loads");
+    report.set("zipf_l1_hits", plain.l1_hits as f64, "reads");
+    report.set("zipf_stale_serves", plain.stale_serves as f64, "reads");
+    // The same run while a fifth of the reads ask for random ids that do not exist (a caller
+    // trying to flush the cache): the hit ratio of the real reads.
+    let hostile = zipf_engine_run(&args, &doc, 0.2).await?;
+    report.set(
+        "zipf_hit_pct_with_20pct_unknown_ids",
+        hostile.known_hit_pct,
+        "%",
+    );
+    report.set(
+        "zipf_unknown_id_reads",
+        hostile.unknown_reads as f64,
+        "reads",
+    );
     Ok(())
 }
 
 fn pct(hits: u64) -> f64 {
     100.0 * hits as f64 / ZIPF_READS as f64
+}
+
+/// What one run of the engine under the Zipf workload saw.
+struct ZipfEngineRun {
+    run_s: f64,
+    /// Hits among the reads of ids that exist.
+    known_hit_pct: f64,
+    loads: usize,
+    l1_hits: u64,
+    stale_serves: u64,
+    unknown_reads: u64,
+}
+
+/// 8 environments, each with its own L1, sharing one Redis of the given size; a share
+/// `unknown` of the reads asks for random ids that do not exist.
+async fn zipf_engine_run(
+    args: &[&str],
+    doc: &Arc<Doc>,
+    unknown: f64,
+) -> anyhow::Result<ZipfEngineRun> {
+    let server = RedisServer::start(RedisServer::free_port(), args);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut engines = Vec::new();
+    for _ in 0..ZIPF_ENVIRONMENTS {
+        let l2 = l2_for(&server, Duration::from_millis(50)).await?;
+        engines.push(engine(l2, |o| {
+            o.ttl = CategoryTtls {
+                product: Ttl {
+                    fresh: ZIPF_FRESH,
+                    stale: ZIPF_STALE,
+                },
+                ..o.ttl
+            };
+        }));
+    }
+    let started = Instant::now();
+    let (known_reads, known_hits, unknown_reads) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for (e, engine) in engines.iter().enumerate() {
+        for c in 0..ZIPF_CONCURRENCY_PER_ENV {
+            let (engine, doc, loads) = (engine.clone(), doc.clone(), loads.clone());
+            let (known_reads, known_hits, unknown_reads) =
+                (known_reads.clone(), known_hits.clone(), unknown_reads.clone());
+            let seed = (e * ZIPF_CONCURRENCY_PER_ENV + c) as u64;
+            tasks.push(tokio::spawn(async move {
+                let zipf = Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut rng = SmallRng::seed_from_u64(seed);
+                for _ in 0..ZIPF_READS / (ZIPF_ENVIRONMENTS * ZIPF_CONCURRENCY_PER_ENV) {
+                    if rng.random_bool(unknown) {
+                        let key = engine
+                            .keys()
+                            .product(&id(ZIPF_KEYS + 1 + rng.random_range(0..1_000_000_000)));
+                        let missing = loads.clone();
+                        engine
+                            .get_or_load(&key, move || async move {
+                                missing.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(DB_LATENCY).await;
+                                Ok(None::<Doc>)
+                            })
+                            .await?;
+                        unknown_reads.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let key = engine.keys().product(&id(zipf.sample(&mut rng) as usize));
+                    let lookup = engine
+                        .get_or_load(&key, db_loader(&loads, doc.clone()))
+                        .await?;
+                    known_reads.fetch_add(1, Ordering::Relaxed);
+                    if matches!(lookup.source, Source::L1 | Source::L2 | Source::Stale) {
+                        known_hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(revalidation) = lookup.revalidation {
+                        // What the API does after responding.
+                        tokio::spawn(revalidation.run());
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let run_s = started.elapsed().as_secs_f64();
+    let stats: HashMap<&str, u64> = engines
+        .iter()
+        .map(Cache::snapshot)
+        .fold(
+            catalog_core::cache::metrics::MetricsSnapshot::default(),
+            |mut acc, s| {
+                acc.add(&s);
+                acc
+            },
+        )
+        .fields()
+        .into_iter()
+        .map(|(n, v, _)| (n, v))
+        .collect();
+    let known = known_reads.load(Ordering::Relaxed).max(1);
+    Ok(ZipfEngineRun {
+        run_s,
+        known_hit_pct: 100.0 * known_hits.load(Ordering::Relaxed) as f64 / known as f64,
+        loads: loads.load(Ordering::Relaxed),
+        l1_hits: stats["l1_hits"],
+        stale_serves: stats["stale_serves"],
+        unknown_reads: unknown_reads.load(Ordering::Relaxed),
+    })
 }

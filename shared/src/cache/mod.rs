@@ -195,10 +195,16 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+/// Bound of the negative L1: about 10,000 cached "not found" keys per environment.
+const NEGATIVE_L1_BYTES: u64 = 1 << 20;
+
 struct Inner {
     options: CacheOptions,
     keys: KeySpace,
     l1: L1,
+    /// Cached "not found" answers, in a bounded L1 of their own and never in Redis: a caller
+    /// asking for random ids cannot evict hot keys from either tier.
+    negatives: L1,
     /// Generation counters seen recently, so a feed read does not cost a Redis round trip for
     /// its generation; bumps from other processes are seen within the L1 TTL.
     generations: moka::sync::Cache<String, u64>,
@@ -233,6 +239,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 keys: KeySpace::new(options.key_prefix.clone()),
                 l1: L1::new(options.l1_max_bytes, options.l1_ttl),
+                negatives: L1::new(NEGATIVE_L1_BYTES, options.l1_ttl),
                 generations,
                 breaker: CircuitBreaker::new(options.breaker_threshold, options.breaker_cooldown),
                 l2,

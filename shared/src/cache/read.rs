@@ -274,7 +274,11 @@ impl Cache {
 
     /// A fresh L1 answer, if there is one.
     fn l1_hit<T: Cacheable>(&self, key: &CacheKey, now: EpochMillis) -> Option<Lookup<T>> {
-        let entry = self.inner.l1.get(key.as_str(), now)?;
+        let entry = self
+            .inner
+            .l1
+            .get(key.as_str(), now)
+            .or_else(|| self.inner.negatives.get(key.as_str(), now))?;
         if entry.meta.freshness(now) != Freshness::Fresh {
             return None;
         }
@@ -382,7 +386,14 @@ impl Cache {
     ) {
         let until =
             (self.now() + crate::clock::millis(self.inner.options.l1_ttl)).min(meta.fresh_until);
-        self.inner.l1.insert(
+        let tier = if value.is_some() {
+            // An entity that exists now: forget that it once did not.
+            self.inner.negatives.remove(key);
+            &self.inner.l1
+        } else {
+            &self.inner.negatives
+        };
+        tier.insert(
             key,
             L1Entry {
                 value,

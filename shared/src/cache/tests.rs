@@ -685,3 +685,45 @@ async fn a_slow_load_racing_an_invalidation_is_not_cached() {
         "but the old value was not cached"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_unknown_ids_stays_out_of_redis_and_out_of_the_hot_keys_way() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let hot = key(&cache, "hot");
+    cache
+        .get_or_load(&hot, f.loader(Some(item("hot", 1)), Duration::ZERO))
+        .await
+        .unwrap();
+    for n in 0..3_000 {
+        let unknown = key(&cache, &format!("unknown-{n}"));
+        let lookup = cache
+            .get_or_load(&unknown, f.loader(None, Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(lookup.value.is_none());
+    }
+    // Nothing of the burst reached Redis.
+    for n in [0, 2_999] {
+        let unknown = key(&cache, &format!("unknown-{n}"));
+        assert_eq!(f.l2.get(unknown.as_str()).await.unwrap(), None);
+    }
+    // They live in the negative L1 (bounded by its own budget), not in the product L1.
+    let (entries, _) = cache.l1_usage();
+    assert!(entries <= 1, "the product L1 holds only the hot key, not {entries} entries");
+    // A recent unknown id is still answered from memory (no second load)...
+    let loads = f.loads();
+    let recent = key(&cache, "unknown-2999");
+    let again = cache
+        .get_or_load(&recent, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!((again.source, f.loads()), (Source::L1, loads));
+    // ...and the hot key is still in Redis for every other environment.
+    let other = f.engine();
+    let hit = other
+        .get_or_load(&hot, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(hit.source, Source::L2);
+}

@@ -25,6 +25,8 @@ pub enum PutOutcome {
     Refused,
     /// Redis was unavailable; only L1 was updated.
     L2Unavailable,
+    /// A cached "not found": kept in this process's negative L1 only, never in Redis.
+    LocalOnly,
     /// Larger than the value size limit (or not serialisable); not cached at all.
     Skipped,
 }
@@ -81,6 +83,7 @@ impl Cache {
     pub async fn invalidate(&self, keys: &[CacheKey]) -> bool {
         for key in keys {
             self.inner.l1.remove(key.as_str());
+            self.inner.negatives.remove(key.as_str());
         }
         // Outlives any load that began before now (see `CacheOptions::tombstone_ttl`).
         let ttl = self.inner.options.tombstone_ttl();
@@ -213,6 +216,13 @@ impl Cache {
                 continue;
             }
             let meta = self.entry_meta(version, value.is_none(), *policy, now);
+            if value.is_none() {
+                // Not found: remembered here only (see `Inner::negatives`).
+                self.inner.l1.remove(key.as_str());
+                self.insert_l1(key.as_str(), None, meta, 0);
+                outcomes[i].1 = PutOutcome::LocalOnly;
+                continue;
+            }
             let encoded = envelope::encode(&meta, &payload, self.inner.options.compress_threshold);
             if use_l2 {
                 CacheMetrics::add(&metrics.bytes_raw, encoded.raw_len as u64);
@@ -251,6 +261,7 @@ impl Cache {
             if outcome == PutOutcome::Refused {
                 CacheMetrics::incr(&metrics.version_rejects);
                 self.inner.l1.remove(key.as_str());
+                self.inner.negatives.remove(key.as_str());
             } else {
                 self.insert_l1(
                     key.as_str(),

@@ -407,7 +407,7 @@ impl Plan {
                     not_written.push(key);
                 }
                 PutOutcome::L2Unavailable => ok = false,
-                PutOutcome::Skipped => not_written.push(key),
+                PutOutcome::Skipped | PutOutcome::LocalOnly => not_written.push(key),
             }
         }
         if !not_written.is_empty() {
