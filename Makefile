@@ -16,8 +16,9 @@ setup: ## install the local tools (redis-server, moto[server], cfn-lint, cargo-l
 dev: ## run the API and the refresh job locally on 127.0.0.1:3000 (embedded store and cache, demo data)
 	$(CARGO) run -p local
 
-test: ## run every test: unit, then integration against real Redis (standalone + cluster) and moto, then cfn-lint
+test: ## run every test: unit, integration against real Redis (standalone + cluster) and moto, the API contract (schemathesis), cfn-lint
 	scripts/with-services.sh $(CARGO) test --workspace --all-targets
+	scripts/contract-test.sh
 	@$(MAKE) --no-print-directory validate
 
 bench: ## run the benchmarks; figures go to bench/results/latest.json and the README

@@ -23,6 +23,7 @@ ensure_python_tools() {
   "$python_bin" -c 'import moto.server, flask, flask_cors' 2>/dev/null || missing+=("moto[server]")
   [ -x "$python_scripts/cfn-lint" ] || missing+=("cfn-lint")
   [ -x "$python_scripts/cargo-lambda" ] || missing+=("cargo-lambda")
+  [ -x "$python_scripts/schemathesis" ] || missing+=("schemathesis")
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "ensure-tools: installing ${missing[*]} from PyPI" >&2
   "$python_bin" -m pip install --quiet --disable-pip-version-check "${missing[@]}"

@@ -505,8 +505,11 @@ async fn zipf_engine_run(
     for (e, engine) in engines.iter().enumerate() {
         for c in 0..ZIPF_CONCURRENCY_PER_ENV {
             let (engine, doc, loads) = (engine.clone(), doc.clone(), loads.clone());
-            let (known_reads, known_hits, unknown_reads) =
-                (known_reads.clone(), known_hits.clone(), unknown_reads.clone());
+            let (known_reads, known_hits, unknown_reads) = (
+                known_reads.clone(),
+                known_hits.clone(),
+                unknown_reads.clone(),
+            );
             let seed = (e * ZIPF_CONCURRENCY_PER_ENV + c) as u64;
             tasks.push(tokio::spawn(async move {
                 let zipf = Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -32,7 +32,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API's router, with the OpenAPI document at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
-    let (routes, document) = openapi::routes().split_for_parts();
+    let (routes, mut document) = openapi::routes().split_for_parts();
+    openapi::finish(&mut document, state.cache.keys().prefix());
     let document = std::sync::Arc::new(document);
     let routes = routes.route(
         "/openapi.json",

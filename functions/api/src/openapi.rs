@@ -1,6 +1,8 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations: the router and the
 //! document are built from the same list, so they cannot drift apart.
 
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -51,6 +53,48 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Finishes the document once every route has added its schemas: tagged enums whose
+/// variants refuse unknown fields (`deny_unknown_fields`) are closed, as utoipa closes plain
+/// structs but not enum variants.
+pub fn finish(openapi: &mut utoipa::openapi::OpenApi, key_prefix: &str) {
+    use utoipa::openapi::schema::AdditionalProperties;
+    {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        // The keys an admin may name, with this deployment's prefix.
+        if let Some(RefOr::T(Schema::Object(keys))) = components.schemas.get_mut("InvalidateKeys")
+            && let Some(RefOr::T(Schema::Array(array))) = keys.properties.get_mut("keys")
+        {
+            let escaped: String = key_prefix
+                .chars()
+                .flat_map(|c| {
+                    let special = "\\^$.|?*+()[]{}/".contains(c);
+                    special.then_some('\\').into_iter().chain([c])
+                })
+                .collect();
+            array.items = utoipa::openapi::schema::ArrayItems::RefOrSchema(Box::new(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(format!(
+                        "^{escaped}(product|summary|stats):[A-Za-z0-9_-]{{1,64}}$"
+                    )))
+                    .into(),
+            ));
+        }
+        for name in ["OfferPatch"] {
+            if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) {
+                for variant in &mut one_of.items {
+                    if let RefOr::T(Schema::Object(object)) = variant {
+                        object.additional_properties =
+                            Some(Box::new(AdditionalProperties::FreeForm(false)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every route of the API, with its OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -68,3 +112,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::invalidate))
         .routes(routes!(admin::jobs))
 }
+
+/// What the document says of a product, offer or event id: 1 to 64 of `[A-Za-z0-9_-]`.
+pub struct IdString;
+
+impl utoipa::PartialSchema for IdString {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some("^[A-Za-z0-9_-]{1,64}$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IdString {}

@@ -262,7 +262,12 @@ async fn bad_ids_unknown_products_routes_and_methods_are_json_errors() {
             "invalid_request",
         ),
         (
-            app.get("/offers/expiring?within=8d").await,
+            app.get("/offers/expiring?within=+8h").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            app.get("/feed?page=1000001").await,
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),

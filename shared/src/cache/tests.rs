@@ -710,7 +710,10 @@ async fn a_burst_of_unknown_ids_stays_out_of_redis_and_out_of_the_hot_keys_way()
     }
     // They live in the negative L1 (bounded by its own budget), not in the product L1.
     let (entries, _) = cache.l1_usage();
-    assert!(entries <= 1, "the product L1 holds only the hot key, not {entries} entries");
+    assert!(
+        entries <= 1,
+        "the product L1 holds only the hot key, not {entries} entries"
+    );
     // A recent unknown id is still answered from memory (no second load)...
     let loads = f.loads();
     let recent = key(&cache, "unknown-2999");

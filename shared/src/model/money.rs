@@ -56,6 +56,10 @@ impl fmt::Display for Currency {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     /// Amount in minor units; prices are never negative.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 10_000_000_000_000_i64)
+    )]
     pub amount_minor: i64,
     /// Currency of the amount.
     pub currency: Currency,

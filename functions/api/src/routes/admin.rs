@@ -195,21 +195,41 @@ async fn recent_runs(state: &AppState, job: &str) -> Vec<JobRun> {
     })
 }
 
-/// What to warm: explicit ids, or the most viewed products.
+/// What to warm: explicit ids, or the most viewed products (exactly one).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum WarmRequest {
+    /// These products.
+    Ids(WarmIds),
+    /// The most viewed products.
+    Top(WarmTop),
+}
+
+/// Products to warm.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct WarmRequest {
-    /// Up to 100 product ids.
-    #[serde(default)]
-    pub ids: Option<Vec<String>>,
-    /// The top N products by 24 h views (1 to 1000).
-    #[serde(default)]
-    pub top: Option<usize>,
+pub struct WarmIds {
+    /// 1 to 100 product ids.
+    #[schema(value_type = Vec<crate::openapi::IdString>, min_items = 1, max_items = 100)]
+    pub ids: Vec<String>,
+}
+
+/// The most viewed products to warm.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarmTop {
+    /// The top N products by 24 h views.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub top: usize,
 }
 
 #[utoipa::path(
     post, path = "/admin/cache/warm", tag = "admin", security(("admin_token" = [])), request_body = WarmRequest,
-    responses((status = 200, body = WarmReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses(
+        (status = 200, body = WarmReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "the body is not application/json", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
 )]
 /// Loads products, their offers and stats into the cache.
 pub async fn warm(
@@ -217,9 +237,9 @@ pub async fn warm(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<WarmRequest>,
 ) -> ApiResult<Json<WarmReport>> {
-    let ids: Vec<ProductId> = match (request.ids, request.top) {
-        (Some(ids), None) => parse_ids(&ids)?,
-        (None, Some(top)) if (1..=1000).contains(&top) => {
+    let ids: Vec<ProductId> = match request {
+        WarmRequest::Ids(WarmIds { ids }) => parse_ids(&ids)?,
+        WarmRequest::Top(WarmTop { top }) if (1..=1000).contains(&top) => {
             let ranking = state.stats.feed(FeedKind::Trending).await?;
             ranking
                 .map(|r| r.ids.into_iter().take(top).collect())
@@ -236,19 +256,44 @@ pub async fn warm(
     ))
 }
 
-/// What to invalidate: exactly one of the fields.
+/// What to invalidate: products, keys, or a namespace (exactly one).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum InvalidateRequest {
+    /// Products whose every entry (detail, summary, stats) is dropped.
+    Ids(InvalidateIds),
+    /// Individual keys.
+    Keys(InvalidateKeys),
+    /// A namespace moved to a new generation.
+    Namespace(InvalidateNamespace),
+}
+
+/// Products to drop.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct InvalidateRequest {
-    /// Products whose every entry (detail, summary, stats) is dropped.
-    #[serde(default)]
-    pub ids: Option<Vec<String>>,
-    /// Individual keys, as the cache names them (`<prefix>product:<id>`, `summary:`, `stats:`).
-    #[serde(default)]
-    pub keys: Option<Vec<String>>,
-    /// A namespace moved to a new generation (`feed`).
-    #[serde(default)]
-    pub namespace: Option<String>,
+pub struct InvalidateIds {
+    /// 1 to 100 product ids.
+    #[schema(value_type = Vec<crate::openapi::IdString>, min_items = 1, max_items = 100)]
+    pub ids: Vec<String>,
+}
+
+/// Keys to drop, as the cache names them: `<prefix>product:<id>`, `<prefix>summary:<id>` or
+/// `<prefix>stats:<id>` (the document's pattern carries this deployment's prefix).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateKeys {
+    /// 1 to 100 keys.
+    #[schema(min_items = 1, max_items = 100)]
+    pub keys: Vec<String>,
+}
+
+/// A namespace to move to a new generation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateNamespace {
+    /// `feed`: every feed page.
+    #[schema(pattern = "^feed$")]
+    pub namespace: String,
 }
 
 /// What was invalidated.
@@ -264,7 +309,10 @@ pub struct InvalidateResponse {
 
 #[utoipa::path(
     post, path = "/admin/cache/invalidate", tag = "admin", security(("admin_token" = [])), request_body = InvalidateRequest,
-    responses((status = 200, body = InvalidateResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+    responses(
+        (status = 200, body = InvalidateResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "the body is not application/json", body = ErrorBody),
+    )
 )]
 /// Drops products, keys or a whole namespace from the cache.
 pub async fn invalidate(
@@ -274,23 +322,26 @@ pub async fn invalidate(
 ) -> ApiResult<Json<InvalidateResponse>> {
     let cache = &state.cache;
     let keys = cache.keys();
-    let targets = match (request.ids, request.keys, request.namespace) {
-        (Some(ids), None, None) => parse_ids(&ids)?
+    let targets = match request {
+        InvalidateRequest::Ids(InvalidateIds { ids }) => parse_ids(&ids)?
             .iter()
             .flat_map(|id| keys.product_keys(id))
             .collect::<Vec<_>>(),
-        (None, Some(raw), None) if !raw.is_empty() && raw.len() <= 100 => raw
-            .iter()
-            .map(|k| match keys.parse(k) {
-                Some(KeyTarget::Product(id)) => Ok(keys.product(&id)),
-                Some(KeyTarget::Summary(id)) => Ok(keys.summary(&id)),
-                Some(KeyTarget::Stats(id)) => Ok(keys.stats(&id)),
-                None => Err(ApiError::Invalid(
-                    "keys: only product, summary and stats keys of this cache".into(),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        (None, None, Some(namespace)) if namespace == reads::FEED_NAMESPACE => {
+        InvalidateRequest::Keys(InvalidateKeys { keys: raw }) if (1..=100).contains(&raw.len()) => {
+            raw.iter()
+                .map(|k| match keys.parse(k) {
+                    Some(KeyTarget::Product(id)) => Ok(keys.product(&id)),
+                    Some(KeyTarget::Summary(id)) => Ok(keys.summary(&id)),
+                    Some(KeyTarget::Stats(id)) => Ok(keys.stats(&id)),
+                    None => Err(ApiError::Invalid(
+                        "keys: only product, summary and stats keys of this cache".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        InvalidateRequest::Namespace(InvalidateNamespace { namespace })
+            if namespace == reads::FEED_NAMESPACE =>
+        {
             let generation = cache.bump_generation(&namespace).await;
             return Ok(Json(InvalidateResponse {
                 invalidated: 0,

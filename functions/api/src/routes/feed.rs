@@ -21,12 +21,16 @@ use crate::state::AppState;
 /// Query of `GET /feed`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// `trending` (24 h views) or `new` (creation time); default `trending`.
+    #[param(pattern = "^(trending|new)$")]
     pub kind: Option<String>,
     /// Page number from 1 (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u32>,
     /// Products per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<u32>,
 }
 
@@ -72,8 +76,10 @@ pub async fn feed(
         .map_err(|e| ApiError::invalid(&e))?;
     let page = query.page.unwrap_or(1);
     let per_page = query.per_page.unwrap_or(20);
-    if page == 0 || !(1..=100).contains(&per_page) {
-        return Err(ApiError::Invalid("page: from 1; per_page: 1 to 100".into()));
+    if !(1..=1_000_000).contains(&page) || !(1..=100).contains(&per_page) {
+        return Err(ApiError::Invalid(
+            "page: 1 to 1000000; per_page: 1 to 100".into(),
+        ));
     }
     let mut ranking = reads::ranked_feed(&state.cache, &state.stats, kind).await?;
     deferred.revalidate(ranking.revalidation.take());

@@ -24,21 +24,24 @@ pub enum OfferPatch {
         /// New expiry (epoch ms): later than the current one, at most a year ahead.
         expires_at: i64,
         /// The offer version being replaced.
+        #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
         expected_version: u64,
     },
     /// Withdraw the offer now.
     Cancel {
         /// The offer version being replaced.
+        #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
         expected_version: u64,
     },
 }
 
 #[utoipa::path(
     patch, path = "/offers/{id}", tag = "offers", request_body = OfferPatch, security(("write_token" = [])),
-    params(("id" = String, Path, description = "Offer id")),
+    params(("id" = String, Path, description = "Offer id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, body = Offer), (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "stale expected_version, or the offer is no longer active", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "the body is not application/json", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
@@ -93,10 +96,14 @@ pub async fn patch_offer(
 /// Query of `GET /offers/expiring`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExpiringQuery {
-    /// Window ahead: seconds, or a number with s, m, h or d (default `1h`, at most `7d`).
+    /// Window ahead: up to 9 digits of seconds, or with a unit s, m, h or d (default `1h`);
+    /// windows over `7d` are read as `7d`.
+    #[param(pattern = "^[0-9]{1,9}[smhd]?$")]
     pub within: Option<String>,
     /// Most offers to list (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -123,13 +130,12 @@ pub async fn expiring(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ExpiringQuery>,
 ) -> ApiResult<Response> {
+    // A longer window is read as 7 days (the response says which window was used).
     let within = match query.within.as_deref() {
         None => 3_600_000,
         Some(raw) => duration_ms("within", raw)?,
-    };
-    if within > MAX_WINDOW_MS {
-        return Err(ApiError::Invalid("within: at most 7d".into()));
     }
+    .min(MAX_WINDOW_MS);
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::Invalid("limit: 1 to 1000".into()));

@@ -47,7 +47,7 @@ pub struct ProductResponse {
 
 #[utoipa::path(
     get, path = "/products/{id}", tag = "products",
-    params(("id" = String, Path, description = "Product id: 1 to 64 of [A-Za-z0-9_-]")),
+    params(("id" = String, Path, description = "Product id: 1 to 64 of [A-Za-z0-9_-]", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "The product; see X-Cache, Age, ETag", body = ProductResponse),
         (status = 304, description = "Not modified (If-None-Match)"),
@@ -132,6 +132,7 @@ async fn detail_and_stats(
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// 1 to 100 product ids.
+    #[schema(value_type = Vec<crate::openapi::IdString>, min_items = 1, max_items = 100)]
     pub ids: Vec<String>,
 }
 
@@ -184,7 +185,8 @@ pub fn parse_ids(raw: &[String]) -> ApiResult<Vec<ProductId>> {
     post, path = "/products/batch", tag = "products", request_body = BatchRequest,
     responses(
         (status = 200, body = BatchResponse),
-        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, description = "the body is not application/json", body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
 /// Up to 100 products: L1, then one MGET per slot group, then one BatchGetItem for the misses.
@@ -249,7 +251,7 @@ pub struct StatsResponse {
 
 #[utoipa::path(
     get, path = "/products/{id}/stats", tag = "products",
-    params(("id" = String, Path, description = "Product id")),
+    params(("id" = String, Path, description = "Product id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, body = StatsResponse), (status = 304, description = "Not modified"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
@@ -292,12 +294,19 @@ pub async fn stats(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
-    /// Display name, 1 to 200 characters.
+    /// Display name, 1 to 200 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub name: String,
-    /// Up to 4000 characters.
+    /// Up to 4000 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 4000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub description: String,
     /// Category slug.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub category: String,
     /// List price.
     pub price: Money,
@@ -305,17 +314,19 @@ pub struct ProductInput {
     pub active: bool,
     /// The version being replaced; omit to create.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub expected_version: Option<u64>,
 }
 
 #[utoipa::path(
     put, path = "/products/{id}", tag = "products", request_body = ProductInput, security(("write_token" = [])),
-    params(("id" = String, Path, description = "Product id")),
+    params(("id" = String, Path, description = "Product id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "Updated", body = Product), (status = 201, description = "Created", body = Product),
         (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, description = "expected_version given for an unknown product", body = ErrorBody),
         (status = 409, description = "expected_version is stale, or the product exists", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, description = "the body is not application/json", body = ErrorBody),
+        (status = 503, body = ErrorBody),
     )
 )]
 /// Creates or replaces a product, conditional on its version, and invalidates its cache entries.
@@ -379,6 +390,7 @@ pub async fn put_product(
 pub struct OfferInput {
     /// Offer id (generated when omitted); unique across products.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::IdString>)]
     pub offer_id: Option<String>,
     /// Offer price.
     pub price: Money,
@@ -388,10 +400,11 @@ pub struct OfferInput {
 
 #[utoipa::path(
     post, path = "/products/{id}/offers", tag = "offers", request_body = OfferInput, security(("write_token" = [])),
-    params(("id" = String, Path, description = "Product id")),
+    params(("id" = String, Path, description = "Product id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 201, body = Offer), (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the offer id is taken", body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 409, description = "the offer id is taken", body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, description = "the body is not application/json", body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
 /// Adds an active offer to a product and invalidates the product's cache entries.
@@ -445,6 +458,7 @@ pub fn check_expiry(expires_at: i64, now: i64) -> ApiResult<()> {
 pub struct ViewInput {
     /// Client-chosen id that makes retries count once (generated when omitted).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::IdString>)]
     pub event_id: Option<String>,
 }
 
@@ -458,11 +472,11 @@ pub struct ViewAccepted {
 }
 
 #[utoipa::path(
-    post, path = "/products/{id}/views", tag = "products", request_body(content = ViewInput, description = "Optional"),
-    params(("id" = String, Path, description = "Product id")),
+    post, path = "/products/{id}/views", tag = "products", request_body(content = Option<ViewInput>, description = "Optional: without a body, an event id is generated"),
+    params(("id" = String, Path, description = "Product id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 202, body = ViewAccepted), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
 /// Records one view in the views table; its stream feeds the view counters.
@@ -473,12 +487,13 @@ pub async fn record_view(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let id = product_id(&raw)?;
-    // The body is optional: an empty one means "no event id, generate one".
+    // The body is optional: an empty one (or `null`) means "no event id, generate one".
     let input: ViewInput = if body.iter().all(u8::is_ascii_whitespace) {
         ViewInput::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<ViewInput>>(&body)
             .map_err(|_| ApiError::Invalid("body: not valid JSON for this endpoint".into()))?
+            .unwrap_or_default()
     };
     let event_id = match &input.event_id {
         Some(raw) => EventId::parse(raw).map_err(|e| ApiError::invalid(&e))?,
