@@ -57,13 +57,18 @@ pub async fn open(config: &Config, demo_products: Option<usize>) -> anyhow::Resu
         ));
     };
     let store = wiring::dynamo_store(config).await;
-    let description = match store.list_products(None, 1).await {
-        Ok((page, _)) if !page.is_empty() => format!("DynamoDB at {endpoint} (existing data)"),
-        _ => {
-            // Missing tables are created; an existing empty catalog is seeded.
-            let _ =
-                catalog_core::store::dynamo::schema::create_tables(store.client(), &config.tables)
-                    .await;
+    // Missing tables are created; only a catalog without a single product is seeded (the
+    // bulk load overwrites, so any doubt means "existing data").
+    let _ =
+        catalog_core::store::dynamo::schema::create_tables(store.client(), &config.tables).await;
+    let description = match has_products(store.as_ref()).await {
+        Ok(true) => format!("DynamoDB at {endpoint} (existing data)"),
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context("checking whether the catalog holds products")
+            );
+        }
+        Ok(false) => {
             let seeded = seed::seed(store.as_ref(), demo_products.unwrap_or(200), now, 6, 7)
                 .await
                 .context("seeding the demo catalog")?;
@@ -115,5 +120,21 @@ where
         views_stream,
         catalog_stream,
         description,
+    }
+}
+
+/// Whether the catalog holds at least one product: pages on past offers and references (a
+/// page can come back empty before the end of the table).
+async fn has_products(store: &dyn ProductLister) -> catalog_core::Result<bool> {
+    let mut cursor: Option<String> = None;
+    loop {
+        let (page, next) = store.list_products(cursor.as_deref(), 100).await?;
+        if !page.is_empty() {
+            return Ok(true);
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(false),
+        }
     }
 }

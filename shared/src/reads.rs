@@ -2,6 +2,8 @@
 //! the refresh job and the revalidation-queue drain all go through here, so they agree.
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::sync::Arc;
 
 use crate::cache::key::KeyTarget;
@@ -108,46 +110,56 @@ pub struct WarmReport {
 }
 
 /// Loads products (with offers) and their stats from the stores and writes them to the cache,
-/// each kind in one pipeline.
+/// eight at a time: each group is read within the engine's load timeout and written with the
+/// time its reads began, so an invalidation made meanwhile refuses its writes (the tombstone
+/// outlives the load timeout).
 pub async fn warm(
     cache: &Cache,
     catalog: &Arc<dyn ProductReader>,
     stats: &Arc<dyn StatsReader>,
     ids: &[ProductId],
 ) -> Result<WarmReport> {
-    use futures::{StreamExt, TryStreamExt};
-    let read_at = cache.now();
-    let loaded: Vec<(ProductId, Option<ProductDetail>, Option<PeriodStats>)> =
-        futures::stream::iter(ids.iter().cloned())
+    use futures::TryStreamExt;
+    const GROUP: usize = 8;
+    let load_timeout = cache.options().load_timeout;
+    let mut report = WarmReport::default();
+    for group in ids.chunks(GROUP) {
+        let read_at = cache.now();
+        let reads = futures::stream::iter(group.iter().cloned())
             .map(|id| async move {
                 let (detail, period) =
                     tokio::try_join!(catalog.product_detail(&id), stats.period_stats(&id))?;
                 Ok::<_, crate::Error>((id, detail, period))
             })
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
-    let mut report = WarmReport::default();
-    let (mut details, mut products, mut periods) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, detail, period) in loaded {
-        let Some(detail) = detail else {
-            report.not_found.push(id);
-            continue;
+            .buffer_unordered(GROUP)
+            .try_collect::<Vec<(ProductId, Option<ProductDetail>, Option<PeriodStats>)>>();
+        let loaded = tokio::time::timeout(load_timeout, reads)
+            .await
+            .map_err(|_| crate::Error::Timeout {
+                op: "cache warm",
+                after: load_timeout,
+            })??;
+        let (mut details, mut products, mut periods) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, detail, period) in loaded {
+            let Some(detail) = detail else {
+                report.not_found.push(id);
+                continue;
+            };
+            report.warmed += 1;
+            products.push((cache.keys().summary(&id), detail.product.clone()));
+            details.push((cache.keys().product(&id), detail));
+            periods.push((cache.keys().stats(&id), period.unwrap_or_default()));
+        }
+        let written = |outcomes: Vec<PutOutcome>| {
+            outcomes
+                .into_iter()
+                .filter(|o| *o == PutOutcome::Written)
+                .count() as u64
         };
-        report.warmed += 1;
-        products.push((cache.keys().summary(&id), detail.product.clone()));
-        details.push((cache.keys().product(&id), detail));
-        periods.push((cache.keys().stats(&id), period.unwrap_or_default()));
+        report.entries_written += written(cache.put_many(details, read_at).await)
+            + written(cache.put_many(products, read_at).await)
+            + written(cache.put_many(periods, read_at).await);
     }
-    let written = |outcomes: Vec<PutOutcome>| {
-        outcomes
-            .into_iter()
-            .filter(|o| *o == PutOutcome::Written)
-            .count() as u64
-    };
-    report.entries_written = written(cache.put_many(details, read_at).await)
-        + written(cache.put_many(products, read_at).await)
-        + written(cache.put_many(periods, read_at).await);
     Ok(report)
 }
 

@@ -367,8 +367,9 @@ async fn listing_pages_through_every_product_and_skips_offers() {
     assert_eq!(seen.len(), 9);
 }
 
-/// A bulk load through a proxy that throttles: the SDK retries the throttled requests,
-/// the loader retries what a batch left unprocessed, and every item lands.
+/// A bulk load through a proxy that throttles whole requests, more often in a row than the
+/// SDK retries one: the loader retries them, and every item lands. (Unprocessed items inside
+/// a successful batch take the same retry path; moto never leaves any.)
 #[tokio::test]
 async fn a_bulk_load_lands_every_item_through_throttling() {
     use catalog_core::model::CounterBucket;

@@ -205,6 +205,9 @@ struct Inner {
     /// Cached "not found" answers, in a bounded L1 of their own and never in Redis: a caller
     /// asking for random ids cannot evict hot keys from either tier.
     negatives: L1,
+    /// When this process last invalidated each key (for as long as a tombstone lives): a
+    /// "not found" read before that is not cached, as the guard would refuse it in Redis.
+    invalidated: moka::sync::Cache<String, EpochMillis>,
     /// Generation counters seen recently, so a feed read does not cost a Redis round trip for
     /// its generation; bumps from other processes are seen within the L1 TTL.
     generations: moka::sync::Cache<String, u64>,
@@ -235,8 +238,13 @@ impl Cache {
             .max_capacity(1024)
             .time_to_live(options.l1_ttl.max(Duration::from_millis(1)))
             .build();
+        let invalidated = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(options.tombstone_ttl())
+            .build();
         Cache {
             inner: Arc::new(Inner {
+                invalidated,
                 keys: KeySpace::new(options.key_prefix.clone()),
                 l1: L1::new(options.l1_max_bytes, options.l1_ttl),
                 negatives: L1::new(NEGATIVE_L1_BYTES, options.l1_ttl),

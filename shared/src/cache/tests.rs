@@ -730,3 +730,29 @@ async fn a_burst_of_unknown_ids_stays_out_of_redis_and_out_of_the_hot_keys_way()
         .unwrap();
     assert_eq!(hit.source, Source::L2);
 }
+
+#[tokio::test]
+async fn a_not_found_read_before_an_invalidation_is_not_cached_by_the_same_process() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let k = key(&cache, "new-product");
+    // A read of an id that does not exist yet, slow...
+    let slow = {
+        let (cache, k, loader) = (
+            cache.clone(),
+            k.clone(),
+            f.loader(None, Duration::from_millis(200)),
+        );
+        tokio::spawn(async move { cache.get_or_load(&k, loader).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...while the product is created here and its keys invalidated.
+    assert!(cache.invalidate(std::slice::from_ref(&k)).await);
+    assert!(slow.await.unwrap().unwrap().value.is_none());
+    // The stale "not found" was not kept: the next read loads the product.
+    let next = cache
+        .get_or_load(&k, f.loader(Some(item("created", 1)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(next.value.unwrap().name, "created");
+}

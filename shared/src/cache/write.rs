@@ -31,6 +31,10 @@ pub enum PutOutcome {
     Skipped,
 }
 
+/// What a cached "not found" weighs against the negative L1's bound besides its key: the
+/// entry itself (metadata, no value).
+const NEGATIVE_ENTRY_WEIGHT: u32 = 64;
+
 /// Clock skew tolerated between the process that invalidates and one that loads. A value read
 /// less than this after an invalidation is not cached (the next read loads again), so a loader
 /// whose clock runs ahead cannot slip an old value past the tombstone.
@@ -81,9 +85,11 @@ impl Cache {
     /// value back (the guard refuses it). Returns false if Redis could not be reached, in which
     /// case L2 keeps the old entries until their TTL.
     pub async fn invalidate(&self, keys: &[CacheKey]) -> bool {
+        let now = self.now();
         for key in keys {
             self.inner.l1.remove(key.as_str());
             self.inner.negatives.remove(key.as_str());
+            self.inner.invalidated.insert(key.as_str().to_owned(), now);
         }
         // Outlives any load that began before now (see `CacheOptions::tombstone_ttl`).
         let ttl = self.inner.options.tombstone_ttl();
@@ -217,10 +223,21 @@ impl Cache {
             }
             let meta = self.entry_meta(version, value.is_none(), *policy, now);
             if value.is_none() {
-                // Not found: remembered here only (see `Inner::negatives`).
-                self.inner.l1.remove(key.as_str());
-                self.insert_l1(key.as_str(), None, meta, 0);
-                outcomes[i].1 = PutOutcome::LocalOnly;
+                // Not found: remembered here only (see `Inner::negatives`), unless this
+                // process invalidated the key after the read (the entity may exist now) or
+                // holds a value for it (written meanwhile, by a newer read).
+                let invalidated_after_read = self
+                    .inner
+                    .invalidated
+                    .get(key.as_str())
+                    .is_some_and(|at| at >= read_at.saturating_sub(SKEW_MARGIN_MS));
+                let holds_value = self.inner.l1.get(key.as_str(), now).is_some();
+                if invalidated_after_read || holds_value {
+                    outcomes[i].1 = PutOutcome::Refused;
+                } else {
+                    self.insert_l1(key.as_str(), None, meta, NEGATIVE_ENTRY_WEIGHT);
+                    outcomes[i].1 = PutOutcome::LocalOnly;
+                }
                 continue;
             }
             let encoded = envelope::encode(&meta, &payload, self.inner.options.compress_threshold);
