@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod faults;
 mod helpers;
 mod offer_expiry;
 mod redis_connection;

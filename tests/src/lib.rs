@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 pub mod dynamo_faults;
+pub mod tcp_faults;
 
 /// The Lambda runtime API emulator (it lives with the event-source-mapping runner).
 pub use esm::emulator as lambda_emulator;
