@@ -75,7 +75,7 @@ impl Env {
     }
 
     async fn raw(&self) -> catalog_core::redis_conn::RedisConnection {
-        self.l2.connection().unwrap().clone()
+        self.l2.connection().unwrap()
     }
 }
 

@@ -214,6 +214,34 @@ async fn every_connection_reset_mid_load() {
     assert!(proxy.connections() > 4, "the clients reconnected");
 }
 
+/// A middlebox forgets every open connection without a reset: requests on them only time
+/// out, forever. The engine's health probes replace the connection, and Redis is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dropped_silently_are_replaced() {
+    let server = RedisServer::start(RedisServer::free_port(), &[]);
+    let proxy = TcpFaults::start(&server.node()).await;
+    let prefix = format!("{}:", unique_name("faults"));
+    let engines = environments(&proxy.node(), &prefix).await;
+    let before = Arc::new(Phase::default());
+    load(&engines, Duration::from_secs(1), &before).await;
+    let connections = proxy.connections();
+    proxy.drop_open_connections();
+    let after = Arc::new(Phase::default());
+    load(&engines, Duration::from_secs(3), &after).await;
+    before.report("connections dropped silently: before");
+    after.report("connections dropped silently: after");
+    assert_eq!(after.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(after.wrong.load(Ordering::Relaxed), 0);
+    assert!(
+        proxy.connections() > connections,
+        "the engines opened new connections"
+    );
+    assert!(
+        after.from_redis.load(Ordering::Relaxed) > 0,
+        "Redis is used again on the new connections"
+    );
+}
+
 /// The environment is frozen, Redis drops its connection (idle past `timeout`, or `CLIENT
 /// KILL`); the first request after the thaw must succeed.
 #[tokio::test]

@@ -32,6 +32,8 @@ pub struct TcpFaults {
     mode: watch::Sender<Mode>,
     /// Bumped to reset every open connection.
     resets: watch::Sender<u64>,
+    /// Bumped to kill every open connection silently.
+    drops: watch::Sender<u64>,
     connections: Arc<Mutex<u64>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -47,16 +49,22 @@ impl TcpFaults {
             .unwrap_or_else(|e| panic!("no local address: {e}"));
         let (mode, _) = watch::channel(Mode::Pass);
         let (resets, _) = watch::channel(0);
+        let (drops, _) = watch::channel(0);
         let connections = Arc::new(Mutex::new(0));
-        let (mode_rx, resets_rx) = (mode.subscribe(), resets.subscribe());
+        let (mode_rx, resets_rx, drops_rx) =
+            (mode.subscribe(), resets.subscribe(), drops.subscribe());
         let (upstream, counted) = (upstream.to_owned(), connections.clone());
         let server = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 *counted.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-                let (upstream, mode, resets) =
-                    (upstream.clone(), mode_rx.clone(), resets_rx.clone());
+                let (upstream, mode, resets, drops) = (
+                    upstream.clone(),
+                    mode_rx.clone(),
+                    resets_rx.clone(),
+                    drops_rx.clone(),
+                );
                 tokio::spawn(async move {
-                    let _ = relay(client, &upstream, mode, resets).await;
+                    let _ = relay(client, &upstream, mode, resets, drops).await;
                 });
             }
         });
@@ -64,6 +72,7 @@ impl TcpFaults {
             addr,
             mode,
             resets,
+            drops,
             connections,
             server,
         }
@@ -82,6 +91,13 @@ impl TcpFaults {
     /// Closes every open connection with an RST; later connections are served.
     pub fn reset_all(&self) {
         self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Kills every open connection silently: from now on their bytes go nowhere, in either
+    /// direction, and nothing resets them (a NAT or a middlebox that forgot them). Later
+    /// connections are served.
+    pub fn drop_open_connections(&self) {
+        self.drops.send_modify(|n| *n += 1);
     }
 
     /// Connections accepted so far.
@@ -106,20 +122,30 @@ async fn relay(
     upstream: &str,
     mode: watch::Receiver<Mode>,
     mut resets: watch::Receiver<u64>,
+    mut drops: watch::Receiver<u64>,
 ) -> std::io::Result<()> {
     resets.mark_unchanged();
+    drops.mark_unchanged();
     let server = TcpStream::connect(upstream).await?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let outbound = pump(client_read, server_write, mode.clone());
-    let inbound = pump(server_read, client_write, mode);
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outbound = pump(client_read, server_write, mode.clone(), dead.clone());
+    let inbound = pump(server_read, client_write, mode, dead.clone());
+    let killer = async {
+        if drops.changed().await.is_ok() {
+            dead.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        std::future::pending::<()>().await;
+    };
     tokio::select! {
         _ = async { tokio::join!(outbound, inbound) } => Ok(()),
         _ = resets.changed() => Ok(()),
+        () = killer => Ok(()),
     }
-    // Dropping the halves here with unread data or a zero linger sends the RST (below).
+    // Dropping the halves with a zero linger sends the RST (below).
 }
 
 /// Copies one direction, honouring the mode chunk by chunk.
@@ -127,6 +153,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
 ) {
     // A reset must be an RST, not a FIN. A zero linger never blocks (only a positive one
     // would, which is what the deprecation is about).
@@ -144,6 +171,9 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if dead.load(std::sync::atomic::Ordering::SeqCst) {
+            continue; // silently dropped: read and forgotten
+        }
         let current = *mode.borrow();
         match current {
             Mode::Latency(delay) => tokio::time::sleep(delay).await,

@@ -195,6 +195,9 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+/// Failed health probes in a row after which the L2 connection is replaced.
+const PROBES_BEFORE_RECONNECT: u32 = 5;
+
 /// Bound of the negative L1: about 10,000 cached "not found" keys per environment.
 const NEGATIVE_L1_BYTES: u64 = 1 << 20;
 
@@ -380,6 +383,7 @@ impl Cache {
         let interval = (self.inner.options.breaker_cooldown / 10)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::spawn(async move {
+            let mut failed_probes = 0u32;
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -390,6 +394,14 @@ impl Cache {
                         tokio::time::timeout(inner.options.command_timeout, l2.ping()).await,
                         Ok(Ok(()))
                     );
+                if !healthy {
+                    failed_probes += 1;
+                    // A connection that only times out (dropped by a middlebox without a
+                    // reset, or desynchronised) never heals: replace it.
+                    if failed_probes.is_multiple_of(PROBES_BEFORE_RECONNECT) {
+                        l2.reconnect();
+                    }
+                }
                 if healthy {
                     inner.breaker.record_success();
                     inner.probing.store(false, Ordering::Release);

@@ -131,6 +131,11 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     /// Round-trips a `PING` (health probes).
     async fn ping(&self) -> Result<()>;
 
+    /// Replaces the connection with a new one, in the background (after health probes kept
+    /// failing: a connection a middlebox dropped without a reset never recovers by itself).
+    /// Does nothing where there is nothing to replace.
+    fn reconnect(&self) {}
+
     /// Round trips made so far (commands plus pipelines), for benchmarks and tests.
     fn round_trips(&self) -> u64;
 }

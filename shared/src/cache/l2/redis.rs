@@ -1,8 +1,8 @@
 //! The L2 port on Redis, standalone or cluster.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -60,7 +60,13 @@ return 0
 ///   never waits on, or fails because of, an unreachable Redis.
 #[derive(Debug)]
 pub struct RedisL2 {
-    conn: OnceLock<RedisConnection>,
+    conn: RwLock<Option<RedisConnection>>,
+    /// How to connect again; `None` for an L2 built over a given connection.
+    config: Option<RedisConfig>,
+    /// A reconnect is under way.
+    reconnecting: AtomicBool,
+    /// This L2 itself, for the reconnect task (set by [`RedisL2::connect`]).
+    this: std::sync::OnceLock<Weak<RedisL2>>,
     cluster: bool,
     set_script: Script,
     unlock_script: Script,
@@ -70,44 +76,58 @@ pub struct RedisL2 {
 impl RedisL2 {
     /// An L2 over an established connection.
     pub fn new(conn: RedisConnection) -> Self {
-        let l2 = RedisL2::unconnected(conn.is_cluster());
-        let _ = l2.conn.set(conn);
+        let l2 = RedisL2::unconnected(conn.is_cluster(), None);
+        l2.install(conn);
         l2
+    }
+
+    fn install(&self, conn: RedisConnection) {
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn);
     }
 
     /// Connects in the background, waiting at most `wait` for the first connection (run this
     /// in the init phase so the first request finds Redis ready). Retries with capped backoff
     /// until it succeeds or the returned handle is dropped.
     pub async fn connect(config: RedisConfig, wait: Duration) -> Arc<RedisL2> {
-        let l2 = Arc::new(RedisL2::unconnected(config.mode == RedisMode::Cluster));
-        let weak = Arc::downgrade(&l2);
-        let connecting = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            while weak.strong_count() > 0 {
-                match RedisConnection::connect(&config).await {
-                    Ok(conn) => {
-                        if let Some(l2) = weak.upgrade() {
-                            let _ = l2.conn.set(conn);
-                            tracing::info!(nodes = ?config.nodes, "connected to Redis");
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(nodes = ?config.nodes, error.message = %e, "cannot connect to Redis; retrying in {backoff:?}");
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        });
+        let l2 = Arc::new(RedisL2::unconnected(
+            config.mode == RedisMode::Cluster,
+            Some(config),
+        ));
+        let _ = l2.this.set(Arc::downgrade(&l2));
+        let connecting = tokio::spawn(Self::connect_until_done(Arc::downgrade(&l2)));
         // On timeout the task is detached, not cancelled: it keeps trying.
         let _ = tokio::time::timeout(wait, connecting).await;
         l2
     }
 
-    fn unconnected(cluster: bool) -> Self {
+    /// Connects (again) until it succeeds or the L2 is dropped, then installs the connection.
+    async fn connect_until_done(weak: Weak<RedisL2>) {
+        let mut backoff = Duration::from_millis(100);
+        while let Some(config) = weak.upgrade().and_then(|l2| l2.config.clone()) {
+            match RedisConnection::connect(&config).await {
+                Ok(conn) => {
+                    if let Some(l2) = weak.upgrade() {
+                        l2.install(conn);
+                        l2.reconnecting.store(false, Ordering::Release);
+                        tracing::info!(nodes = ?config.nodes, "connected to Redis");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(nodes = ?config.nodes, error.message = %e, "cannot connect to Redis; retrying in {backoff:?}");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn unconnected(cluster: bool, config: Option<RedisConfig>) -> Self {
         RedisL2 {
-            conn: OnceLock::new(),
+            conn: RwLock::new(None),
+            config,
+            reconnecting: AtomicBool::new(false),
+            this: std::sync::OnceLock::new(),
             cluster,
             set_script: Script::new(SET_GUARDED),
             unlock_script: Script::new(COMPARE_AND_DELETE),
@@ -116,13 +136,16 @@ impl RedisL2 {
     }
 
     /// The connection, once established, for commands outside the port (stats, health).
-    pub fn connection(&self) -> Option<&RedisConnection> {
-        self.conn.get()
+    pub fn connection(&self) -> Option<RedisConnection> {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The connection for one round trip, or a fast failure while still connecting.
     fn trip(&self) -> Result<RedisConnection> {
-        let conn = self.conn.get().ok_or(Error::NotConnected)?;
+        let conn = self.connection().ok_or(Error::NotConnected)?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         Ok(conn.clone())
     }
@@ -491,6 +514,17 @@ impl L2Store for RedisL2 {
 
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn reconnect(&self) {
+        let Some(this) = self.this.get().cloned() else {
+            return; // built over a given connection: nothing to reconnect with
+        };
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!("Redis health probes keep failing on this connection; reconnecting");
+        tokio::spawn(Self::connect_until_done(this));
     }
 }
 
