@@ -10,10 +10,12 @@ as_root() {
 }
 
 ensure_redis() {
-  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
-  echo "ensure-tools: installing Debian redis-server" >&2
+  # openssl makes the test CA of the Redis TLS tests.
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null \
+    && command -v openssl >/dev/null && return 0
+  echo "ensure-tools: installing Debian redis-server and openssl" >&2
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server openssl >/dev/null
   # The package starts a system-wide server on 6379; the tests use their own, so stop it.
   as_root service redis-server stop >/dev/null 2>&1 || true
 }
