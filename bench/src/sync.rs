@@ -24,10 +24,9 @@ use catalog_core::store::memory::MemoryStore;
 use catalog_core::store::stream::MemoryStreams;
 use catalog_core::store::{OfferWriter, ProductReader, ProductWriter};
 use catalog_core::streams::{RawEvent, cache_sync};
-use esm::invoke::InProcess;
+use esm::invoke::stream_handler;
 use esm::mapping::{EventSourceMapping, MappingConfig, StartingPosition};
 use esm::source::{MemorySource, Polled};
-use futures::FutureExt;
 use serde_json::{Value, json};
 
 use crate::fixtures::product_detail;
@@ -70,16 +69,13 @@ async fn propagation() -> anyhow::Result<Vec<f64>> {
     let store = seeded(&streams).await?;
     let l2 = Arc::new(MemoryL2::new());
     let function_cache = l2_cache(&l2, true);
-    let handler = InProcess(move |event: Value| {
+    let handler = stream_handler(move |event| {
         let cache = function_cache.clone();
         async move {
-            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
-            let (response, _) = cache_sync::handle(event, &cache)
+            cache_sync::handle(event, &cache)
                 .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_value(response).map_err(|e| e.to_string())
+                .map(|(response, _)| response)
         }
-        .boxed()
     });
     let mapping = Arc::new(EventSourceMapping::new(
         // Polled four times a second, never woken early: what a deployed mapping does.

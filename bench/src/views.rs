@@ -25,14 +25,13 @@ use catalog_core::store::stream::{Change, ChangeKind, MemoryStream};
 use catalog_core::store::{ProductWriter, ViewCounters};
 use catalog_core::streams::RawEvent;
 use catalog_core::streams::views::{self, ViewAggDeps, ViewAggOptions, WindowState};
-use esm::invoke::InProcess;
+use esm::invoke::stream_handler;
 use esm::mapping::{EventSourceMapping, MappingConfig};
 use esm::source::MemorySource;
-use futures::FutureExt;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Zipf};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::fixtures::product_detail;
 use crate::report::Report;
@@ -107,17 +106,12 @@ async fn simulate(
         stats: shim.clone(),
         cache: cache(),
     });
-    let handler = InProcess(move |event: Value| {
+    let handler = stream_handler(move |event| {
         let deps = deps.clone();
         async move {
             let options = ViewAggOptions::default();
-            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
-            let response = views::handle(event, &deps, &options, HOUR_START + 3_600_000)
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_value(response).map_err(|e| e.to_string())
+            views::handle(event, &deps, &options, HOUR_START + 3_600_000).await
         }
-        .boxed()
     });
     let mapping = EventSourceMapping::new(
         Arc::new(MemorySource(stream.clone())),

@@ -10,13 +10,11 @@ use catalog_core::cache::Cache;
 use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::jobs::offer_expiry::{self, ExpiryDeps, ExpiryOptions};
 use catalog_core::jobs::refresh::{self, RefreshDeps, RefreshOptions};
+use catalog_core::streams::cache_sync;
 use catalog_core::streams::views::{self, ViewAggDeps, ViewAggOptions};
-use catalog_core::streams::{RawEvent, cache_sync};
-use esm::invoke::InProcess;
+use esm::invoke::stream_handler;
 use esm::mapping::{EventSourceMapping, MappingConfig, StartingPosition};
 use esm::source::StreamSource;
-use futures::FutureExt;
-use serde_json::Value;
 
 /// Runs `job` every `interval` (the first tick after one interval; callers run it once
 /// themselves first) until the process ends.
@@ -77,16 +75,9 @@ pub fn start_view_aggregator(
     options: ViewAggOptions,
 ) -> tokio::task::JoinHandle<()> {
     let deps = Arc::new(deps);
-    let handler = InProcess(move |event: Value| {
+    let handler = stream_handler(move |event| {
         let deps = deps.clone();
-        async move {
-            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
-            let response = views::handle(event, &deps, &options, SystemClock.now_ms())
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_value(response).map_err(|e| e.to_string())
-        }
-        .boxed()
+        async move { views::handle(event, &deps, &options, SystemClock.now_ms()).await }
     });
     Arc::new(EventSourceMapping::new(
         stream,
@@ -104,16 +95,13 @@ pub async fn start_cache_sync(
     stream: Arc<dyn StreamSource>,
     cache: Cache,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let handler = InProcess(move |event: Value| {
+    let handler = stream_handler(move |event| {
         let cache = cache.clone();
         async move {
-            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
-            let (response, _) = cache_sync::handle(event, &cache)
+            cache_sync::handle(event, &cache)
                 .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_value(response).map_err(|e| e.to_string())
+                .map(|(response, _)| response)
         }
-        .boxed()
     });
     let mapping = Arc::new(EventSourceMapping::new(
         stream,

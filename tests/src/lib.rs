@@ -62,6 +62,27 @@ pub fn dynamodb_client() -> Client {
     Client::from_conf(config)
 }
 
+/// The DynamoDB stream of `table` on moto, read through the DynamoDB Streams API.
+pub async fn dynamodb_stream(table: &str) -> std::sync::Arc<dyn esm::source::StreamSource> {
+    let streams = aws_sdk_dynamodbstreams::Client::from_conf(
+        aws_sdk_dynamodbstreams::Config::builder()
+            .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodbstreams::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodbstreams::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .endpoint_url(dynamodb_endpoint())
+            .build(),
+    );
+    match esm::source::DynamoStreamSource::for_table(&dynamodb_client(), streams, table).await {
+        Ok(source) => std::sync::Arc::new(source),
+        Err(e) => panic!(
+            "no stream for {table} on moto ({}): {e}",
+            dynamodb_endpoint()
+        ),
+    }
+}
+
 /// Redis settings for the standalone server, with a timeout generous enough for a loaded CI box.
 pub fn standalone_config() -> RedisConfig {
     RedisConfig {

@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use catalog_core::streams::RawEvent;
+
 use crate::emulator::Emulator;
 
 /// Why an invocation did not produce a response.
@@ -41,6 +43,31 @@ where
     async fn invoke(&self, payload: Value) -> Result<Value, InvokeError> {
         (self.0)(payload).await.map_err(InvokeError::Function)
     }
+}
+
+/// A stream function's handler in this process: it gets the event as the Lambda runtime
+/// hands it over (a [`RawEvent`]) and its response goes back as JSON, as the runtime sends it;
+/// an error is a function error.
+pub fn stream_handler<F, Fut, R, E>(
+    handle: F,
+) -> InProcess<impl Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>
+where
+    F: Fn(RawEvent) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<R, E>> + Send + 'static,
+    R: serde::Serialize,
+    E: std::fmt::Display,
+{
+    use futures::FutureExt;
+    let handle = std::sync::Arc::new(handle);
+    InProcess(move |event: Value| {
+        let handle = handle.clone();
+        async move {
+            let event = RawEvent::from_value(&event).map_err(|e| e.to_string())?;
+            let response = handle(event).await.map_err(|e| e.to_string())?;
+            serde_json::to_value(response).map_err(|e| e.to_string())
+        }
+        .boxed()
+    })
 }
 
 /// A function binary running under the runtime API emulator, as one Lambda environment.

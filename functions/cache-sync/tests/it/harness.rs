@@ -18,7 +18,7 @@ use catalog_core::store::dynamo::schema::create_tables;
 use catalog_core::store::{ProductReader, ProductWriter};
 use esm::invoke::{FunctionProcess, Invoker};
 use esm::mapping::{EventSourceMapping, MappingConfig};
-use esm::source::{DynamoStreamSource, StreamSource};
+use esm::source::StreamSource;
 use integration_tests::{dynamodb_client, dynamodb_endpoint, unique_name};
 
 /// How long a change may take to reach the cache here: moto is slow and CI machines are
@@ -102,21 +102,7 @@ impl Harness {
 
     /// The catalog table's stream on moto.
     pub async fn stream(&self) -> Arc<dyn StreamSource> {
-        let streams = aws_sdk_dynamodbstreams::Client::from_conf(
-            aws_sdk_dynamodbstreams::Config::builder()
-                .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
-                .region(aws_sdk_dynamodbstreams::config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_dynamodbstreams::config::Credentials::new(
-                    "test", "test", None, None, "tests",
-                ))
-                .endpoint_url(dynamodb_endpoint())
-                .build(),
-        );
-        Arc::new(
-            DynamoStreamSource::for_table(self.store.client(), streams, &self.tables.catalog)
-                .await
-                .unwrap(),
-        )
+        integration_tests::dynamodb_stream(&self.tables.catalog).await
     }
 
     /// A mapping from the catalog stream to `function`.

@@ -15,7 +15,7 @@ use catalog_core::store::dynamo::schema::create_tables;
 use catalog_core::store::{ProductWriter, ViewCounters};
 use esm::invoke::{FunctionProcess, Invoker};
 use esm::mapping::{EventSourceMapping, MappingConfig};
-use esm::source::{DynamoStreamSource, StreamSource};
+use esm::source::StreamSource;
 use integration_tests::{dynamodb_client, dynamodb_endpoint, redis_node, unique_name};
 
 /// 2026-11-18 (in the past, so records are never "from the future").
@@ -98,21 +98,7 @@ impl Harness {
 
     /// The views table's stream on moto.
     pub async fn stream(&self) -> Arc<dyn StreamSource> {
-        let streams = aws_sdk_dynamodbstreams::Client::from_conf(
-            aws_sdk_dynamodbstreams::Config::builder()
-                .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
-                .region(aws_sdk_dynamodbstreams::config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_dynamodbstreams::config::Credentials::new(
-                    "test", "test", None, None, "tests",
-                ))
-                .endpoint_url(dynamodb_endpoint())
-                .build(),
-        );
-        Arc::new(
-            DynamoStreamSource::for_table(self.store.client(), streams, &self.tables.views)
-                .await
-                .unwrap(),
-        )
+        integration_tests::dynamodb_stream(&self.tables.views).await
     }
 
     /// A mapping from the views stream to the binary.
