@@ -248,3 +248,81 @@ impl CargoLambdaWatch {
         format!("http://127.0.0.1:{}/lambda-url/_{path}", self.port)
     }
 }
+
+/// A private 3-master Redis Cluster (no replicas) this process starts and stops, for tests
+/// that take a master away. Killed on drop.
+pub struct RedisCluster {
+    masters: Vec<RedisServer>,
+    args: Vec<Vec<String>>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, assigns the slots and waits until the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let mut masters = Vec::new();
+        let mut args = Vec::new();
+        for _ in 0..3 {
+            let bus = RedisServer::free_port();
+            let node_args = vec![
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-port".to_owned(),
+                bus.to_string(),
+                "--cluster-config-file".to_owned(),
+                "nodes.conf".to_owned(),
+                "--cluster-node-timeout".to_owned(),
+                "1000".to_owned(),
+            ];
+            let borrowed: Vec<&str> = node_args.iter().map(String::as_str).collect();
+            masters.push(RedisServer::start(RedisServer::free_port(), &borrowed));
+            args.push(node_args);
+        }
+        let cluster = RedisCluster { masters, args };
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.nodes())
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// `127.0.0.1:<port>` of each master.
+    pub fn nodes(&self) -> Vec<String> {
+        self.masters.iter().map(RedisServer::node).collect()
+    }
+
+    /// Kills master `i` (its slots stop answering).
+    pub fn stop(&mut self, i: usize) {
+        self.masters[i].stop();
+    }
+
+    /// Starts master `i` again; it rejoins with its slots (its `nodes.conf` is kept).
+    pub fn restart(&mut self, i: usize) {
+        let borrowed: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
+        self.masters[i].restart(&borrowed);
+        self.wait_until_ok();
+    }
+
+    fn wait_until_ok(&self) {
+        for _ in 0..300 {
+            let ok = self.masters.iter().all(|m| {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", &m.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the private Redis Cluster {:?} did not become ok",
+            self.nodes()
+        );
+    }
+}

@@ -17,6 +17,14 @@ const FALLBACK_BUDGET: Duration = Duration::from_secs(10);
 
 /// Registers the extension, then serves invocations until the environment shuts down.
 pub async fn run(state: AppState) -> Result<(), lambda_http::Error> {
+    run_with(state, axum::Router::new()).await
+}
+
+/// [`run`] with the caller's `extra` routes (see [`crate::router_with`]).
+pub async fn run_with(
+    state: AppState,
+    extra: axum::Router<AppState>,
+) -> Result<(), lambda_http::Error> {
     let (sender, receiver) = mpsc::unbounded_channel::<DeferredBatch>();
     let receiver = Arc::new(Mutex::new(receiver));
     // Registration must happen during init, before the runtime asks for its first event.
@@ -32,10 +40,13 @@ pub async fn run(state: AppState) -> Result<(), lambda_http::Error> {
         }))
         .register()
         .await?;
-    let app = crate::router(AppState {
-        after_response: AfterResponse::Extension(sender),
-        ..state
-    });
+    let app = crate::router_with(
+        AppState {
+            after_response: AfterResponse::Extension(sender),
+            ..state
+        },
+        extra,
+    );
     tokio::try_join!(lambda_http::run(app), extension.run())?;
     Ok(())
 }

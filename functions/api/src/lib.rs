@@ -32,16 +32,25 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API's router, with the OpenAPI document at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus the caller's `extra` routes, behind the same layers (error fallbacks,
+/// panic catching, post-response work, body limit). Extra routes are not in the OpenAPI
+/// document.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let (routes, mut document) = openapi::routes().split_for_parts();
     openapi::finish(&mut document, state.cache.keys().prefix());
     let document = std::sync::Arc::new(document);
-    let routes = routes.route(
-        "/openapi.json",
-        get(move || {
-            let document = document.clone();
-            async move { Json(document.as_ref().clone()) }
-        }),
-    );
+    let routes = routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .merge(extra);
     with_layers(routes, state)
 }
 
