@@ -6,6 +6,9 @@
 //! environment (the extension waiting for a batch that never comes, until 200 ms before the
 //! deadline) nor kill the process: the next invocation is delivered and answered promptly.
 
+// Test code: a failed unwrap is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

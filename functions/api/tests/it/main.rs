@@ -5,6 +5,7 @@
 // Test code: a failed unwrap is a failed test with its location, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dynamo_faults;
 mod lambda_runtime;
 mod real_services;
 mod support;
