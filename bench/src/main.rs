@@ -1,7 +1,7 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry`, `views` or `sync`
+//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry`, `views`, `sync` or `faults`
 //! (default: all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
@@ -9,6 +9,7 @@
 mod api;
 mod cache;
 mod expiry;
+mod faults;
 mod fixtures;
 mod load;
 mod refresh;
@@ -21,7 +22,9 @@ use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 6] = ["cache", "api", "refresh", "expiry", "views", "sync"];
+const GROUPS: [&str; 7] = [
+    "cache", "api", "refresh", "expiry", "views", "sync", "faults",
+];
 
 /// mimalloc: faster than the system allocator for this many small JSON allocations.
 #[global_allocator]
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             "views" => views::run(&mut report).await?,
             "views-rate" => views::run_rate(&mut report).await?,
             "sync" => sync::run(&mut report).await?,
+            "faults" => faults::run(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 pub mod dynamo_faults;
+pub mod fault_load;
 pub mod tcp_faults;
 
 /// The Lambda runtime API emulator (it lives with the event-source-mapping runner).

@@ -28,6 +28,8 @@ pub struct LatencyShim<S: ?Sized> {
     writes: AtomicU64,
     /// Writes numbered from this one on fail (`u64::MAX`: none).
     fail_writes_from: AtomicU64,
+    /// Whether reads fail (after their latency), as throttled or failing DynamoDB reads do.
+    fail_reads: std::sync::atomic::AtomicBool,
     /// Calls per method name.
     by_method: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
@@ -41,6 +43,7 @@ impl<S: ?Sized> LatencyShim<S> {
             calls: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             fail_writes_from: AtomicU64::new(u64::MAX),
+            fail_reads: std::sync::atomic::AtomicBool::new(false),
             by_method: std::sync::Mutex::default(),
         }
     }
@@ -71,9 +74,15 @@ impl<S: ?Sized> LatencyShim<S> {
             .store(self.writes() + ok_first, Ordering::SeqCst);
     }
 
-    /// Lets writes succeed again.
+    /// Makes every read fail (a retryable DynamoDB error) until [`LatencyShim::heal`].
+    pub fn fail_reads(&self) {
+        self.fail_reads.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets reads and writes succeed again.
     pub fn heal(&self) {
         self.fail_writes_from.store(u64::MAX, Ordering::SeqCst);
+        self.fail_reads.store(false, Ordering::SeqCst);
     }
 
     /// Write calls made so far (a subset of [`LatencyShim::calls`]).
@@ -106,6 +115,20 @@ impl<S: ?Sized> LatencyShim<S> {
                 source: "injected write failure".into(),
             });
         }
+        if !write {
+            self.read_fault()?;
+        }
+        Ok(())
+    }
+
+    fn read_fault(&self) -> Result<()> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(crate::Error::Dynamo {
+                op: "read",
+                retryable: true,
+                source: "injected read failure".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -135,11 +158,12 @@ fn batch_rounds(keys: usize) -> u32 {
 
 impl<S: ?Sized> LatencyShim<S> {
     /// One batch read of `keys` keys: one counted call, as long as the adapter's rounds take.
-    async fn batch_delay(&self, keys: usize) {
+    async fn batch_delay(&self, keys: usize) -> Result<()> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.per_call.is_zero() {
             tokio::time::sleep(self.per_call * batch_rounds(keys)).await;
         }
+        self.read_fault()
     }
 }
 
@@ -151,7 +175,7 @@ impl<S: ProductReader + ?Sized> ProductReader for LatencyShim<S> {
     }
 
     async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>> {
-        self.batch_delay(ids.len()).await;
+        self.batch_delay(ids.len()).await?;
         self.inner.products(ids).await
     }
 }
@@ -169,7 +193,7 @@ impl<S: OfferReader + ?Sized> OfferReader for LatencyShim<S> {
     }
 
     async fn offers(&self, keys: &[(ProductId, OfferId)]) -> Result<Vec<Offer>> {
-        self.batch_delay(keys.len()).await;
+        self.batch_delay(keys.len()).await?;
         self.inner.offers(keys).await
     }
 }

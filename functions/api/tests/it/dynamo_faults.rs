@@ -4,7 +4,7 @@
 //! answers again once DynamoDB does. Each phase prints its counts and p99 (`--nocapture`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::AppState;
 use catalog_core::cache::l2::L2Store;
@@ -14,6 +14,7 @@ use catalog_core::clock::SystemClock;
 use catalog_core::config::{Config, DynamoConfig};
 use catalog_core::store::dynamo::DynamoStore;
 use integration_tests::dynamo_faults::{DynamoFaults, Fault, Rule};
+use integration_tests::fault_load::{HttpOutcome, http_product_reads};
 use integration_tests::{connect, standalone_config};
 
 use crate::support::Services;
@@ -23,95 +24,13 @@ const PRODUCTS: usize = 24;
 const CACHED: usize = 12;
 const READERS: usize = 8;
 
-#[derive(Debug, Default)]
-struct Outcome {
-    ok_fresh: u64,
-    ok_stale: u64,
-    unavailable_with_retry_after: u64,
-    /// Anything else: another status, a 503 without `Retry-After`, or a wrong product.
-    wrong: Vec<String>,
-    micros: Vec<u64>,
-}
-
-impl Outcome {
-    fn p99_ms(&self) -> f64 {
-        let mut micros = self.micros.clone();
-        micros.sort_unstable();
-        micros
-            .get((micros.len() * 99 / 100).min(micros.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    }
-
-    #[allow(clippy::print_stdout)] // the case's figures, for `--nocapture`
-    fn report(&self, case: &str) {
-        println!(
-            "{case}: {} fresh, {} stale, {} 503 with Retry-After, {} wrong, p99 {:.0} ms",
-            self.ok_fresh,
-            self.ok_stale,
-            self.unavailable_with_retry_after,
-            self.wrong.len(),
-            self.p99_ms()
-        );
-    }
-}
-
 fn product_id(n: usize) -> String {
     format!("f{n:02}")
 }
 
-/// `READERS` clients reading every product in turn for `duration`.
-async fn load(base: &str, duration: Duration) -> Outcome {
-    let until = Instant::now() + duration;
-    let client = reqwest::Client::new();
-    let mut readers = Vec::new();
-    for r in 0..READERS {
-        let (client, base) = (client.clone(), base.to_owned());
-        readers.push(tokio::spawn(async move {
-            let mut outcome = Outcome::default();
-            let mut n = r * 5;
-            while Instant::now() < until {
-                n = (n + 7) % PRODUCTS;
-                let id = product_id(n);
-                let started = Instant::now();
-                let response = client
-                    .get(format!("{base}/products/{id}"))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = response.status().as_u16();
-                let headers = response.headers().clone();
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                outcome.micros.push(started.elapsed().as_micros() as u64);
-                let x_cache = headers.get("x-cache").and_then(|v| v.to_str().ok());
-                match status {
-                    200 if body["product"]["id"] == id.as_str() => {
-                        if x_cache == Some("STALE") {
-                            outcome.ok_stale += 1;
-                        } else {
-                            outcome.ok_fresh += 1;
-                        }
-                    }
-                    503 if headers.contains_key("retry-after")
-                        && body["error"] == "unavailable" =>
-                    {
-                        outcome.unavailable_with_retry_after += 1;
-                    }
-                    _ => outcome.wrong.push(format!("{id}: {status} {body}")),
-                }
-            }
-            outcome
-        }));
-    }
-    let mut total = Outcome::default();
-    for reader in readers {
-        let outcome = reader.await.unwrap();
-        total.ok_fresh += outcome.ok_fresh;
-        total.ok_stale += outcome.ok_stale;
-        total.unavailable_with_retry_after += outcome.unavailable_with_retry_after;
-        total.wrong.extend(outcome.wrong);
-        total.micros.extend(outcome.micros);
-    }
-    total
+async fn load(base: &str, duration: Duration) -> HttpOutcome {
+    let ids: Vec<String> = (0..PRODUCTS).map(product_id).collect();
+    http_product_reads(base, &ids, READERS, duration).await
 }
 
 /// One API process whose DynamoDB client goes through `faults`.
@@ -145,6 +64,7 @@ async fn environment(services: &Services, faults: &DynamoFaults) -> String {
     base
 }
 
+#[allow(clippy::print_stdout)] // the case's figures, for `--nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_throttling_and_5xx_under_load() {
     let services = Services::new().await;
@@ -178,7 +98,7 @@ async fn dynamodb_throttling_and_5xx_under_load() {
         });
         let during = load(&base, Duration::from_secs(3)).await;
         faults.heal();
-        during.report(case);
+        println!("{}", during.summary(case));
         assert!(during.wrong.is_empty(), "{case}: {:?}", during.wrong);
         assert!(
             during.ok_stale > 0,
@@ -193,7 +113,7 @@ async fn dynamodb_throttling_and_5xx_under_load() {
     assert!(faults.injected() > 0);
 
     let after = load(&base, Duration::from_secs(2)).await;
-    after.report("dynamodb healed");
+    println!("{}", after.summary("dynamodb healed"));
     assert!(after.wrong.is_empty(), "{:?}", after.wrong);
     assert!(after.ok_fresh + after.ok_stale > 0);
     // Once DynamoDB answers, nothing is refused: a reader may have been in its last request
