@@ -121,7 +121,6 @@ pub async fn warm(
 ) -> Result<WarmReport> {
     use futures::TryStreamExt;
     const GROUP: usize = 8;
-    let load_timeout = cache.options().load_timeout;
     let mut report = WarmReport::default();
     for group in ids.chunks(GROUP) {
         let read_at = cache.now();
@@ -133,12 +132,7 @@ pub async fn warm(
             })
             .buffer_unordered(GROUP)
             .try_collect::<Vec<(ProductId, Option<ProductDetail>, Option<PeriodStats>)>>();
-        let loaded = tokio::time::timeout(load_timeout, reads)
-            .await
-            .map_err(|_| crate::Error::Timeout {
-                op: "cache warm",
-                after: load_timeout,
-            })??;
+        let loaded = cache.bounded_load(reads).await?;
         let (mut details, mut products, mut periods) = (Vec::new(), Vec::new(), Vec::new());
         for (id, detail, period) in loaded {
             let Some(detail) = detail else {
@@ -174,22 +168,84 @@ pub async fn reload_key(
     let read_at = cache.now();
     match cache.keys().parse(key) {
         Some(KeyTarget::Product(id)) => {
-            if let Some(detail) = catalog.product_detail(&id).await? {
+            if let Some(detail) = cache.bounded_load(catalog.product_detail(&id)).await? {
                 cache.put(&cache.keys().product(&id), detail, read_at).await;
             }
         }
         Some(KeyTarget::Summary(id)) => {
-            if let Some(product) = catalog.products(std::slice::from_ref(&id)).await?.pop() {
+            let read = catalog.products(std::slice::from_ref(&id));
+            if let Some(product) = cache.bounded_load(read).await?.pop() {
                 cache
                     .put(&cache.keys().summary(&id), product, read_at)
                     .await;
             }
         }
         Some(KeyTarget::Stats(id)) => {
-            let period = stats.period_stats(&id).await?.unwrap_or_default();
+            let period = cache
+                .bounded_load(stats.period_stats(&id))
+                .await?
+                .unwrap_or_default();
             cache.put(&cache.keys().stats(&id), period, read_at).await;
         }
         None => return Ok(false),
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::cache::CacheOptions;
+    use crate::cache::l2::L2Store;
+    use crate::cache::l2::memory::MemoryL2;
+    use crate::clock::SystemClock;
+    use crate::store::memory::MemoryStore;
+
+    /// A catalog whose reads never answer (a DynamoDB call stuck past every retry).
+    struct Stuck;
+
+    #[async_trait]
+    impl ProductReader for Stuck {
+        async fn product_detail(&self, _: &ProductId) -> Result<Option<ProductDetail>> {
+            std::future::pending().await
+        }
+
+        async fn products(&self, _: &[ProductId]) -> Result<Vec<Product>> {
+            std::future::pending().await
+        }
+    }
+
+    /// Reads that write their result back at the time they began (the revalidation drain, an
+    /// admin warm) give up at the engine's load timeout, which the tombstone outlives; they
+    /// write nothing.
+    #[tokio::test(start_paused = true)]
+    async fn reads_written_back_later_are_bounded_by_the_load_timeout() {
+        let l2 = Arc::new(MemoryL2::new());
+        let cache = Cache::new(
+            CacheOptions {
+                load_timeout: Duration::from_millis(300),
+                ..CacheOptions::default()
+            },
+            Some(l2.clone() as Arc<dyn L2Store>),
+            Arc::new(SystemClock),
+        );
+        let catalog: Arc<dyn ProductReader> = Arc::new(Stuck);
+        let stats: Arc<dyn StatsReader> = Arc::new(MemoryStore::new());
+        let id = ProductId::parse("p1").unwrap();
+        for key in [cache.keys().product(&id), cache.keys().summary(&id)] {
+            let err = reload_key(&cache, &catalog, &stats, key.as_str())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, crate::Error::Timeout { .. }), "{err:?}");
+        }
+        let err = warm(&cache, &catalog, &stats, std::slice::from_ref(&id))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, crate::Error::Timeout { .. }), "{err:?}");
+        assert_eq!(l2.len(), 0, "nothing was written");
+    }
 }

@@ -2,6 +2,7 @@
 //! document are built from the same list, so they cannot drift apart.
 
 use utoipa::openapi::RefOr;
+use utoipa::openapi::path::HttpMethod;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -58,6 +59,7 @@ impl Modify for BearerAuth {
 /// structs but not enum variants.
 pub fn finish(openapi: &mut utoipa::openapi::OpenApi, key_prefix: &str) {
     use utoipa::openapi::schema::AdditionalProperties;
+    add_links(openapi);
     {
         let Some(components) = openapi.components.as_mut() else {
             return;
@@ -92,6 +94,124 @@ pub fn finish(openapi: &mut utoipa::openapi::OpenApi, key_prefix: &str) {
                 }
             }
         }
+    }
+}
+
+/// Where a write's answer leads (OpenAPI links): the product or offer it made can be read,
+/// changed and counted with the id in the answer. Clients and stateful API testers
+/// (schemathesis) follow them to chain calls.
+const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
+    // (path, method, statuses, link name, target operation, `id` of the target)
+    (
+        "/products/{id}",
+        HttpMethod::Put,
+        &["200", "201"],
+        "GetProduct",
+        "get_product",
+        "$response.body#/id",
+    ),
+    (
+        "/products/{id}",
+        HttpMethod::Put,
+        &["200", "201"],
+        "ReplaceProduct",
+        "put_product",
+        "$response.body#/id",
+    ),
+    (
+        "/products/{id}",
+        HttpMethod::Put,
+        &["200", "201"],
+        "CreateOffer",
+        "create_offer",
+        "$response.body#/id",
+    ),
+    (
+        "/products/{id}",
+        HttpMethod::Put,
+        &["200", "201"],
+        "GetStats",
+        "stats",
+        "$response.body#/id",
+    ),
+    (
+        "/products/{id}",
+        HttpMethod::Put,
+        &["200", "201"],
+        "RecordView",
+        "record_view",
+        "$response.body#/id",
+    ),
+    (
+        "/products/{id}/offers",
+        HttpMethod::Post,
+        &["201"],
+        "PatchOffer",
+        "patch_offer",
+        "$response.body#/id",
+    ),
+    (
+        "/products/{id}/offers",
+        HttpMethod::Post,
+        &["201"],
+        "GetProduct",
+        "get_product",
+        "$response.body#/product_id",
+    ),
+    (
+        "/offers/{id}",
+        HttpMethod::Patch,
+        &["200"],
+        "PatchOffer",
+        "patch_offer",
+        "$response.body#/id",
+    ),
+    (
+        "/offers/{id}",
+        HttpMethod::Patch,
+        &["200"],
+        "GetProduct",
+        "get_product",
+        "$response.body#/product_id",
+    ),
+];
+
+fn add_links(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::link::LinkBuilder;
+    for (path, method, statuses, name, operation_id, id) in LINKS {
+        let Some(operation) = openapi
+            .paths
+            .paths
+            .get_mut(*path)
+            .and_then(|item| operation_mut(item, method))
+        else {
+            continue;
+        };
+        for status in *statuses {
+            if let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) {
+                response.links.insert(
+                    (*name).to_owned(),
+                    RefOr::T(
+                        LinkBuilder::new()
+                            .operation_id(*operation_id)
+                            .parameter("id", *id)
+                            .build(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn operation_mut<'a>(
+    item: &'a mut utoipa::openapi::path::PathItem,
+    method: &HttpMethod,
+) -> Option<&'a mut utoipa::openapi::path::Operation> {
+    match method {
+        HttpMethod::Put => item.put.as_mut(),
+        HttpMethod::Post => item.post.as_mut(),
+        HttpMethod::Patch => item.patch.as_mut(),
+        _ => None,
     }
 }
 

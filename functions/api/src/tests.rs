@@ -997,3 +997,47 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_extension() {
     futures::future::join_all(batch.work).await;
     assert!(ran_after_the_panic.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+/// The document's links lead to operations it has, each taking the `id` the link gives.
+#[tokio::test]
+async fn every_openapi_link_leads_to_an_operation_with_that_parameter() {
+    let app = TestApp::new();
+    let document = body(app.get("/openapi.json").await).await;
+    let mut operations = std::collections::HashMap::new();
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            if let Some(id) = operation["operationId"].as_str() {
+                operations.insert(id.to_owned(), operation.clone());
+            }
+        }
+    }
+    let mut links = 0;
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            let Some(responses) = operation["responses"].as_object() else {
+                continue;
+            };
+            for response in responses.values() {
+                for link in response["links"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|l| l.values())
+                {
+                    links += 1;
+                    let target = &operations[link["operationId"].as_str().unwrap()];
+                    for parameter in link["parameters"].as_object().unwrap().keys() {
+                        assert!(
+                            target["parameters"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .any(|p| p["name"] == parameter.as_str()),
+                            "{link}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(links, 14, "writes link to what they made");
+}

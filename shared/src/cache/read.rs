@@ -518,8 +518,10 @@ impl Cache {
     }
 
     /// Runs a load within `load_timeout`: the tombstone of an invalidation made after the load
-    /// began outlives it, so the load can never write its old value back unguarded.
-    async fn bounded_load<R>(&self, load: impl Future<Output = Result<R>>) -> Result<R> {
+    /// began outlives it, so the load can never write its old value back unguarded. Every
+    /// read whose result is written with [`Cache::put`] at the time the read began (the
+    /// refresh job, the revalidation drain, an admin warm) goes through this.
+    pub async fn bounded_load<R>(&self, load: impl Future<Output = Result<R>>) -> Result<R> {
         let after = self.inner.options.load_timeout;
         tokio::time::timeout(after, load)
             .await

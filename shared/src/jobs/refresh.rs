@@ -312,7 +312,10 @@ async fn refresh_product(
     // A write to the product after this read invalidates its keys; the cache then refuses
     // what we read (see `Cache::put`).
     let read_at = deps.cache.now();
-    let detail = deps.catalog.product_detail(&product.id).await?;
+    let detail = deps
+        .cache
+        .bounded_load(deps.catalog.product_detail(&product.id))
+        .await?;
     let keys = deps.cache.keys();
     let cache = &deps.cache;
     let mut outcomes = vec![stats_outcome];
