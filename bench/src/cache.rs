@@ -34,6 +34,10 @@ impl Cacheable for Doc {
     fn cache_version(&self) -> u64 {
         self.0.product.version
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes()
+    }
 }
 
 fn id(i: usize) -> ProductId {

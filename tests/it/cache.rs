@@ -26,6 +26,10 @@ impl Cacheable for Doc {
     fn cache_version(&self) -> u64 {
         self.version
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.body.capacity()
+    }
 }
 
 fn doc(body: &str, version: u64) -> Doc {

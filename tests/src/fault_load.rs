@@ -41,6 +41,10 @@ impl Cacheable for Doc {
     fn cache_version(&self) -> u64 {
         self.version
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.id.capacity()
+    }
 }
 
 /// What readers saw in one phase.

@@ -100,9 +100,19 @@ pub fn finish(openapi: &mut utoipa::openapi::OpenApi, key_prefix: &str) {
 /// Where a write's answer leads (OpenAPI links): the product or offer it made can be read,
 /// changed and counted with the id in the answer. Clients and stateful API testers
 /// (schemathesis) follow them to chain calls.
-const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
+/// One link: from the responses (`statuses`) of `method path`, to `target` with its `id`.
+struct LinkSpec(
+    &'static str,
+    HttpMethod,
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const LINKS: &[LinkSpec] = &[
     // (path, method, statuses, link name, target operation, `id` of the target)
-    (
+    LinkSpec(
         "/products/{id}",
         HttpMethod::Put,
         &["200", "201"],
@@ -110,7 +120,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "get_product",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/products/{id}",
         HttpMethod::Put,
         &["200", "201"],
@@ -118,7 +128,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "put_product",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/products/{id}",
         HttpMethod::Put,
         &["200", "201"],
@@ -126,7 +136,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "create_offer",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/products/{id}",
         HttpMethod::Put,
         &["200", "201"],
@@ -134,7 +144,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "stats",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/products/{id}",
         HttpMethod::Put,
         &["200", "201"],
@@ -142,7 +152,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "record_view",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/products/{id}/offers",
         HttpMethod::Post,
         &["201"],
@@ -150,7 +160,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "patch_offer",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/products/{id}/offers",
         HttpMethod::Post,
         &["201"],
@@ -158,7 +168,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "get_product",
         "$response.body#/product_id",
     ),
-    (
+    LinkSpec(
         "/offers/{id}",
         HttpMethod::Patch,
         &["200"],
@@ -166,7 +176,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
         "patch_offer",
         "$response.body#/id",
     ),
-    (
+    LinkSpec(
         "/offers/{id}",
         HttpMethod::Patch,
         &["200"],
@@ -178,7 +188,7 @@ const LINKS: &[(&str, HttpMethod, &[&str], &str, &str, &str)] = &[
 
 fn add_links(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::link::LinkBuilder;
-    for (path, method, statuses, name, operation_id, id) in LINKS {
+    for LinkSpec(path, method, statuses, name, operation_id, id) in LINKS {
         let Some(operation) = openapi
             .paths
             .paths

@@ -10,6 +10,18 @@ use crate::model::EpochMillis;
 /// A decoded value of any cacheable type.
 pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
+/// What an entry costs besides its key and value: the entry itself and moka's bookkeeping
+/// (key `Arc`, map slot, access and write order nodes, timestamps). Measured by
+/// `shared/tests/l1_memory.rs`, which holds the whole L1 to its byte bound.
+const ENTRY_OVERHEAD: u32 = 384;
+
+/// What a decoded value holds in memory: its allocation behind an `Arc` (two counters and the
+/// value) and its heap buffers.
+pub(crate) fn value_weight<T: super::Cacheable>(value: &T) -> u32 {
+    let arc = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<T>();
+    u32::try_from(arc + value.heap_bytes()).unwrap_or(u32::MAX)
+}
+
 /// One L1 entry. The value is kept decoded so a hit costs a hash lookup and an `Arc` clone.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
@@ -18,15 +30,16 @@ pub(crate) struct L1Entry {
     pub meta: EntryMeta,
     /// The entry is not served after this (engine clock), even if moka still holds it.
     pub until: EpochMillis,
-    /// Encoded size, the entry's weight against the byte bound.
+    /// The value's size in memory ([`value_weight`]; 0 for "not found"), its weight against
+    /// the byte bound with the key and [`ENTRY_OVERHEAD`].
     pub weight: u32,
 }
 
 /// Weight-bounded L1 on moka.
 ///
 /// ## Behavior
-/// - Bounded by the sum of entries' encoded sizes, evicting by TinyLFU, which keeps hot keys
-///   under scans.
+/// - Bounded by the memory its entries hold (decoded value, key, per-entry overhead), evicting
+///   by TinyLFU, which keeps hot keys under scans.
 /// - Freshness is decided with the engine's clock (`until`), so tests can move time;
 ///   moka's own time-to-live only reclaims memory.
 pub(crate) struct L1 {
@@ -38,8 +51,9 @@ impl L1 {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &L1Entry| {
-                u32::try_from(key.len())
+                u32::try_from(key.capacity())
                     .unwrap_or(u32::MAX)
+                    .saturating_add(ENTRY_OVERHEAD)
                     .saturating_add(entry.weight)
             })
             .time_to_live(ttl.max(Duration::from_millis(1)))

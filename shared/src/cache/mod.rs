@@ -47,6 +47,10 @@ pub trait Cacheable: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn cache_version(&self) -> u64 {
         0
     }
+
+    /// Bytes the value owns on the heap (string and vector buffers, by capacity): with its
+    /// own size, what it holds in L1, which the L1 byte bound counts.
+    fn heap_bytes(&self) -> usize;
 }
 
 /// Where a read was answered from.

@@ -12,7 +12,7 @@ use rand::Rng;
 
 use super::envelope::{self, EntryMeta, Freshness};
 use super::key::CacheKey;
-use super::l1::{AnyValue, L1Entry};
+use super::l1::{AnyValue, L1Entry, value_weight};
 use super::metrics::CacheMetrics;
 use super::{BoxFuture, Cache, Cacheable, L2Fail, LoadedAny, Policy, Source};
 use crate::error::{Error, Result};
@@ -357,7 +357,6 @@ impl Cache {
     }
 
     fn try_decode<T: Cacheable>(&self, bytes: &[u8]) -> Result<Decoded<T>> {
-        let weight = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         envelope::decode(bytes, self.inner.options.max_value_bytes)
             .map_err(|e| Error::codec("cache envelope", e))
             .and_then(|env| {
@@ -369,6 +368,7 @@ impl Cache {
                             .map_err(|e| Error::codec("cached payload", e))?,
                     ))
                 };
+                let weight = value.as_deref().map_or(0, value_weight);
                 Ok(Decoded {
                     meta: env.meta,
                     value,

@@ -25,6 +25,10 @@ impl Cacheable for Item {
     fn cache_version(&self) -> u64 {
         self.version
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.name.capacity()
+    }
 }
 
 fn item(name: &str, version: u64) -> Item {

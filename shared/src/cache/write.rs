@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::envelope::{self, EntryMeta};
 use super::key::CacheKey;
-use super::l1::AnyValue;
+use super::l1::{AnyValue, value_weight};
 use super::l2::{L2Write, WriteOutcome};
 use super::metrics::CacheMetrics;
 use super::{Cache, Cacheable, Policy};
@@ -30,10 +30,6 @@ pub enum PutOutcome {
     /// Larger than the value size limit (or not serialisable); not cached at all.
     Skipped,
 }
-
-/// What a cached "not found" weighs against the negative L1's bound besides its key: the
-/// entry itself (metadata, no value).
-const NEGATIVE_ENTRY_WEIGHT: u32 = 64;
 
 /// Clock skew tolerated between the process that invalidates and one that loads. A value read
 /// less than this after an invalidation is not cached (the next read loads again), so a loader
@@ -235,7 +231,7 @@ impl Cache {
                 if invalidated_after_read || holds_value {
                     outcomes[i].1 = PutOutcome::Refused;
                 } else {
-                    self.insert_l1(key.as_str(), None, meta, NEGATIVE_ENTRY_WEIGHT);
+                    self.insert_l1(key.as_str(), None, meta, 0);
                     outcomes[i].1 = PutOutcome::LocalOnly;
                 }
                 continue;
@@ -245,7 +241,7 @@ impl Cache {
                 CacheMetrics::add(&metrics.bytes_raw, encoded.raw_len as u64);
                 CacheMetrics::add(&metrics.bytes_stored, encoded.bytes.len() as u64);
             }
-            let weight = u32::try_from(encoded.bytes.len()).unwrap_or(u32::MAX);
+            let weight = value.as_ref().map_or(0, |v| value_weight(v.as_ref()));
             prepared.push((i, meta, weight));
             writes.push(L2Write {
                 key: key.as_str().to_owned(),
