@@ -121,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
         refreshed,
         &config,
     );
-    let app = api::router(state).merge(direct::routes(stores.catalog.clone()));
+    let write_token = state.write_token.clone();
+    let app = api::router(state).merge(direct::routes(stores.catalog.clone(), write_token));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -158,7 +159,7 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -s {base}/admin/jobs {admin}              # offer-expiry: expired, lag_ms, source
   curl -s -X PUT {base}/products/p-0001 {writer} {json} -d '{{"name": "Renamed kettle", "category": "kitchen", "price": {{"amount_minor": 1999, "currency": "EUR"}}, "active": true, "expected_version": 1}}'
   curl -s -X POST {base}/products/p-0003/offers {writer} {json} -d '{{"price": {{"amount_minor": 999, "currency": "EUR"}}, "expires_at": <epoch ms in the future>}}'
-  curl -s -X PATCH {base}/dev/store/products/p-0002 {json} -d '{{"name": "Written behind the API"}}'   # straight to the store, no invalidation
+  curl -s -X PATCH {base}/dev/store/products/p-0002 {writer} {json} -d '{{"name": "Written behind the API"}}'   # straight to the store, no invalidation
   sleep 1; curl -s {base}/products/p-0002         # cache-sync already followed the stream
   curl -s -X POST {base}/products/p-0001/views {json} -d '{{"event_id": "my-first-view"}}'
   sleep 6; curl -s {base}/products/p-0001/stats   # views_1h went up by one

@@ -9,7 +9,8 @@ use crate::error::ApiError;
 /// A JSON body; malformed, oversized or non-JSON bodies are 400, 413 and 415 JSON errors.
 ///
 /// A whole number written with a fraction (`267.0`) is read as the integer it is, as JSON
-/// Schema (and so the OpenAPI document) counts it an integer.
+/// Schema (and so the OpenAPI document) counts it an integer. Every body is an object: a
+/// derived `Deserialize` would also read a struct from an array of its fields.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -23,6 +24,9 @@ where
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         let axum::Json(value) =
             axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::Invalid("body: must be a JSON object".into()));
+        }
         serde_json::from_value(whole_numbers_as_integers(value))
             .map(ApiJson)
             .map_err(|_| ApiError::Invalid("body: not valid JSON for this endpoint".into()))

@@ -30,12 +30,14 @@ use crate::state::AppState;
 )]
 struct ApiDoc;
 
-/// Declares the two bearer schemes the paths refer to: `admin_token` (`ADMIN_TOKEN`, the
-/// admin routes) and `write_token` (`WRITE_TOKEN`, product and offer writes).
+/// Declares the schemes the paths refer to: `admin_token` (`ADMIN_TOKEN`, the admin routes)
+/// and `write_token` (`WRITE_TOKEN`, product and offer writes), each as a bearer token or, for
+/// requests whose `Authorization` carries a SigV4 signature (IAM), in `X-Api-Token`.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue};
         let components = openapi.components.get_or_insert_with(Default::default);
         for (name, what) in [
             ("admin_token", "ADMIN_TOKEN: the admin routes"),
@@ -49,6 +51,13 @@ impl Modify for BearerAuth {
                         .description(Some(what))
                         .build(),
                 ),
+            );
+            components.add_security_scheme(
+                format!("{name}_header"),
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "X-Api-Token",
+                    &format!("{what}, when Authorization carries a SigV4 signature (IAM)"),
+                ))),
             );
         }
     }

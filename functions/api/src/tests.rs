@@ -1041,3 +1041,81 @@ async fn every_openapi_link_leads_to_an_operation_with_that_parameter() {
     }
     assert_eq!(links, 14, "writes link to what they made");
 }
+
+/// Behind the HTTP API's IAM authorisation, `Authorization` holds the SigV4 signature: the
+/// token then comes in `X-Api-Token`, and only the right token for the route is accepted.
+#[tokio::test]
+async fn a_token_in_x_api_token_is_accepted_next_to_a_sigv4_signature() {
+    let app = TestApp::new();
+    let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261124/us-east-1/execute-api/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature=0123456789abcdef";
+    let product = json!({"name": "Lamp", "category": "kitchen", "price": {"amount_minor": 1500, "currency": "EUR"}, "active": true});
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(TOKEN), StatusCode::UNAUTHORIZED),
+        (Some("wrong"), StatusCode::UNAUTHORIZED),
+        (Some(WRITE_TOKEN), StatusCode::CREATED),
+    ] {
+        let mut request = Request::put("/products/lamp")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, sigv4);
+        if let Some(token) = token {
+            request = request.header("x-api-token", token);
+        }
+        let response = app
+            .send(request.body(Body::from(product.to_string())).unwrap())
+            .await;
+        assert_eq!(response.status(), status, "{token:?}");
+    }
+    let stats = app
+        .send(
+            Request::get("/admin/cache/stats")
+                .header(header::AUTHORIZATION, sigv4)
+                .header("x-api-token", TOKEN)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(stats.status(), StatusCode::OK);
+}
+
+/// A body is a JSON object, and so is a price in it: arrays of a struct's fields, which a
+/// derived `Deserialize` would read, are refused.
+#[tokio::test]
+async fn bodies_and_prices_given_as_arrays_are_refused() {
+    let app = TestApp::new();
+    let cases = [
+        (
+            "PUT",
+            "/products/lamp",
+            json!(["Lamp", "", "kitchen", {"amount_minor": 1, "currency": "EUR"}, true]),
+        ),
+        (
+            "PUT",
+            "/products/lamp",
+            json!({"name": "Lamp", "category": "kitchen", "price": [1500, "EUR"], "active": true}),
+        ),
+        ("POST", "/products/lamp/views", json!([])),
+        ("POST", "/products/lamp/views", json!(["v1"])),
+        ("POST", "/products/batch", json!([["p1"]])),
+    ];
+    for (method, uri, body) in cases {
+        let response = app
+            .json_as(method, uri, body.clone(), Some(WRITE_TOKEN))
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{method} {uri} {body}"
+        );
+    }
+    app.seed_product("lamp").await;
+    let view = app
+        .json_as("POST", "/products/lamp/views", json!(null), None)
+        .await;
+    assert_eq!(
+        view.status(),
+        StatusCode::ACCEPTED,
+        "a null body is no body"
+    );
+}

@@ -52,7 +52,10 @@ impl fmt::Display for Currency {
 }
 
 /// An amount in the currency's minor unit (cents for EUR and USD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Read only from a map (`{"amount_minor": .., "currency": ..}`): a derived `Deserialize`
+/// would also take a sequence (`[1999, "EUR"]`), which the API documents as invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     /// Amount in minor units; prices are never negative.
@@ -63,6 +66,49 @@ pub struct Money {
     pub amount_minor: i64,
     /// Currency of the amount.
     pub currency: Currency,
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MoneyMap;
+
+        impl<'de> serde::de::Visitor<'de> for MoneyMap {
+            type Value = Money;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object with amount_minor and currency")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Money, A::Error> {
+                use serde::de::Error;
+                let (mut amount_minor, mut currency) = (None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "amount_minor" if amount_minor.is_none() => {
+                            amount_minor = Some(map.next_value()?);
+                        }
+                        "currency" if currency.is_none() => currency = Some(map.next_value()?),
+                        "amount_minor" | "currency" => {
+                            return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Money {
+                    amount_minor: amount_minor
+                        .ok_or_else(|| A::Error::missing_field("amount_minor"))?,
+                    currency: currency.ok_or_else(|| A::Error::missing_field("currency"))?,
+                })
+            }
+        }
+
+        deserializer.deserialize_map(MoneyMap)
+    }
 }
 
 /// Largest accepted amount: 10^13 minor units, far above any price and far below `i64::MAX`
@@ -94,6 +140,22 @@ impl Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn money_reads_from_an_object_only() {
+        let money: Money =
+            serde_json::from_str(r#"{"amount_minor": 1999, "currency": "EUR", "extra": 1}"#)
+                .unwrap();
+        assert_eq!(money, Money::new(1999, Currency::parse("EUR").unwrap()));
+        for bad in [
+            r#"[1999, "EUR"]"#,
+            r#"{"amount_minor": 1999}"#,
+            r#"{"amount_minor": 1, "amount_minor": 2, "currency": "EUR"}"#,
+            r#"{"amount_minor": 1, "currency": "eur"}"#,
+        ] {
+            assert!(serde_json::from_str::<Money>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn currency_is_three_upper_case_letters() {

@@ -96,7 +96,7 @@ pub struct CacheStats {
 }
 
 #[utoipa::path(
-    get, path = "/admin/cache/stats", tag = "admin", security(("admin_token" = [])),
+    get, path = "/admin/cache/stats", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])),
     responses((status = 200, body = CacheStats), (status = 401, body = ErrorBody))
 )]
 /// Hit ratios per tier over 5 min, 1 h and 24 h, Redis memory and keys, L1 size.
@@ -147,7 +147,7 @@ pub struct HealthResponse {
 }
 
 #[utoipa::path(
-    get, path = "/admin/cache/health", tag = "admin", security(("admin_token" = [])),
+    get, path = "/admin/cache/health", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])),
     responses((status = 200, body = HealthResponse), (status = 401, body = ErrorBody))
 )]
 /// Health from thresholds (hit ratio, memory, circuit, error rate, refresh), with trends.
@@ -224,7 +224,7 @@ pub struct WarmTop {
 }
 
 #[utoipa::path(
-    post, path = "/admin/cache/warm", tag = "admin", security(("admin_token" = [])), request_body = WarmRequest,
+    post, path = "/admin/cache/warm", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])), request_body = WarmRequest,
     responses(
         (status = 200, body = WarmReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, description = "the body is not application/json", body = ErrorBody),
@@ -308,7 +308,7 @@ pub struct InvalidateResponse {
 }
 
 #[utoipa::path(
-    post, path = "/admin/cache/invalidate", tag = "admin", security(("admin_token" = [])), request_body = InvalidateRequest,
+    post, path = "/admin/cache/invalidate", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])), request_body = InvalidateRequest,
     responses(
         (status = 200, body = InvalidateResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, description = "the body is not application/json", body = ErrorBody),
@@ -376,7 +376,7 @@ pub struct JobsResponse {
 const HISTORY_SHOWN: usize = 5;
 
 #[utoipa::path(
-    get, path = "/admin/jobs", tag = "admin", security(("admin_token" = [])),
+    get, path = "/admin/jobs", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])),
     responses((status = 200, body = JobsResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 /// The last run of each scheduled job, and each job's recent runs.

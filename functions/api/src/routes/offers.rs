@@ -36,7 +36,7 @@ pub enum OfferPatch {
 }
 
 #[utoipa::path(
-    patch, path = "/offers/{id}", tag = "offers", request_body = OfferPatch, security(("write_token" = [])),
+    patch, path = "/offers/{id}", tag = "offers", request_body = OfferPatch, security(("write_token" = []), ("write_token_header" = [])),
     params(("id" = String, Path, description = "Offer id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, body = Offer), (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, body = ErrorBody),

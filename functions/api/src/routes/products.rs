@@ -319,7 +319,7 @@ pub struct ProductInput {
 }
 
 #[utoipa::path(
-    put, path = "/products/{id}", tag = "products", request_body = ProductInput, security(("write_token" = [])),
+    put, path = "/products/{id}", tag = "products", request_body = ProductInput, security(("write_token" = []), ("write_token_header" = [])),
     params(("id" = String, Path, description = "Product id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "Updated", body = Product), (status = 201, description = "Created", body = Product),
@@ -399,7 +399,7 @@ pub struct OfferInput {
 }
 
 #[utoipa::path(
-    post, path = "/products/{id}/offers", tag = "offers", request_body = OfferInput, security(("write_token" = [])),
+    post, path = "/products/{id}/offers", tag = "offers", request_body = OfferInput, security(("write_token" = []), ("write_token_header" = [])),
     params(("id" = String, Path, description = "Product id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 201, body = Offer), (status = 400, body = ErrorBody), (status = 401, description = "no valid write token", body = ErrorBody), (status = 404, body = ErrorBody),
@@ -491,9 +491,15 @@ pub async fn record_view(
     let input: ViewInput = if body.iter().all(u8::is_ascii_whitespace) {
         ViewInput::default()
     } else {
-        serde_json::from_slice::<Option<ViewInput>>(&body)
-            .map_err(|_| ApiError::Invalid("body: not valid JSON for this endpoint".into()))?
-            .unwrap_or_default()
+        let invalid = || ApiError::Invalid("body: not valid JSON for this endpoint".into());
+        match serde_json::from_slice::<serde_json::Value>(&body).map_err(|_| invalid())? {
+            serde_json::Value::Null => ViewInput::default(),
+            // An object only: a derived `Deserialize` would also read an array of fields.
+            object @ serde_json::Value::Object(_) => {
+                serde_json::from_value(object).map_err(|_| invalid())?
+            }
+            _ => return Err(invalid()),
+        }
     };
     let event_id = match &input.event_id {
         Some(raw) => EventId::parse(raw).map_err(|e| ApiError::invalid(&e))?,
