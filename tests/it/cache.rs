@@ -350,8 +350,8 @@ async fn an_invalidation_refuses_values_read_before_it(config: RedisConfig) {
 
 /// After a failover or a `SCRIPT FLUSH` the guard script is gone from the server: the next
 /// guarded write loads it again and the guard still holds (a tombstone refuses an older read,
-/// admits a newer one). On a private server: flushing the shared one's scripts would race
-/// the other tests' writes.
+/// admits a newer one). On private servers: flushing the shared ones' scripts would race the
+/// other tests' writes.
 #[tokio::test]
 async fn a_flushed_script_cache_is_reloaded_and_the_guard_still_holds() {
     let server = RedisServer::start(RedisServer::free_port(), &[]);
@@ -359,6 +359,25 @@ async fn a_flushed_script_cache_is_reloaded_and_the_guard_still_holds() {
         command_timeout: Duration::from_millis(500),
         ..RedisConfig::standalone(server.node())
     };
+    guard_survives_script_flushes(config, vec![server.node()]).await;
+}
+
+/// The same on a 3-master cluster: every master's script cache is flushed, and a batch over
+/// several slots (so several masters) reloads the script where it is missing.
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded_on_every_cluster_master() {
+    let cluster = integration_tests::RedisCluster::start();
+    let config = RedisConfig {
+        nodes: cluster.nodes(),
+        mode: catalog_core::config::RedisMode::Cluster,
+        command_timeout: Duration::from_millis(500),
+        ..RedisConfig::standalone(cluster.nodes()[0].clone())
+    };
+    guard_survives_script_flushes(config, cluster.nodes()).await;
+}
+
+/// Guarded writes, each after `SCRIPT FLUSH` on every one of `masters`.
+async fn guard_survives_script_flushes(config: RedisConfig, masters: Vec<String>) {
     let clock = ManualClock::at(SystemClock.now_ms());
     let env = Env::with_clock(config, clock.clone()).await;
     let engine = env.engine();
@@ -370,12 +389,15 @@ async fn a_flushed_script_cache_is_reloaded_and_the_guard_still_holds() {
     clock.advance(Duration::from_secs(1));
 
     let flush = || async {
-        let mut raw = env.raw().await;
-        let () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        for master in &masters {
+            let mut raw =
+                integration_tests::connect(&RedisConfig::standalone(master.clone())).await;
+            let () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
     };
     flush().await;
     assert_eq!(

@@ -7,6 +7,9 @@
 //! (`--nocapture` shows them).
 
 use catalog_core::config::RedisConfig;
+use std::time::Duration;
+
+use catalog_core::cache::Source;
 use catalog_core::model::ProductId;
 use integration_tests::fault_load::{self, CaseResult, Doc, Environments};
 use integration_tests::{RedisServer, unique_name};
@@ -77,46 +80,51 @@ async fn one_cluster_master_down_under_load() {
     );
 }
 
-/// The environment is frozen, Redis drops its connection (idle past `timeout`, or `CLIENT
-/// KILL`); the first request after the thaw must succeed.
+/// The environment is frozen and Redis closes its connection meanwhile, killed (`CLIENT KILL`)
+/// or idle past the server's `timeout`: the first request after the thaw is answered from
+/// Redis, on a new connection, not only answered.
 #[tokio::test]
-async fn the_first_request_after_the_server_closed_the_connection_succeeds() {
-    let server = RedisServer::start(RedisServer::free_port(), &[]);
-    let envs = Environments::connect(RedisConfig::standalone(server.node())).await;
-    let cache = envs.first();
-    let id = unique_name("k");
-    let key = cache.keys().product(&ProductId::parse(&id).unwrap());
-    let loads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let doc = Doc {
-        id: id.clone(),
-        version: 1,
-    };
-    let load = || {
-        let loads = loads.clone();
-        let doc = doc.clone();
-        move || async move {
-            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(Some(doc))
+async fn the_first_request_after_the_server_closed_the_connection_is_served_from_redis() {
+    for closed_by in ["client kill", "idle timeout"] {
+        let server = RedisServer::start(RedisServer::free_port(), &["--timeout", "1"]);
+        let envs = Environments::connect(RedisConfig::standalone(server.node())).await;
+        let cache = envs.first();
+        let id = unique_name("k");
+        let key = cache.keys().product(&ProductId::parse(&id).unwrap());
+        let doc = Doc {
+            id: id.clone(),
+            version: 1,
+        };
+        let first = doc.clone();
+        cache
+            .get_or_load(&key, move || async move { Ok(Some(first)) })
+            .await
+            .unwrap();
+        if closed_by == "client kill" {
+            // Every client connection but the killer's.
+            let mut admin =
+                integration_tests::connect(&RedisConfig::standalone(server.node())).await;
+            let () = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query_async(&mut admin)
+                .await
+                .map(|_: u64| ())
+                .unwrap();
+        } else {
+            // Frozen past the server's one-second idle timeout.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
         }
-    };
-    cache.get_or_load(&key, load()).await.unwrap();
-    // Every client connection but the killer's is closed by the server.
-    let mut admin = integration_tests::connect(&RedisConfig::standalone(server.node())).await;
-    let () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut admin)
-        .await
-        .map(|_: u64| ())
-        .unwrap();
-    let after = cache
-        .get_or_load(&key, load())
-        .await
-        .expect("the first request after the thaw succeeds");
-    assert_eq!(after.value.as_deref(), Some(&doc));
-    // Served from Redis on a new connection, or from the database (BYPASS) while the
-    // connection is re-established in the background: a success either way.
+        let after = cache
+            .get_or_load(&key, || async {
+                Err::<Option<Doc>, _>(catalog_core::Error::NotConnected)
+            })
+            .await
+            .expect("the first request after the thaw succeeds");
+        assert_eq!(after.value.as_deref(), Some(&doc), "{closed_by}");
+        assert_eq!(after.source, Source::L2, "{closed_by}: served from Redis");
+    }
 }

@@ -150,6 +150,26 @@ impl RedisL2 {
         Ok(conn.clone())
     }
 
+    /// Runs a read, once more if the server had closed the connection (idle past its
+    /// `timeout`, `CLIENT KILL`, a failover) while the environment was frozen: the first
+    /// command on it only finds out, and the connection manager reconnects for the second.
+    /// Reads only: a write whose connection dropped may have been applied.
+    async fn read<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        match cmd.query_async(&mut self.trip()?).await {
+            Err(e) if e.is_connection_dropped() => {
+                tracing::debug!(op, error.message = %e, "Redis had closed the connection; reading again on a new one");
+                cmd.query_async(&mut self.trip()?)
+                    .await
+                    .map_err(|e| Error::redis(op, e))
+            }
+            result => result.map_err(|e| Error::redis(op, e)),
+        }
+    }
+
     /// Groups item indexes by hash slot on a cluster; one group on a standalone server.
     fn slot_groups<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
         if !self.cluster {
@@ -212,11 +232,7 @@ impl RedisL2 {
 #[async_trait]
 impl L2Store for RedisL2 {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut self.trip()?)
-            .await
-            .map_err(|e| Error::redis("GET", e))
+        self.read("GET", redis::cmd("GET").arg(key)).await
     }
 
     async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -226,10 +242,7 @@ impl L2Store for RedisL2 {
             for &i in group {
                 cmd.arg(keys[i]);
             }
-            let values: Vec<Option<Vec<u8>>> = cmd
-                .query_async(&mut self.trip()?)
-                .await
-                .map_err(|e| Error::redis("MGET", e))?;
+            let values: Vec<Option<Vec<u8>>> = self.read("MGET", &cmd).await?;
             Ok::<_, Error>(group.iter().copied().zip(values).collect::<Vec<_>>())
         });
         let mut out = vec![None; keys.len()];
