@@ -16,6 +16,7 @@ pub mod l2;
 pub mod metrics;
 pub mod observe;
 mod read;
+mod undelivered;
 mod write;
 
 use std::future::Future;
@@ -215,6 +216,8 @@ struct Inner {
     /// When this process last invalidated each key (for as long as a tombstone lives): a
     /// "not found" read before that is not cached, as the guard would refuse it in Redis.
     invalidated: moka::sync::Cache<String, EpochMillis>,
+    /// Invalidations whose tombstone has not reached Redis yet.
+    undelivered: undelivered::Undelivered,
     /// Generation counters seen recently, so a feed read does not cost a Redis round trip for
     /// its generation; bumps from other processes are seen within the L1 TTL.
     generations: moka::sync::Cache<String, u64>,
@@ -252,6 +255,7 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 invalidated,
+                undelivered: undelivered::Undelivered::default(),
                 keys: KeySpace::new(options.key_prefix.clone()),
                 l1: L1::new(options.l1_max_bytes, options.l1_ttl),
                 negatives: L1::new(NEGATIVE_L1_BYTES, options.l1_ttl),
@@ -351,6 +355,7 @@ impl Cache {
         let error = match outcome {
             Ok(Ok(value)) => {
                 inner.breaker.record_success();
+                self.deliver_invalidations_in_background();
                 return Ok(value);
             }
             Ok(Err(Error::WrongType { .. })) => {
@@ -379,6 +384,37 @@ impl Cache {
     /// circuit on the first answer. A probe from a background task costs no request anything,
     /// and its failures drive the client's reconnects, so the cache is back within a probe
     /// interval of Redis recovering rather than after one or two whole cool-downs.
+    /// Sends the tombstones of invalidations Redis missed (see [`undelivered`]), once it
+    /// answers again; what fails stays for the next success.
+    fn deliver_invalidations_in_background(&self) {
+        let Some(keys) = self.inner.undelivered.start_delivery() else {
+            return;
+        };
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let now = cache.now();
+            let writes = cache.tombstones(keys.iter().map(String::as_str));
+            let delivered = match cache.inner.l2.as_deref() {
+                Some(l2) => matches!(
+                    tokio::time::timeout(cache.batch_deadline(), l2.set_guarded(&writes)).await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if delivered {
+                tracing::info!(
+                    keys = keys.len(),
+                    "delivered invalidations Redis had missed"
+                );
+                cache
+                    .inner
+                    .undelivered
+                    .delivered(keys.iter().map(String::as_str), now);
+            }
+            cache.inner.undelivered.done();
+        });
+    }
+
     fn probe_in_background(&self) {
         if self.inner.probing.swap(true, Ordering::AcqRel) {
             return;

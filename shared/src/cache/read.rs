@@ -347,6 +347,8 @@ impl Cache {
     fn decode<T: Cacheable>(&self, key: &str, bytes: &[u8]) -> Option<Decoded<T>> {
         match self.try_decode(bytes) {
             Ok(decoded) if decoded.meta.tombstone => None,
+            // Stored before an invalidation of ours that Redis missed: known to be stale.
+            Ok(decoded) if self.inner.undelivered.outdates(key, decoded.meta.stored_at) => None,
             Ok(decoded) => Some(decoded),
             Err(e) => {
                 CacheMetrics::incr(&self.inner.metrics.decode_errors);
@@ -511,7 +513,10 @@ impl Cache {
             .ok()??;
         let entry = self.try_decode::<T>(&bytes).ok()?;
         let now = self.now();
-        if entry.meta.tombstone || entry.meta.freshness(now) != Freshness::Fresh {
+        if entry.meta.tombstone
+            || self.inner.undelivered.outdates(key.as_str(), entry.meta.stored_at)
+            || entry.meta.freshness(now) != Freshness::Fresh
+        {
             return None;
         }
         Some(LoadedAny::from(self.serve_fresh_from_l2(key, entry, now)))

@@ -760,3 +760,75 @@ async fn a_not_found_read_before_an_invalidation_is_not_cached_by_the_same_proce
         .unwrap();
     assert_eq!(next.value.unwrap().name, "created");
 }
+
+/// A write made while Redis is unreachable: its invalidation cannot land, so this process
+/// stops serving the Redis copy stored before it, and once Redis answers again the tombstone
+/// is delivered for every other environment.
+#[tokio::test]
+async fn an_invalidation_redis_missed_is_honoured_here_and_delivered_later() {
+    let f = Fixture::new();
+    let writer = f.engine_with(|o| o.l1_max_bytes = 0);
+    let other = f.engine_with(|o| o.l1_max_bytes = 0);
+    let k = key(&writer, "p1");
+    writer
+        .get_or_load(&k, f.loader(Some(item("old", 1)), Duration::ZERO))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(1));
+
+    f.l2.set_failing(true);
+    assert!(
+        !writer.invalidate(std::slice::from_ref(&k)).await,
+        "Redis missed it"
+    );
+    f.l2.set_failing(false);
+    f.clock.advance(Duration::from_secs(1));
+
+    // The writer does not serve the copy it knows is outdated: it loads the new value (and
+    // its L2 call, a success, starts delivering the tombstone).
+    let seen = writer
+        .get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(seen.value.unwrap().name, "new", "{:?}", seen.source);
+    // Another environment finds the new value (written back) or a tombstone, never "old".
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let elsewhere = other
+        .get_or_load(&k, f.loader(Some(item("new", 2)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.value.unwrap().name, "new");
+
+    // A key invalidated while Redis was down and not read since: its tombstone is delivered
+    // with the next successful call, and other environments stop serving the old copy.
+    let k2 = key(&writer, "p2");
+    writer
+        .get_or_load(&k2, f.loader(Some(item("old", 1)), Duration::ZERO))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(1));
+    f.l2.set_failing(true);
+    assert!(!writer.invalidate(std::slice::from_ref(&k2)).await);
+    f.l2.set_failing(false);
+    writer
+        .get_or_load(
+            &key(&writer, "unrelated"),
+            f.loader(Some(item("x", 1)), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let elsewhere = other
+        .get_or_load(&k2, f.loader(Some(item("new", 2)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (elsewhere.source, elsewhere.value.unwrap().name.as_str()),
+        (Source::Loaded, "new"),
+        "the delivered tombstone made it a miss"
+    );
+}

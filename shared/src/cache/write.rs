@@ -87,25 +87,36 @@ impl Cache {
             self.inner.negatives.remove(key.as_str());
             self.inner.invalidated.insert(key.as_str().to_owned(), now);
         }
-        // Outlives any load that began before now (see `CacheOptions::tombstone_ttl`).
+        let writes = self.tombstones(keys.iter().map(CacheKey::as_str));
+        let delivered = self
+            .with_l2("EVALSHA", self.batch_deadline(), |l2| {
+                l2.set_guarded(&writes)
+            })
+            .await
+            .is_ok();
+        let keys = keys.iter().map(CacheKey::as_str);
+        if delivered {
+            self.inner.undelivered.delivered(keys, now);
+        } else {
+            // Not served from L2 by this process until a tombstone gets there.
+            self.inner.undelivered.add(keys, now);
+        }
+        delivered
+    }
+
+    /// Tombstone writes for `keys`, stamped now. Each outlives any load that began before now
+    /// (see `CacheOptions::tombstone_ttl`) and always passes the guard.
+    pub(super) fn tombstones<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<L2Write> {
         let ttl = self.inner.options.tombstone_ttl();
         let marker = envelope::tombstone(self.now(), millis(ttl)).bytes;
-        let writes: Vec<L2Write> = keys
-            .iter()
-            .map(|key| L2Write {
-                key: key.as_str().to_owned(),
-                bytes: marker.clone(),
-                ttl,
-                // An invalidation always wins.
-                version: u64::MAX,
-                read_at: i64::MAX,
-            })
-            .collect();
-        self.with_l2("EVALSHA", self.batch_deadline(), |l2| {
-            l2.set_guarded(&writes)
+        keys.map(|key| L2Write {
+            key: key.to_owned(),
+            bytes: marker.clone(),
+            ttl,
+            version: u64::MAX,
+            read_at: i64::MAX,
         })
-        .await
-        .is_ok()
+        .collect()
     }
 
     /// The current generation of a namespace (0 before the first bump, or without Redis).

@@ -8,4 +8,5 @@
 mod dynamo_faults;
 mod lambda_runtime;
 mod real_services;
+mod redis_faults;
 mod support;
