@@ -120,6 +120,21 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         &config,
     ))
     .await?;
+    // Redis round trips of one product read answered by L2 (detail and stats together),
+    // over 200 distinct products (a counter flush, at most one every 10 s, is included).
+    let http = client(1);
+    let before = cache.round_trips();
+    for i in 0..200 {
+        http.get(format!("{base}/products/p{i}"))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    report.set(
+        "api_product_redis_roundtrips",
+        (cache.round_trips() - before) as f64 / 200.0,
+        "round trips",
+    );
     let url = move |i: usize| format!("{base}/products/p{}", i % PRODUCTS);
     let mut l2 = get_load(url.clone(), CONCURRENCY, LOAD_FOR).await;
     anyhow::ensure!(l2.failures == 0, "{} failed requests", l2.failures);

@@ -29,6 +29,30 @@ pub async fn product_detail(
         .await
 }
 
+/// A product with its offers, and its period stats: one Redis round trip when neither is in
+/// L1 (the keys share a hash tag), each loaded on its own on a miss.
+pub async fn product_detail_and_stats(
+    cache: &Cache,
+    catalog: &Arc<dyn ProductReader>,
+    stats: &Arc<dyn StatsReader>,
+    id: &ProductId,
+) -> (Result<Lookup<ProductDetail>>, Result<Lookup<PeriodStats>>) {
+    let (catalog, stats, for_detail, for_stats) =
+        (catalog.clone(), stats.clone(), id.clone(), id.clone());
+    cache
+        .get_or_load_both(
+            (&cache.keys().product(id), move || async move {
+                catalog.product_detail(&for_detail).await
+            }),
+            (&cache.keys().stats(id), move || async move {
+                Ok(Some(
+                    stats.period_stats(&for_stats).await?.unwrap_or_default(),
+                ))
+            }),
+        )
+        .await
+}
+
 /// A product's period stats; a product nothing has computed stats for has zero views.
 pub async fn period_stats(
     cache: &Cache,

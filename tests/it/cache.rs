@@ -119,6 +119,38 @@ async fn second_environment_reads_what_the_first_loaded(config: RedisConfig) {
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
 
+/// A product's detail and stats, read together by an environment that holds neither: one
+/// Redis round trip, on a cluster too (the keys share the product's hash tag).
+async fn a_product_and_its_stats_are_one_round_trip(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let (a, b) = (env.engine(), env.engine());
+    let (detail, stats) = (a.keys().product(&id("p1")), a.keys().stats(&id("p1")));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let (first, _) = a
+        .get_or_load_both(
+            (&detail, counting_loader(&loads, doc("detail", 1))),
+            (&stats, counting_loader(&loads, doc("stats", 1))),
+        )
+        .await;
+    assert_eq!(first.unwrap().source, Source::Loaded);
+    let before = b.round_trips();
+    let (detail_hit, stats_hit) = b
+        .get_or_load_both(
+            (&detail, counting_loader(&loads, doc("other", 1))),
+            (&stats, counting_loader(&loads, doc("other", 1))),
+        )
+        .await;
+    assert_eq!(b.round_trips() - before, 1, "one MGET");
+    let (detail_hit, stats_hit) = (detail_hit.unwrap(), stats_hit.unwrap());
+    assert_eq!(
+        (detail_hit.source, stats_hit.source),
+        (Source::L2, Source::L2)
+    );
+    assert_eq!(detail_hit.value.unwrap().body, "detail");
+    assert_eq!(stats_hit.value.unwrap().body, "stats");
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
 async fn a_herd_across_eight_environments_loads_once(config: RedisConfig) {
     let env = Env::new(config).await;
     let engines: Vec<Cache> = (0..8).map(|_| env.engine()).collect();
@@ -451,6 +483,7 @@ on_both_topologies!(
     a_lock_is_only_released_by_its_holder,
     generations_invalidate_a_namespace,
     an_invalidation_refuses_values_read_before_it,
+    a_product_and_its_stats_are_one_round_trip,
 );
 
 #[tokio::test]
@@ -458,6 +491,7 @@ async fn our_hash_slots_match_cluster_keyslot() {
     let mut conn = connect(&cluster_config()).await;
     for key in [
         "cc:v1:product:p1",
+        "cc:v1:product:{p1}",
         "foo",
         "{user}:x",
         "a{b}c",

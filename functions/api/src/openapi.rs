@@ -88,7 +88,7 @@ pub fn finish(openapi: &mut utoipa::openapi::OpenApi, key_prefix: &str) {
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .pattern(Some(format!(
-                        "^{escaped}(product|summary|stats):[A-Za-z0-9_-]{{1,64}}$"
+                        "^{escaped}(product|summary|stats):\\{{[A-Za-z0-9_-]{{1,64}}\\}}$"
                     )))
                     .into(),
             ));

@@ -850,7 +850,7 @@ async fn admin_stats_health_warm_invalidate_and_jobs() {
     .await;
     assert_eq!(invalidated["invalidated"], 3);
     assert_eq!(header_of(&app.get("/products/a").await, "x-cache"), "MISS");
-    let key = format!("{}summary:b", app.state.cache.keys().prefix());
+    let key = format!("{}summary:{{b}}", app.state.cache.keys().prefix());
     let by_key = app
         .admin(
             "POST",

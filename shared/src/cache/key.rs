@@ -44,11 +44,11 @@ impl fmt::Display for CacheKey {
 /// What a key refers to, recovered from its string (for draining the revalidation queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyTarget {
-    /// `product:<id>`.
+    /// `product:{<id>}`.
     Product(ProductId),
-    /// `summary:<id>`.
+    /// `summary:{<id>}`.
     Summary(ProductId),
-    /// `stats:<id>`.
+    /// `stats:{<id>}`.
     Stats(ProductId),
 }
 
@@ -71,19 +71,20 @@ impl KeySpace {
         &self.prefix
     }
 
-    /// A product with its offers: `<prefix>product:<id>`.
+    /// A product with its offers: `<prefix>product:{<id>}`. The id is the key's hash tag, so
+    /// a product's keys share one cluster slot and are read together in one MGET.
     pub fn product(&self, id: &ProductId) -> CacheKey {
-        self.key(Category::Product, format_args!("product:{id}"))
+        self.key(Category::Product, format_args!("product:{{{id}}}"))
     }
 
-    /// A product without its offers, as listed in batches and feeds: `<prefix>summary:<id>`.
+    /// A product without its offers, as listed in batches and feeds: `<prefix>summary:{<id>}`.
     pub fn summary(&self, id: &ProductId) -> CacheKey {
-        self.key(Category::Product, format_args!("summary:{id}"))
+        self.key(Category::Product, format_args!("summary:{{{id}}}"))
     }
 
-    /// A product's period stats: `<prefix>stats:<id>`.
+    /// A product's period stats: `<prefix>stats:{<id>}`.
     pub fn stats(&self, id: &ProductId) -> CacheKey {
-        self.key(Category::Stats, format_args!("stats:{id}"))
+        self.key(Category::Stats, format_args!("stats:{{{id}}}"))
     }
 
     /// The whole ranked id list of a feed at a generation: `<prefix>feed:<kind>:g<generation>`.
@@ -131,8 +132,8 @@ impl KeySpace {
     /// Recovers what a key refers to, for keys this key space built.
     pub fn parse(&self, full: &str) -> Option<KeyTarget> {
         let rest = full.strip_prefix(&self.prefix)?;
-        let (kind, id) = rest.split_once(':')?;
-        let id = ProductId::parse(id).ok()?;
+        let (kind, tagged) = rest.split_once(':')?;
+        let id = ProductId::parse(tagged.strip_prefix('{')?.strip_suffix('}')?).ok()?;
         match kind {
             "product" => Some(KeyTarget::Product(id)),
             "summary" => Some(KeyTarget::Summary(id)),
@@ -174,7 +175,7 @@ mod tests {
         let keys = KeySpace::new("cc:v1:");
         let id = ProductId::parse("sku-1").unwrap();
         let key = keys.product(&id);
-        assert_eq!(key.as_str(), "cc:v1:product:sku-1");
+        assert_eq!(key.as_str(), "cc:v1:product:{sku-1}");
         assert_eq!(key.category(), Category::Product);
         assert_eq!(
             keys.parse(key.as_str()),
@@ -185,8 +186,8 @@ mod tests {
             Some(KeyTarget::Stats(id))
         );
         assert_eq!(keys.parse("other:product:x"), None);
-        assert_eq!(keys.parse("cc:v1:product:bad id"), None);
-        assert_eq!(keys.lock(&key), "cc:v1:lock:product:sku-1");
+        assert_eq!(keys.parse("cc:v1:product:{bad id}"), None);
+        assert_eq!(keys.lock(&key), "cc:v1:lock:product:{sku-1}");
     }
 
     #[test]

@@ -155,11 +155,96 @@ impl Cache {
         if let Some(hit) = self.l1_hit::<T>(key, now) {
             return Ok(hit);
         }
-        let mut l2_usable = true;
-        match self
+        let fetched = self
             .with_l2("GET", self.single_deadline(), |l2| l2.get(key.as_str()))
-            .await
-        {
+            .await;
+        self.answer_from_l2(key, policy, loader, fetched, now).await
+    }
+
+    /// Two keys read together (a product's detail and its stats) in one Redis round trip:
+    /// each from L1 if it is there, the others with one MGET (the keys of one product share a
+    /// hash tag, so one slot on a cluster), then each answered as [`Cache::get_or_load`] would.
+    pub async fn get_or_load_both<A, FA, FutA, B, FB, FutB>(
+        &self,
+        (key_a, loader_a): (&CacheKey, FA),
+        (key_b, loader_b): (&CacheKey, FB),
+    ) -> (Result<Lookup<A>>, Result<Lookup<B>>)
+    where
+        A: Cacheable,
+        FA: FnOnce() -> FutA + Send + 'static,
+        FutA: Future<Output = Result<Option<A>>> + Send + 'static,
+        B: Cacheable,
+        FB: FnOnce() -> FutB + Send + 'static,
+        FutB: Future<Output = Result<Option<B>>> + Send + 'static,
+    {
+        let now = self.now();
+        let (hit_a, hit_b) = (self.l1_hit::<A>(key_a, now), self.l1_hit::<B>(key_b, now));
+        let single = |key: &CacheKey| {
+            let key = key.as_str().to_owned();
+            async move {
+                self.with_l2("GET", self.single_deadline(), |l2| async move {
+                    l2.get(&key).await
+                })
+                .await
+            }
+        };
+        let (fetched_a, fetched_b) = match (hit_a.is_some(), hit_b.is_some()) {
+            (true, true) => (Ok(None), Ok(None)),
+            (true, false) => (Ok(None), single(key_b).await),
+            (false, true) => (single(key_a).await, Ok(None)),
+            (false, false) => match self
+                .with_l2("MGET", self.single_deadline(), |l2| async move {
+                    l2.mget(&[key_a.as_str(), key_b.as_str()]).await
+                })
+                .await
+            {
+                Ok(mut values) => {
+                    let b = values.pop().flatten();
+                    (Ok(values.pop().flatten()), Ok(b))
+                }
+                Err(fail) => (Err(fail), Err(fail)),
+            },
+        };
+        let answer_a = async {
+            match hit_a {
+                Some(hit) => Ok(hit),
+                None => {
+                    let policy = self.policy(key_a.category());
+                    self.answer_from_l2(key_a, policy, loader_a, fetched_a, now)
+                        .await
+                }
+            }
+        };
+        let answer_b = async {
+            match hit_b {
+                Some(hit) => Ok(hit),
+                None => {
+                    let policy = self.policy(key_b.category());
+                    self.answer_from_l2(key_b, policy, loader_b, fetched_b, now)
+                        .await
+                }
+            }
+        };
+        tokio::join!(answer_a, answer_b)
+    }
+
+    /// Answers `key` from what L2 returned for it: fresh, or stale while it is revalidated;
+    /// otherwise a miss, loaded.
+    async fn answer_from_l2<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: F,
+        fetched: std::result::Result<Option<Vec<u8>>, L2Fail>,
+        now: EpochMillis,
+    ) -> Result<Lookup<T>>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        let mut l2_usable = true;
+        match fetched {
             Ok(Some(bytes)) => {
                 if let Some(entry) = self.decode::<T>(key.as_str(), &bytes) {
                     match entry.meta.freshness(now) {
@@ -514,7 +599,10 @@ impl Cache {
         let entry = self.try_decode::<T>(&bytes).ok()?;
         let now = self.now();
         if entry.meta.tombstone
-            || self.inner.undelivered.outdates(key.as_str(), entry.meta.stored_at)
+            || self
+                .inner
+                .undelivered
+                .outdates(key.as_str(), entry.meta.stored_at)
             || entry.meta.freshness(now) != Freshness::Fresh
         {
             return None;

@@ -832,3 +832,62 @@ async fn an_invalidation_redis_missed_is_honoured_here_and_delivered_later() {
         "the delivered tombstone made it a miss"
     );
 }
+
+/// Two keys read together cost one L2 round trip on a hit, and each is answered as alone:
+/// from L1 when it is there, loaded when missing.
+#[tokio::test]
+async fn two_keys_read_together_are_one_round_trip_on_an_l2_hit() {
+    let f = Fixture::new();
+    let first = f.engine();
+    let (a, b) = (
+        key(&first, "p1"),
+        first.keys().stats(&ProductId::parse("p1").unwrap()),
+    );
+    let (loaded_a, loaded_b) = first
+        .get_or_load_both(
+            (&a, f.loader(Some(item("detail", 1)), Duration::ZERO)),
+            (&b, f.loader(Some(item("stats", 1)), Duration::ZERO)),
+        )
+        .await;
+    assert_eq!(loaded_a.unwrap().source, Source::Loaded);
+    assert_eq!(loaded_b.unwrap().source, Source::Loaded);
+
+    let other = f.engine_with(|o| o.l1_max_bytes = 0);
+    let before = f.l2.round_trips();
+    let (hit_a, hit_b) = other
+        .get_or_load_both::<Item, _, _, Item, _, _>(
+            (&a, f.loader(None, Duration::ZERO)),
+            (&b, f.loader(None, Duration::ZERO)),
+        )
+        .await;
+    let (hit_a, hit_b) = (hit_a.unwrap(), hit_b.unwrap());
+    assert_eq!(f.l2.round_trips() - before, 1, "one MGET");
+    assert_eq!((hit_a.source, hit_b.source), (Source::L2, Source::L2));
+    assert_eq!(hit_a.value.unwrap().name, "detail");
+    assert_eq!(hit_b.value.unwrap().name, "stats");
+
+    // In L1 both: no round trip. One in L1: the other alone.
+    let before = f.l2.round_trips();
+    let (a1, b1) = first
+        .get_or_load_both::<Item, _, _, Item, _, _>(
+            (&a, f.loader(None, Duration::ZERO)),
+            (&b, f.loader(None, Duration::ZERO)),
+        )
+        .await;
+    assert_eq!(
+        (a1.unwrap().source, b1.unwrap().source),
+        (Source::L1, Source::L1)
+    );
+    assert_eq!(f.l2.round_trips(), before);
+    let c = key(&first, "p2");
+    let (a2, c2) = first
+        .get_or_load_both::<Item, _, _, Item, _, _>(
+            (&a, f.loader(None, Duration::ZERO)),
+            (&c, f.loader(Some(item("new", 1)), Duration::ZERO)),
+        )
+        .await;
+    assert_eq!(
+        (a2.unwrap().source, c2.unwrap().source),
+        (Source::L1, Source::Loaded)
+    );
+}

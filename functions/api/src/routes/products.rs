@@ -103,8 +103,8 @@ pub async fn get_product(
     .respond(&headers))
 }
 
-/// A product's detail and stats, read concurrently (each from the cache); their stale-answer
-/// refreshes go to `deferred`.
+/// A product's detail and stats, read together (one Redis round trip on an L2 hit); their
+/// stale-answer refreshes go to `deferred`.
 async fn detail_and_stats(
     state: &AppState,
     id: &ProductId,
@@ -114,10 +114,8 @@ async fn detail_and_stats(
     catalog_core::Result<Lookup<PeriodStats>>,
 ) {
     let catalog = state.product_reader();
-    let (mut detail, mut stats) = tokio::join!(
-        reads::product_detail(&state.cache, &catalog, id),
-        reads::period_stats(&state.cache, &state.stats, id),
-    );
+    let (mut detail, mut stats) =
+        reads::product_detail_and_stats(&state.cache, &catalog, &state.stats, id).await;
     if let Ok(lookup) = &mut detail {
         deferred.revalidate(lookup.revalidation.take());
     }

@@ -71,7 +71,7 @@ async fn the_response_arrives_before_the_revalidation_which_finishes_before_the_
     // When the revalidation wrote the fresh copy to Redis.
     let mut redis = connect(&standalone_config()).await;
     let bytes: Vec<u8> = redis
-        .get(format!("{}product:p1", services.prefix))
+        .get(format!("{}product:{{p1}}", services.prefix))
         .await
         .unwrap();
     let revalidated_at = envelope::decode_header(&bytes).unwrap().stored_at;
