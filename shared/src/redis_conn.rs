@@ -114,6 +114,30 @@ impl RedisConnection {
         matches!(self, RedisConnection::Cluster(_))
     }
 
+    /// Sends `pipeline` (`count` commands) to the cluster node at `host:port` as one request;
+    /// on a standalone server, to the server. Each reply is returned as it came, errors
+    /// included, for the caller to read.
+    pub async fn pipeline_to_node(
+        &self,
+        pipeline: &Pipeline,
+        count: usize,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self.clone() {
+            RedisConnection::Cluster(mut cluster) => {
+                let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port,
+                };
+                cluster
+                    .route_pipeline(pipeline.clone(), 0, count, route)
+                    .await
+            }
+            mut standalone => pipeline.query_async(&mut standalone).await,
+        }
+    }
+
     /// Round-trips a `PING`.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.clone();

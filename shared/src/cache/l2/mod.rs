@@ -3,6 +3,7 @@
 
 pub mod memory;
 pub mod redis;
+mod slots;
 
 use std::collections::HashMap;
 use std::time::Duration;

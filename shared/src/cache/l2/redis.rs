@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{Pipeline, Script};
 
+use super::slots::SlotOwners;
 use super::{L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::key::hash_slot;
 use crate::config::{RedisConfig, RedisMode};
@@ -38,6 +39,11 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+/// The error for a call made before the connection is up.
+fn not_connected() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "Redis is not connected"))
+}
+
 /// Deletes a lock only if it still holds our token, so a holder whose lock expired cannot
 /// release the next holder's lock.
 const COMPARE_AND_DELETE: &str = r"
@@ -50,9 +56,11 @@ return 0
 /// The L2 port on a [`RedisConnection`].
 ///
 /// ## Behavior
-/// - On a cluster, multi-key reads and write pipelines are split by hash slot and the groups
-///   run concurrently, so no command spans slots (no `CROSSSLOT`); on a standalone server a
-///   batch is one round trip.
+/// - On a cluster, multi-key reads and write pipelines are split by hash slot (no command
+///   spans slots, so no `CROSSSLOT`) and sent as one pipelined request per node, the nodes
+///   concurrently (the slot map comes from `CLUSTER SLOTS`; after a routing error it is read
+///   again and the batch goes slot by slot, routed by key); on a standalone server a batch is
+///   one round trip.
 /// - Scripts run by `EVALSHA`; after a failover or `SCRIPT FLUSH` the first `NOSCRIPT` loads
 ///   them again and retries once.
 /// - Built with [`RedisL2::connect`], it connects in the background: until the connection is
@@ -68,6 +76,8 @@ pub struct RedisL2 {
     /// This L2 itself, for the reconnect task (set by [`RedisL2::connect`]).
     this: std::sync::OnceLock<Weak<RedisL2>>,
     cluster: bool,
+    /// Which node serves which slot (cluster only), read once and again after a routing error.
+    owners: RwLock<Option<Arc<SlotOwners>>>,
     set_script: Script,
     unlock_script: Script,
     round_trips: AtomicU64,
@@ -129,6 +139,7 @@ impl RedisL2 {
             reconnecting: AtomicBool::new(false),
             this: std::sync::OnceLock::new(),
             cluster,
+            owners: RwLock::new(None),
             set_script: Script::new(SET_GUARDED),
             unlock_script: Script::new(COMPARE_AND_DELETE),
             round_trips: AtomicU64::new(0),
@@ -187,7 +198,94 @@ impl RedisL2 {
         groups.into_values().collect()
     }
 
-    async fn run_guarded_pipeline(&self, writes: &[&L2Write]) -> Result<Vec<WriteOutcome>> {
+    /// The cluster's slot map, read with `CLUSTER SLOTS` the first time (not counted as a
+    /// round trip of the port's calls); `None` on a standalone server or if it cannot be read.
+    async fn owners(&self) -> Option<Arc<SlotOwners>> {
+        if !self.cluster {
+            return None;
+        }
+        if let Some(owners) = self
+            .owners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(owners);
+        }
+        let mut conn = self.connection()?;
+        let reply: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        let owners = Arc::new(SlotOwners::parse(&reply)?);
+        *self.owners.write().unwrap_or_else(PoisonError::into_inner) = Some(owners.clone());
+        Some(owners)
+    }
+
+    /// Forgets the slot map (a node answered with a routing error: slots moved).
+    fn forget_owners(&self) {
+        *self.owners.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Item indexes in batches of one request each: per node on a cluster whose slot map is
+    /// known (each slot's items together, as one command may not span slots), one batch on a
+    /// standalone server. `None` for the node: routed by key, one slot group per batch.
+    async fn batches<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a str> + Clone,
+    ) -> Vec<(Option<(String, u16)>, Vec<Vec<usize>>)> {
+        let groups = self.slot_groups(keys.clone());
+        let owners = self.owners().await;
+        let Some(owners) = owners else {
+            return groups.into_iter().map(|g| (None, vec![g])).collect();
+        };
+        let keys: Vec<&str> = keys.collect();
+        let mut by_node: BTreeMap<usize, Vec<Vec<usize>>> = BTreeMap::new();
+        let mut unrouted = Vec::new();
+        for group in groups {
+            match owners.owner(hash_slot(keys[group[0]].as_bytes())) {
+                Some(node) => by_node.entry(node).or_default().push(group),
+                None => unrouted.push((None, vec![group])),
+            }
+        }
+        by_node
+            .into_iter()
+            .map(|(node, groups)| (Some(owners.node(node).clone()), groups))
+            .chain(unrouted)
+            .collect()
+    }
+
+    /// Sends `pipe` (`count` commands) as one request to `node` (or routed by its key when
+    /// `None`), and reads each reply as a `T`.
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &Pipeline,
+        count: usize,
+        node: Option<&(String, u16)>,
+    ) -> std::result::Result<Vec<T>, redis::RedisError> {
+        let Some((host, port)) = node else {
+            let mut conn = self.trip().map_err(|_| not_connected())?;
+            return pipe.query_async(&mut conn).await;
+        };
+        let conn = self.trip().map_err(|_| not_connected())?;
+        let replies = conn.pipeline_to_node(pipe, count, host, *port).await?;
+        let read: std::result::Result<Vec<T>, redis::RedisError> = replies
+            .into_iter()
+            .map(|reply| Ok(redis::from_redis_value(reply.extract_error()?)?))
+            .collect();
+        if let Err(e) = &read {
+            tracing::debug!(op, error.message = %e, "a node-routed pipeline failed");
+        }
+        read
+    }
+
+    async fn run_guarded_pipeline(
+        &self,
+        writes: &[&L2Write],
+        node: Option<&(String, u16)>,
+    ) -> Result<Vec<WriteOutcome>> {
         let mut pipe = Pipeline::with_capacity(writes.len());
         for w in writes {
             let ttl_ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -200,7 +298,8 @@ impl RedisL2 {
                 .arg(w.version)
                 .arg(w.read_at);
         }
-        let result: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut self.trip()?).await;
+        let result: redis::RedisResult<Vec<i64>> =
+            self.pipeline("EVALSHA", &pipe, writes.len(), node).await;
         let written = match result {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // A failover or a SCRIPT FLUSH emptied the script cache: load the script (on
@@ -210,7 +309,7 @@ impl RedisL2 {
                     .load_async(&mut self.trip()?)
                     .await
                     .map_err(|e| Error::redis("SCRIPT LOAD", e))?;
-                pipe.query_async(&mut self.trip()?)
+                self.pipeline("EVALSHA", &pipe, writes.len(), node)
                     .await
                     .map_err(|e| Error::redis("EVALSHA", e))?
             }
@@ -236,14 +335,43 @@ impl L2Store for RedisL2 {
     }
 
     async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        let groups = self.slot_groups(keys.iter().copied());
-        let reads = groups.iter().map(|group| async move {
+        let batches = self.batches(keys.iter().copied()).await;
+        let mget = |group: &[usize]| {
             let mut cmd = redis::cmd("MGET");
             for &i in group {
                 cmd.arg(keys[i]);
             }
-            let values: Vec<Option<Vec<u8>>> = self.read("MGET", &cmd).await?;
-            Ok::<_, Error>(group.iter().copied().zip(values).collect::<Vec<_>>())
+            cmd
+        };
+        let reads = batches.iter().map(|(node, groups)| async move {
+            let by_group: Vec<Vec<Option<Vec<u8>>>> = match node {
+                None => vec![self.read("MGET", &mget(&groups[0])).await?],
+                Some(node) => {
+                    let mut pipe = Pipeline::with_capacity(groups.len());
+                    for group in groups {
+                        pipe.add_command(mget(group));
+                    }
+                    match self.pipeline("MGET", &pipe, groups.len(), Some(node)).await {
+                        Ok(values) => values,
+                        Err(_) => {
+                            // Slots moved (or the node went): route each slot's read by key.
+                            self.forget_owners();
+                            let each = groups.iter().map(|g| {
+                                let cmd = mget(g);
+                                async move { self.read("MGET", &cmd).await }
+                            });
+                            futures::future::try_join_all(each).await?
+                        }
+                    }
+                }
+            };
+            Ok::<_, Error>(
+                groups
+                    .iter()
+                    .zip(by_group)
+                    .flat_map(|(group, values)| group.iter().copied().zip(values))
+                    .collect::<Vec<_>>(),
+            )
         });
         let mut out = vec![None; keys.len()];
         for pairs in futures::future::try_join_all(reads).await? {
@@ -255,11 +383,25 @@ impl L2Store for RedisL2 {
     }
 
     async fn set_guarded(&self, writes: &[L2Write]) -> Result<Vec<WriteOutcome>> {
-        let groups = self.slot_groups(writes.iter().map(|w| w.key.as_str()));
-        let pipelines = groups.iter().map(|group| async move {
-            let batch: Vec<&L2Write> = group.iter().map(|&i| &writes[i]).collect();
-            let outcomes = self.run_guarded_pipeline(&batch).await?;
-            Ok::<_, Error>(group.iter().copied().zip(outcomes).collect::<Vec<_>>())
+        let batches = self.batches(writes.iter().map(|w| w.key.as_str())).await;
+        let pipelines = batches.iter().map(|(node, groups)| async move {
+            let indexes: Vec<usize> = groups.iter().flatten().copied().collect();
+            let batch: Vec<&L2Write> = indexes.iter().map(|&i| &writes[i]).collect();
+            let outcomes = match self.run_guarded_pipeline(&batch, node.as_ref()).await {
+                Err(_) if node.is_some() => {
+                    // Slots moved (or the node went): each slot's writes routed by key. A
+                    // guarded write that already ran runs again harmlessly.
+                    self.forget_owners();
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for group in groups {
+                        let slot: Vec<&L2Write> = group.iter().map(|&i| &writes[i]).collect();
+                        outcomes.extend(self.run_guarded_pipeline(&slot, None).await?);
+                    }
+                    outcomes
+                }
+                other => other?,
+            };
+            Ok::<_, Error>(indexes.into_iter().zip(outcomes).collect::<Vec<_>>())
         });
         let mut out = vec![WriteOutcome::Written; writes.len()];
         for pairs in futures::future::try_join_all(pipelines).await? {
