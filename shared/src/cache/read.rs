@@ -729,10 +729,13 @@ impl Cache {
         Fut: Future<Output = Result<Option<T>>> + Send + 'static,
     {
         CacheMetrics::incr(&self.inner.metrics.stale_serves);
-        self.enqueue_revalidations(&[key.as_str()]).await;
         let engine = self.clone();
         let key = key.clone();
+        // All of it after the response: the stale answer costs the request no more Redis
+        // round trips than a hit. The durable queue entry comes first, so a refresh that
+        // does not finish (the environment frozen for good) is still done by the refresh job.
         Revalidation::new(vec![key.to_string()], async move {
+            engine.enqueue_revalidations(&[key.as_str()]).await;
             engine.revalidate_one(&key, policy, loader).await;
         })
     }
@@ -754,7 +757,10 @@ impl Cache {
         if locked != Ok(true) {
             return;
         }
-        if self.load_and_store(key, policy, loader, true).await.is_ok() {
+        // Another process may have refreshed it between our stale read and the lock.
+        let refreshed = self.fresh_from_l2::<T>(key).await.is_some()
+            || self.load_and_store(key, policy, loader, true).await.is_ok();
+        if refreshed {
             CacheMetrics::incr(&self.inner.metrics.revalidations);
             self.complete_revalidations(&[key.to_string()]).await;
         }
@@ -778,12 +784,13 @@ impl Cache {
         Fut: Future<Output = Result<HashMap<I, T>>> + Send + 'static,
     {
         CacheMetrics::add(&self.inner.metrics.stale_serves, stale.len() as u64);
-        let keys: Vec<&str> = stale.iter().map(|&i| entries[i].0.as_str()).collect();
-        self.enqueue_revalidations(&keys).await;
         let stale_entries: Vec<(CacheKey, I)> = stale.iter().map(|&i| entries[i].clone()).collect();
         let engine = self.clone();
-        let names = stale_entries.iter().map(|(k, _)| k.to_string()).collect();
-        Revalidation::new(names, async move {
+        let names: Vec<String> = stale_entries.iter().map(|(k, _)| k.to_string()).collect();
+        // After the response, as for one key (see `stale_revalidation`).
+        Revalidation::new(names.clone(), async move {
+            let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+            engine.enqueue_revalidations(&keys).await;
             let all: Vec<usize> = (0..stale_entries.len()).collect();
             let ids = stale_entries.iter().map(|(_, id)| id.clone()).collect();
             if engine

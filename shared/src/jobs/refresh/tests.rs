@@ -387,11 +387,21 @@ async fn the_revalidation_queue_is_drained() {
         .await
         .unwrap();
     f.clock.advance(Duration::from_secs(301)); // stale
-    let stale = reads::product_detail(&f.cache(), &catalog, &id("a"))
+    // The API answers stale; its revalidation, after the response, queues the key and then
+    // fails to load it (DynamoDB unavailable), so the key stays queued for the job.
+    let reader = f.cache();
+    let key = reader.keys().product(&id("a"));
+    let stale = reader
+        .get_or_load(&key, || async {
+            Err::<Option<crate::model::ProductDetail>, _>(crate::Error::Timeout {
+                op: "Query",
+                after: Duration::from_secs(3),
+            })
+        })
         .await
         .unwrap();
     assert_eq!(stale.source, Source::Stale);
-    drop(stale); // the API never ran its revalidation (say the environment died)
+    stale.revalidation.unwrap().run().await;
     let queued = cache.pending_revalidations(10).await;
     assert_eq!(queued.len(), 1);
 
