@@ -5,14 +5,14 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 2 | magic `CC` |
-//! | 2 | 1 | format version (1) |
-//! | 3 | 1 | flags: bit 0 zstd, bit 1 negative (cached "not found"), bit 2 tombstone |
+//! | 2 | 1 | format: 2 = postcard payload (written), 1 = JSON payload (still read) |
+//! | 3 | 1 | flags: bit 0 zstd (read only), bit 1 negative (cached "not found"), bit 2 tombstone, bit 3 LZ4 |
 //! | 4 | 8 | entity version (0 = unversioned) |
 //! | 12 | 8 | stored_at, epoch ms |
 //! | 20 | 8 | fresh_until, epoch ms |
 //! | 28 | 8 | stale_until, epoch ms |
 //! | 36 | 4 | payload length before compression |
-//! | 40 | .. | payload: JSON, zstd-compressed when the flag is set |
+//! | 40 | .. | payload (see `codec`), LZ4-compressed (or, written before, zstd) when its flag is set |
 //!
 //! The entity version, the flags and `stored_at` sit at fixed offsets so the Redis guard script
 //! can read them without understanding the rest. A tombstone marks a key invalidated at
@@ -21,20 +21,25 @@
 
 use crate::model::EpochMillis;
 
-/// Current format version. A reader treats any other version as a miss.
-pub const FORMAT_VERSION: u8 = 1;
+/// Format of entries whose payload is JSON (written before format 2; still read).
+pub const FORMAT_JSON: u8 = 1;
+/// Format of entries whose payload is postcard: the one written now. The header is the same
+/// in both, so the guard script reads either. A reader treats any other format as a miss.
+pub const FORMAT_BINARY: u8 = 2;
 const MAGIC: [u8; 2] = *b"CC";
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 40;
 /// Offset of the big-endian entity version (read by the Lua version guard).
 pub const VERSION_OFFSET: usize = 4;
 
-const FLAG_ZSTD: u8 = 0b001;
+/// zstd, as entries were compressed before LZ4; still read.
+const FLAG_ZSTD: u8 = 0b0001;
+/// LZ4 (block format), as payloads are compressed now: decoding a 10 KiB product costs a
+/// fraction of zstd's time on payloads this small, for slightly more bytes.
+const FLAG_LZ4: u8 = 0b1000;
 const FLAG_NEGATIVE: u8 = 0b010;
 const FLAG_TOMBSTONE: u8 = 0b100;
-const KNOWN_FLAGS: u8 = FLAG_ZSTD | FLAG_NEGATIVE | FLAG_TOMBSTONE;
-/// zstd level 3 (zstd's default): most of the savings of higher levels at a fraction of the CPU.
-const ZSTD_LEVEL: i32 = 3;
+const KNOWN_FLAGS: u8 = FLAG_ZSTD | FLAG_NEGATIVE | FLAG_TOMBSTONE | FLAG_LZ4;
 
 /// Metadata of a cache entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +92,8 @@ impl EntryMeta {
 pub struct Envelope {
     /// The entry's metadata.
     pub meta: EntryMeta,
+    /// The payload's format ([`FORMAT_BINARY`] or [`FORMAT_JSON`]).
+    pub format: u8,
     /// The uncompressed payload (empty for a negative entry).
     pub payload: Vec<u8>,
 }
@@ -129,16 +136,15 @@ pub enum DecodeError {
     Decompress(#[source] std::io::Error),
 }
 
-/// Encodes an entry; payloads longer than `compress_threshold` are zstd-compressed when that
+/// Encodes an entry; payloads longer than `compress_threshold` are LZ4-compressed when that
 /// actually makes them smaller.
 pub fn encode(meta: &EntryMeta, payload: &[u8], compress_threshold: usize) -> Encoded {
     let compressed = (payload.len() > compress_threshold)
-        .then(|| zstd::bulk::compress(payload, ZSTD_LEVEL).ok())
-        .flatten()
+        .then(|| lz4_flex::block::compress(payload))
         .filter(|c| c.len() < payload.len());
     let mut flags = 0;
     if compressed.is_some() {
-        flags |= FLAG_ZSTD;
+        flags |= FLAG_LZ4;
     }
     if meta.negative {
         flags |= FLAG_NEGATIVE;
@@ -149,7 +155,7 @@ pub fn encode(meta: &EntryMeta, payload: &[u8], compress_threshold: usize) -> En
     let body = compressed.as_deref().unwrap_or(payload);
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(&MAGIC);
-    bytes.push(FORMAT_VERSION);
+    bytes.push(FORMAT_BINARY);
     bytes.push(flags);
     bytes.extend_from_slice(&meta.version.to_be_bytes());
     bytes.extend_from_slice(&meta.stored_at.to_be_bytes());
@@ -166,6 +172,31 @@ pub fn encode(meta: &EntryMeta, payload: &[u8], compress_threshold: usize) -> En
         bytes,
         raw_len: payload.len(),
     }
+}
+
+thread_local! {
+    /// A zstd context per thread, kept: creating one costs more than decompressing a 10 KiB
+    /// document with it.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// An entry compressed with zstd (written before LZ4).
+fn decompress_zstd(body: &[u8], raw_len: usize) -> Result<Vec<u8>, DecodeError> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell
+            .try_borrow_mut()
+            .map_err(|_| DecodeError::Decompress(std::io::Error::other("context in use")))?;
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(DecodeError::Decompress)?);
+        }
+        match slot.as_mut() {
+            Some(decompressor) => decompressor
+                .decompress(body, raw_len)
+                .map_err(DecodeError::Decompress),
+            None => Err(DecodeError::Decompress(std::io::Error::other("no context"))),
+        }
+    })
 }
 
 fn be_u64(bytes: &[u8], at: usize) -> u64 {
@@ -208,15 +239,22 @@ pub fn decode(bytes: &[u8], max_raw_len: usize) -> Result<Envelope, DecodeError>
         return Err(DecodeError::TooLarge(raw_len));
     }
     let body = &bytes[HEADER_LEN..];
-    let payload = if flags & FLAG_ZSTD != 0 {
-        zstd::bulk::decompress(body, raw_len).map_err(DecodeError::Decompress)?
+    let payload = if flags & FLAG_LZ4 != 0 {
+        lz4_flex::block::decompress(body, raw_len)
+            .map_err(|e| DecodeError::Decompress(std::io::Error::other(e)))?
+    } else if flags & FLAG_ZSTD != 0 {
+        decompress_zstd(body, raw_len)?
     } else {
         body.to_vec()
     };
     if payload.len() != raw_len {
         return Err(DecodeError::LengthMismatch);
     }
-    Ok(Envelope { meta, payload })
+    Ok(Envelope {
+        meta,
+        format: bytes[2],
+        payload,
+    })
 }
 
 /// Decodes only the header (cheap): what the version guard and freshness checks need.
@@ -227,7 +265,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
     if bytes[..2] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if bytes[2] != FORMAT_VERSION {
+    if bytes[2] != FORMAT_BINARY && bytes[2] != FORMAT_JSON {
         return Err(DecodeError::UnknownFormat(bytes[2]));
     }
     let flags = bytes[3];
@@ -270,14 +308,24 @@ mod tests {
     #[test]
     fn small_payloads_stay_plain_and_large_ones_are_compressed() {
         let small = encode(&meta(), b"{\"a\":1}", 1024);
-        assert_eq!(small.bytes[3] & FLAG_ZSTD, 0);
+        assert_eq!(small.bytes[3] & FLAG_LZ4, 0);
         let large_payload = "{\"name\":\"kettle\"}".repeat(200);
         let large = encode(&meta(), large_payload.as_bytes(), 1024);
-        assert_eq!(large.bytes[3] & FLAG_ZSTD, FLAG_ZSTD);
+        assert_eq!(large.bytes[3] & FLAG_LZ4, FLAG_LZ4);
         assert!(large.bytes.len() < large_payload.len() / 4);
         let back = decode(&large.bytes, MAX).unwrap();
         assert_eq!(back.payload, large_payload.as_bytes());
         assert_eq!(back.meta, meta());
+    }
+
+    #[test]
+    fn entries_compressed_with_zstd_before_are_still_read() {
+        let payload = "{\"name\":\"kettle\"}".repeat(200);
+        let plain = encode(&meta(), payload.as_bytes(), usize::MAX).bytes;
+        let mut bytes = plain[..HEADER_LEN].to_vec();
+        bytes[3] |= FLAG_ZSTD;
+        bytes.extend(zstd::bulk::compress(payload.as_bytes(), 3).unwrap());
+        assert_eq!(decode(&bytes, MAX).unwrap().payload, payload.as_bytes());
     }
 
     #[test]
@@ -330,6 +378,9 @@ mod tests {
             Err(DecodeError::LengthMismatch)
         ));
         assert!(matches!(decode(&good, 3), Err(DecodeError::TooLarge(_))));
+        let mut bad = good.clone();
+        bad[3] |= FLAG_LZ4;
+        assert!(matches!(decode(&bad, MAX), Err(DecodeError::Decompress(_))));
         let mut bad = good;
         bad[3] |= FLAG_ZSTD;
         assert!(matches!(decode(&bad, MAX), Err(DecodeError::Decompress(_))));

@@ -8,6 +8,7 @@
 
 pub mod breaker;
 mod cacheable;
+pub mod codec;
 pub mod envelope;
 mod flight;
 pub mod key;
@@ -42,7 +43,7 @@ use crate::model::EpochMillis;
 pub use self::read::{BatchLookup, Lookup, Revalidation};
 pub use self::write::PutOutcome;
 
-/// A value the cache can hold: serialised as JSON in L2, kept decoded in L1.
+/// A value the cache can hold: serialised in L2 (see [`codec`]), kept decoded in L1.
 pub trait Cacheable: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The entity version the L2 version guard compares; 0 for data without versions.
     fn cache_version(&self) -> u64 {

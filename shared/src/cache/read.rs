@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use rand::Rng;
 
+use super::codec;
 use super::envelope::{self, EntryMeta, Freshness};
 use super::key::CacheKey;
 use super::l1::{AnyValue, L1Entry, value_weight};
@@ -451,7 +452,7 @@ impl Cache {
                     None
                 } else {
                     Some(Arc::new(
-                        serde_json::from_slice::<T>(&env.payload)
+                        codec::decode::<T>(env.format, &env.payload)
                             .map_err(|e| Error::codec("cached payload", e))?,
                     ))
                 };

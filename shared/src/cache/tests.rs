@@ -941,3 +941,41 @@ async fn a_stale_answer_costs_the_request_no_more_round_trips_than_a_hit() {
         "done and dequeued"
     );
 }
+
+/// Entries written before the binary payload (format 1, JSON) are still served; a format
+/// no codec knows is a clean miss.
+#[tokio::test]
+async fn entries_in_the_json_format_are_still_read() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let meta = envelope::EntryMeta {
+        version: 1,
+        stored_at: T0,
+        fresh_until: T0 + 60_000,
+        stale_until: T0 + 120_000,
+        negative: false,
+        tombstone: false,
+    };
+    let json = serde_json::to_vec(&item("from json", 1)).unwrap();
+    let mut bytes = envelope::encode(&meta, &json, usize::MAX).bytes;
+    bytes[2] = envelope::FORMAT_JSON;
+    let k = key(&cache, "old");
+    f.l2.put_raw(k.as_str(), bytes.clone());
+    let hit = cache
+        .get_or_load(&k, f.loader(None, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (hit.source, hit.value.unwrap().name.as_str()),
+        (Source::L2, "from json")
+    );
+
+    bytes[2] = 9;
+    let unknown = key(&cache, "future");
+    f.l2.put_raw(unknown.as_str(), bytes);
+    let miss = cache
+        .get_or_load(&unknown, f.loader(Some(item("loaded", 1)), Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(miss.source, Source::Loaded);
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use super::codec;
 use super::envelope::{self, EntryMeta};
 use super::key::CacheKey;
 use super::l1::{AnyValue, value_weight};
@@ -211,7 +212,7 @@ impl Cache {
             outcomes[i].0 = version;
             let payload = match value {
                 None => Vec::new(),
-                Some(v) => match serde_json::to_vec(v.as_ref()) {
+                Some(v) => match codec::encode(v.as_ref()) {
                     Ok(payload) => payload,
                     Err(e) => {
                         tracing::warn!(key = key.as_str(), error.message = %e, "value not serialisable; not cached");

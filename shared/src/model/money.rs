@@ -70,13 +70,37 @@ pub struct Money {
 
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MoneyMap;
+        /// Reads a map (JSON, DynamoDB); a sequence only from a binary format (postcard writes
+        /// a struct's fields in order, without names).
+        struct MoneyVisitor {
+            human_readable: bool,
+        }
 
-        impl<'de> serde::de::Visitor<'de> for MoneyMap {
+        impl<'de> serde::de::Visitor<'de> for MoneyVisitor {
             type Value = Money;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object with amount_minor and currency")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Money, A::Error> {
+                use serde::de::Error;
+                if self.human_readable {
+                    return Err(A::Error::invalid_type(serde::de::Unexpected::Seq, &self));
+                }
+                let amount_minor = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let currency = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                Ok(Money {
+                    amount_minor,
+                    currency,
+                })
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -107,7 +131,12 @@ impl<'de> Deserialize<'de> for Money {
             }
         }
 
-        deserializer.deserialize_map(MoneyMap)
+        let human_readable = deserializer.is_human_readable();
+        deserializer.deserialize_struct(
+            "Money",
+            &["amount_minor", "currency"],
+            MoneyVisitor { human_readable },
+        )
     }
 }
 

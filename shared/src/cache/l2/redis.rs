@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::redis_conn::RedisConnection;
 
 /// Writes an envelope unless the key holds a newer entity version, or a tombstone newer than
-/// the value's read time. Both are read at fixed offsets of a format-1 envelope (`CC`, 1):
+/// the value's read time. Both are read at fixed offsets of a format-1 or -2 envelope (`CC`):
 /// flags at byte 4 (tombstone = bit 2), version at bytes 5-12, stored_at at bytes 13-20, all
 /// big-endian (Lua strings are 1-based). Anything else in the key (another format, another
 /// type, garbage) is overwritten; `pcall` keeps a wrong-type key from failing the script.
@@ -24,7 +24,8 @@ use crate::redis_conn::RedisConnection;
 const SET_GUARDED: &str = r"
 local ok, cur = pcall(redis.call, 'GET', KEYS[1])
 if ok and type(cur) == 'string' and #cur >= 20
-   and string.byte(cur, 1) == 67 and string.byte(cur, 2) == 67 and string.byte(cur, 3) == 1 then
+   and string.byte(cur, 1) == 67 and string.byte(cur, 2) == 67
+   and (string.byte(cur, 3) == 1 or string.byte(cur, 3) == 2) then
   if math.floor(string.byte(cur, 4) / 4) % 2 == 1 then
     local invalidated_at = 0
     for i = 13, 20 do invalidated_at = invalidated_at * 256 + string.byte(cur, i) end
