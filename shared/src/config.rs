@@ -162,7 +162,7 @@ pub struct CategoryTtls {
 /// Cache engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// Prefix of every Redis key (`CACHE_KEY_PREFIX`, default `cc:v1:`); tests give each run its own.
+    /// Prefix of every Redis key (`CACHE_KEY_PREFIX`, default `cc:v2:`); tests give each run its own.
     pub key_prefix: String,
     /// Upper bound of the in-process L1, in bytes (`L1_MAX_BYTES`, default 32 MiB).
     pub l1_max_bytes: u64,
@@ -181,7 +181,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            key_prefix: "cc:v1:".to_owned(),
+            key_prefix: "cc:v2:".to_owned(),
             l1_max_bytes: 32 * 1024 * 1024,
             l1_ttl: Duration::from_secs(5),
             compress_threshold: 1024,

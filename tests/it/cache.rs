@@ -141,6 +141,11 @@ async fn a_product_and_its_stats_are_one_round_trip(config: RedisConfig) {
         )
         .await;
     assert_eq!(b.round_trips() - before, 1, "one MGET");
+    assert_eq!(
+        hash_slot(detail.as_str().as_bytes()),
+        hash_slot(stats.as_str().as_bytes()),
+        "one slot: one MGET on a cluster, whatever the slot map"
+    );
     let (detail_hit, stats_hit) = (detail_hit.unwrap(), stats_hit.unwrap());
     assert_eq!(
         (detail_hit.source, stats_hit.source),

@@ -99,7 +99,7 @@ impl AfterResponse {
             AfterResponse::Extension(sender) => {
                 if sender.send(DeferredBatch { request_id, work }).is_err() {
                     tracing::warn!(
-                        "the after-response extension is gone; deferred work dropped (the revalidation queue still holds it)"
+                        "the after-response extension is gone; deferred work dropped (the next stale read revalidates again)"
                     );
                 }
             }

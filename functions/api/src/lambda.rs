@@ -85,7 +85,7 @@ async fn run_deferred(
             .await
             .is_err()
         {
-            tracing::warn!(request_id = %invoke.request_id, "deferred work cut off by the deadline; the revalidation queue keeps it");
+            tracing::warn!(request_id = %invoke.request_id, "deferred work cut off by the deadline; revalidations already queued are finished by the refresh job");
             return;
         }
         if ours {

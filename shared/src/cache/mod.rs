@@ -381,10 +381,6 @@ impl Cache {
         Err(L2Fail::Unavailable)
     }
 
-    /// While the circuit is open, PINGs Redis every tenth of the cool-down and closes the
-    /// circuit on the first answer. A probe from a background task costs no request anything,
-    /// and its failures drive the client's reconnects, so the cache is back within a probe
-    /// interval of Redis recovering rather than after one or two whole cool-downs.
     /// Sends the tombstones of invalidations Redis missed (see [`undelivered`]), once it
     /// answers again; what fails stays for the next success.
     fn deliver_invalidations_in_background(&self) {
@@ -416,6 +412,10 @@ impl Cache {
         });
     }
 
+    /// While the circuit is open, PINGs Redis every tenth of the cool-down and closes the
+    /// circuit on the first answer. A probe from a background task costs no request anything,
+    /// and its failures drive the client's reconnects, so the cache is back within a probe
+    /// interval of Redis recovering rather than after one or two whole cool-downs.
     fn probe_in_background(&self) {
         if self.inner.probing.swap(true, Ordering::AcqRel) {
             return;

@@ -29,8 +29,10 @@ pub struct Lookup<T> {
     pub age_ms: u64,
     /// Entity version of the answer (0 when unversioned or not found).
     pub version: u64,
-    /// For a stale answer: the work that refreshes it. Run it after responding; if it never
-    /// runs, the durable revalidation queue still holds the key.
+    /// For a stale answer: the work that refreshes it. Run it after responding. Its first step
+    /// queues the key durably, so once started a refresh that fails or is cut off is finished
+    /// by the refresh job; one that never starts leaves the copy stale, and the next stale
+    /// read revalidates it again.
     pub revalidation: Option<Revalidation>,
 }
 

@@ -13,6 +13,8 @@ use crate::model::EpochMillis;
 
 /// Keys kept at most; past that, the oldest knowledge is the TTL's and cache-sync's.
 const MAX_KEYS: usize = 100_000;
+/// Tombstones sent in one delivery: one pipeline that fits a Redis command timeout.
+const DELIVERY_BATCH: usize = 500;
 
 /// Keys invalidated at a time, their tombstones not yet in Redis.
 #[derive(Debug, Default)]
@@ -38,7 +40,7 @@ impl Undelivered {
             if map.len() < MAX_KEYS || map.contains_key(key) {
                 map.insert(key.to_owned(), at);
             } else {
-                tracing::warn!(
+                tracing::debug!(
                     key,
                     "too many undelivered invalidations; this one is left to TTL and cache-sync"
                 );
@@ -71,13 +73,14 @@ impl Undelivered {
                 .is_some_and(|invalidated| stored_at <= *invalidated)
     }
 
-    /// The keys to deliver now, if there are any and no delivery is under way; the caller
-    /// must call [`Undelivered::done`] afterwards.
+    /// Up to `DELIVERY_BATCH` keys to deliver now, if there are any and no delivery is under
+    /// way (the rest go with the next successful call); the caller must call
+    /// [`Undelivered::done`] afterwards.
     pub fn start_delivery(&self) -> Option<Vec<String>> {
         if !self.any.load(Ordering::Acquire) || self.delivering.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let keys: Vec<String> = self.keys().keys().cloned().collect();
+        let keys: Vec<String> = self.keys().keys().take(DELIVERY_BATCH).cloned().collect();
         if keys.is_empty() {
             self.delivering.store(false, Ordering::Release);
             return None;

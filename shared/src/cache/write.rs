@@ -98,7 +98,7 @@ impl Cache {
         let keys = keys.iter().map(CacheKey::as_str);
         if delivered {
             self.inner.undelivered.delivered(keys, now);
-        } else {
+        } else if self.inner.l2.is_some() {
             // Not served from L2 by this process until a tombstone gets there.
             self.inner.undelivered.add(keys, now);
         }

@@ -78,7 +78,8 @@ pub struct RedisL2 {
     this: std::sync::OnceLock<Weak<RedisL2>>,
     cluster: bool,
     /// Which node serves which slot (cluster only), read once and again after a routing error.
-    owners: RwLock<Option<Arc<SlotOwners>>>,
+    /// `Some(None)`: read, but not usable (batches go slot by slot, routed by key).
+    owners: RwLock<Option<Option<Arc<SlotOwners>>>>,
     set_script: Script,
     unlock_script: Script,
     round_trips: AtomicU64,
@@ -205,13 +206,13 @@ impl RedisL2 {
         if !self.cluster {
             return None;
         }
-        if let Some(owners) = self
+        if let Some(known) = self
             .owners
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
         {
-            return Some(owners);
+            return known;
         }
         let mut conn = self.connection()?;
         let reply: redis::Value = redis::cmd("CLUSTER")
@@ -219,9 +220,12 @@ impl RedisL2 {
             .query_async(&mut conn)
             .await
             .ok()?;
-        let owners = Arc::new(SlotOwners::parse(&reply)?);
+        let owners = SlotOwners::parse(&reply).map(Arc::new);
+        if owners.is_none() {
+            tracing::warn!("CLUSTER SLOTS names no usable endpoints; batches go slot by slot");
+        }
         *self.owners.write().unwrap_or_else(PoisonError::into_inner) = Some(owners.clone());
-        Some(owners)
+        owners
     }
 
     /// Forgets the slot map (a node answered with a routing error: slots moved).

@@ -42,6 +42,11 @@ impl SlotOwners {
             let Some(Value::Int(port)) = master.get(1) else {
                 return None;
             };
+            // An unknown endpoint (`""` or `?`: clients are to use the address they
+            // connected to): leave routing to the client.
+            if host.is_empty() || host == "?" {
+                return None;
+            }
             let node = (host, u16::try_from(*port).ok()?);
             let index = match owners.nodes.iter().position(|n| *n == node) {
                 Some(index) => index,
@@ -102,6 +107,10 @@ mod tests {
         assert_eq!(owners.owner(16383), Some(0), "one node, two ranges");
         assert_eq!(owners.node(1), &("10.0.0.2".to_owned(), 6379));
         assert_eq!(SlotOwners::parse(&Value::Int(1)), None);
+        assert_eq!(
+            SlotOwners::parse(&Value::Array(vec![range(0, 16383, "?", 6379)])),
+            None
+        );
         assert_eq!(
             SlotOwners::parse(&Value::Array(vec![Value::Array(vec![Value::Int(0)])])),
             None
