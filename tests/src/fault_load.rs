@@ -47,6 +47,15 @@ impl Cacheable for Doc {
     }
 }
 
+/// The 99th percentile of latencies in microseconds, in milliseconds (0 for none).
+fn p99_ms(micros: &[u64]) -> f64 {
+    let mut sorted = micros.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .get((sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |us| *us as f64 / 1000.0)
+}
+
 /// What readers saw in one phase.
 #[derive(Debug, Default)]
 pub struct Phase {
@@ -80,15 +89,12 @@ impl Phase {
 
     /// The 99th percentile read latency.
     pub fn p99_ms(&self) -> f64 {
-        let mut micros = self
-            .micros
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        micros.sort_unstable();
-        micros
-            .get((micros.len() * 99 / 100).min(micros.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
+        p99_ms(
+            &self
+                .micros
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// One line with the phase's figures.
@@ -338,11 +344,7 @@ impl HttpOutcome {
 
     /// The 99th percentile latency.
     pub fn p99_ms(&self) -> f64 {
-        let mut micros = self.micros.clone();
-        micros.sort_unstable();
-        micros
-            .get((micros.len() * 99 / 100).min(micros.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
+        p99_ms(&self.micros)
     }
 
     /// One line with the outcome's figures.

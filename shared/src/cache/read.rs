@@ -208,27 +208,33 @@ impl Cache {
                 Err(fail) => (Err(fail), Err(fail)),
             },
         };
-        let answer_a = async {
-            match hit_a {
-                Some(hit) => Ok(hit),
-                None => {
-                    let policy = self.policy(key_a.category());
-                    self.answer_from_l2(key_a, policy, loader_a, fetched_a, now)
-                        .await
-                }
+        tokio::join!(
+            self.hit_or_answer(key_a, hit_a, loader_a, fetched_a, now),
+            self.hit_or_answer(key_b, hit_b, loader_b, fetched_b, now),
+        )
+    }
+
+    /// The L1 hit if there was one, else the answer from what L2 returned.
+    async fn hit_or_answer<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        hit: Option<Lookup<T>>,
+        loader: F,
+        fetched: std::result::Result<Option<Vec<u8>>, L2Fail>,
+        now: EpochMillis,
+    ) -> Result<Lookup<T>>
+    where
+        T: Cacheable,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+    {
+        match hit {
+            Some(hit) => Ok(hit),
+            None => {
+                let policy = self.policy(key.category());
+                self.answer_from_l2(key, policy, loader, fetched, now).await
             }
-        };
-        let answer_b = async {
-            match hit_b {
-                Some(hit) => Ok(hit),
-                None => {
-                    let policy = self.policy(key_b.category());
-                    self.answer_from_l2(key_b, policy, loader_b, fetched_b, now)
-                        .await
-                }
-            }
-        };
-        tokio::join!(answer_a, answer_b)
+        }
     }
 
     /// Answers `key` from what L2 returned for it: fresh, or stale while it is revalidated;

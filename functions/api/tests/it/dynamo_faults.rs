@@ -58,10 +58,7 @@ async fn environment(services: &Services, faults: &DynamoFaults) -> String {
         Arc::new(SystemClock),
     );
     let state = AppState::new(store.clone(), store.clone(), store, cache, &config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(listener, state));
-    base
+    crate::support::serve(state).await
 }
 
 #[allow(clippy::print_stdout)] // the case's figures, for `--nocapture`

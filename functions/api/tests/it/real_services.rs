@@ -39,9 +39,7 @@ async fn environment(services: &Services) -> Environment {
         cache.clone(),
         &config,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(listener, state));
+    let base = crate::support::serve(state).await;
     Environment {
         base,
         cache,

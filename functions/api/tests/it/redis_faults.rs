@@ -131,9 +131,7 @@ async fn redis_black_holed_and_reset_under_load_through_the_api() {
         Arc::new(SystemClock),
     );
     let state = AppState::new(store.clone(), store.clone(), store, cache, &config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(api::serve(listener, state));
+    let base = crate::support::serve(state).await;
     let client = reqwest::Client::new();
 
     let before = load(&base, Duration::from_secs(1)).await;

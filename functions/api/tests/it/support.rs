@@ -73,6 +73,14 @@ impl Services {
     }
 }
 
+/// Serves the router over `state` on a loopback port; returns its base URL.
+pub async fn serve(state: api::AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api::serve(listener, state));
+    base
+}
+
 pub fn product(id: &str, name: &str) -> Product {
     Product {
         id: ProductId::parse(id).unwrap(),
