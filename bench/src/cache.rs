@@ -85,6 +85,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     report.set("db_latency_shim_ms", millis(DB_LATENCY), "ms");
     herd(report).await?;
     tier_latency(report).await?;
+    coherence(report).await?;
     compression(report);
     outage(report).await?;
     zipf(report).await?;
@@ -187,6 +188,111 @@ async fn tier_latency(report: &mut Report) -> anyhow::Result<()> {
     }
     report.set("l2_hit_p50_us", micros(l2_samples.percentile(50.0)), "us");
     report.set("l2_hit_p99_us", micros(l2_samples.percentile(99.0)), "us");
+    Ok(())
+}
+
+/// L1 coherence: 8 environments (each its own connection) hold a product in L1; one writes a
+/// new version; the time until each of the other 7 stops serving the old one, over 30 writes
+/// spaced at random so the writes fall anywhere in the readers' poll cycles.
+async fn coherence(report: &mut Report) -> anyhow::Result<()> {
+    const ENVIRONMENTS: usize = 8;
+    const WRITES: u64 = 30;
+    let server = RedisServer::start(RedisServer::free_port(), &[]);
+    let mut engines = Vec::new();
+    for _ in 0..ENVIRONMENTS {
+        let l2 = l2_for(&server, Duration::from_millis(200)).await?;
+        engines.push(engine(l2, |o| o.key_prefix = "bench-coherence:".into()));
+    }
+    let key = engines[0].keys().product(&id(0));
+    let version = |v: u64| {
+        let mut doc = Doc(product_detail("p0", 2048));
+        doc.0.product.version = v;
+        doc
+    };
+    let writer = engines[0].clone();
+    writer.put(&key, version(1), writer.now()).await;
+    // The version each reader wants to see, and when the write that made it was done.
+    let target = Arc::new(AtomicU64::new(1));
+    let written_at = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for engine in engines[1..].iter().cloned() {
+        let (key, target, written_at, stop) = (
+            key.clone(),
+            target.clone(),
+            written_at.clone(),
+            stop.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let loads = Arc::new(AtomicUsize::new(0));
+            let mut windows = Samples::default();
+            let mut seen = 0;
+            let started = Instant::now();
+            let calls_before = engine.snapshot().l2_calls;
+            while !stop.load(Ordering::Acquire) {
+                let wanted = target.load(Ordering::Acquire);
+                let lookup = engine
+                    .get_or_load(
+                        &key,
+                        db_loader(&loads, Arc::new(Doc(product_detail("x", 16)))),
+                    )
+                    .await?;
+                if lookup.version >= wanted && seen < wanted {
+                    seen = wanted;
+                    let at = *written_at
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    windows.push(at.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let calls = engine.snapshot().l2_calls - calls_before;
+            anyhow::Ok((windows, calls as f64 / started.elapsed().as_secs_f64()))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rng = SmallRng::seed_from_u64(7);
+    for v in 2..=WRITES + 1 {
+        writer.put(&key, version(v), writer.now()).await;
+        *written_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        target.store(v, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..1_300))).await;
+    }
+    stop.store(true, Ordering::Release);
+    let mut windows = Samples::default();
+    let mut calls_per_s = 0.0;
+    for reader in readers {
+        let (samples, calls) = reader.await??;
+        anyhow::ensure!(
+            samples.len() == WRITES as usize,
+            "a reader saw {} of {WRITES} writes",
+            samples.len()
+        );
+        windows.extend(samples);
+        calls_per_s += calls;
+    }
+    report.set(
+        "l1_stale_window_p50_ms",
+        millis(windows.percentile(50.0)),
+        "ms",
+    );
+    report.set(
+        "l1_stale_window_p99_ms",
+        millis(windows.percentile(99.0)),
+        "ms",
+    );
+    report.set(
+        "l1_stale_window_bound_ms",
+        millis(writer.options().l1_coherence),
+        "ms",
+    );
+    report.set(
+        "l1_coherence_redis_calls_per_env_s",
+        calls_per_s / (ENVIRONMENTS - 1) as f64,
+        "calls/s",
+    );
     Ok(())
 }
 

@@ -168,6 +168,11 @@ pub struct CacheConfig {
     pub l1_max_bytes: u64,
     /// How long an L1 entry lives (`L1_TTL_SECS`, default 5).
     pub l1_ttl: Duration,
+    /// Longest an environment serves from L1 a value another environment changed
+    /// (`L1_COHERENCE_MS`, default 1000): each polls the change log when it last did longer
+    /// ago than a quarter of this, and serves nothing older than this unchecked. 0 turns
+    /// polling off: entries live their TTL.
+    pub l1_coherence: Duration,
     /// Payloads larger than this are zstd-compressed (`CACHE_COMPRESS_THRESHOLD_BYTES`, default 1024).
     pub compress_threshold: usize,
     /// TTLs per category.
@@ -184,6 +189,7 @@ impl Default for CacheConfig {
             key_prefix: "cc:v2:".to_owned(),
             l1_max_bytes: 32 * 1024 * 1024,
             l1_ttl: Duration::from_secs(5),
+            l1_coherence: Duration::from_secs(1),
             compress_threshold: 1024,
             ttl: CategoryTtls {
                 product: Ttl {
@@ -231,6 +237,7 @@ impl Config {
                 key_prefix: env.key_prefix("CACHE_KEY_PREFIX", &defaults.key_prefix)?,
                 l1_max_bytes: env.number_in("L1_MAX_BYTES", defaults.l1_max_bytes, 0..=4 << 30)?,
                 l1_ttl: env.secs_in("L1_TTL_SECS", defaults.l1_ttl, 0..=3600)?,
+                l1_coherence: env.millis_in("L1_COHERENCE_MS", 1000, 0..=60_000)?,
                 compress_threshold: env.number_in(
                     "CACHE_COMPRESS_THRESHOLD_BYTES",
                     defaults.compress_threshold,

@@ -118,6 +118,12 @@ impl KeySpace {
         format!("{}{{offers}}:by-expiry", self.prefix)
     }
 
+    /// The change log every environment polls to drop what others changed from its L1 (a
+    /// sorted set of keys scored by a sequence): `<prefix>l1:changes`.
+    pub fn change_log(&self) -> String {
+        format!("{}l1:changes", self.prefix)
+    }
+
     /// The durable revalidation queue (a sorted set of keys scored by enqueue time).
     pub fn revalidation_queue(&self) -> String {
         format!("{}revalidate", self.prefix)

@@ -30,6 +30,8 @@ pub(crate) struct L1Entry {
     pub meta: EntryMeta,
     /// The entry is not served after this (engine clock), even if moka still holds it.
     pub until: EpochMillis,
+    /// When the value was read from L2 or the database: what L1 coherence measures from.
+    pub read_at: EpochMillis,
     /// The value's size in memory ([`value_weight`]; 0 for "not found"), its weight against
     /// the byte bound with the key and [`ENTRY_OVERHEAD`].
     pub weight: u32,
@@ -72,6 +74,10 @@ impl L1 {
 
     pub fn remove(&self, key: &str) {
         self.cache.invalidate(key);
+    }
+
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
     }
 
     /// Entries and weighted bytes (approximate: moka applies writes lazily).

@@ -97,6 +97,11 @@ counters! {
     breaker_opens: "Count",
     /// Redis calls made, failed ones included (a command, a batch or a pipeline).
     l2_calls: "Count",
+    /// L1 entries dropped because another environment changed their key (L1 coherence).
+    l1_remote_drops: "Count",
+    /// L1 entries not served because no poll of the change log vouched for them (after a
+    /// freeze, or with polls failing): read from L2 instead.
+    l1_unchecked: "Count",
     /// Payload bytes written before compression.
     bytes_raw: "Bytes",
     /// Bytes written to Redis after compression, headers included.

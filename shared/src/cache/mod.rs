@@ -9,6 +9,7 @@
 pub mod breaker;
 mod cacheable;
 pub mod codec;
+mod coherence;
 pub mod envelope;
 mod flight;
 pub mod key;
@@ -40,7 +41,9 @@ use crate::config::{CacheConfig, CategoryTtls, RedisConfig};
 use crate::error::Error;
 use crate::model::EpochMillis;
 
-pub use self::read::{BatchLookup, Lookup, Revalidation};
+pub use self::read::{
+    BatchLoader, BatchLookup, LoadFuture, LoadMany, LoadOnce, Loader, Lookup, Revalidation,
+};
 pub use self::write::PutOutcome;
 
 /// A value the cache can hold: serialised in L2 (see [`codec`]), kept decoded in L1.
@@ -104,6 +107,9 @@ pub struct CacheOptions {
     pub l1_max_bytes: u64,
     /// L1 entry lifetime.
     pub l1_ttl: Duration,
+    /// Longest another environment's change goes unseen by this one's L1 (0: entries live
+    /// their TTL); see [`coherence`].
+    pub l1_coherence: Duration,
     /// Compress payloads above this many bytes.
     pub compress_threshold: usize,
     /// Never cache or decode a payload larger than this.
@@ -146,6 +152,7 @@ impl CacheOptions {
             key_prefix: cache.key_prefix.clone(),
             l1_max_bytes: cache.l1_max_bytes,
             l1_ttl: cache.l1_ttl,
+            l1_coherence: cache.l1_coherence,
             compress_threshold: cache.compress_threshold,
             max_value_bytes: 1 << 20,
             ttl: cache.ttl,
@@ -194,8 +201,8 @@ enum L2Fail {
 ///   or foreign values all turn into a miss (counted, logged) and the loader runs.
 /// - Loader errors are returned to the caller, unless a stale copy could be served instead.
 /// - Writes to Redis are guarded: an entry never replaces one with a newer entity version.
-/// - L1 is per process and is only invalidated locally; other processes drop their copy within
-///   the L1 TTL (seconds).
+/// - L1 is per process; a change made in another process stops being served from it within
+///   `l1_coherence` (one second by default; see [`coherence`]).
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
@@ -219,9 +226,11 @@ struct Inner {
     invalidated: moka::sync::Cache<String, EpochMillis>,
     /// Invalidations whose tombstone has not reached Redis yet.
     undelivered: undelivered::Undelivered,
-    /// Generation counters seen recently, so a feed read does not cost a Redis round trip for
-    /// its generation; bumps from other processes are seen within the L1 TTL.
-    generations: moka::sync::Cache<String, u64>,
+    /// What other environments changed, for L1.
+    coherence: coherence::Coherence,
+    /// Generation counters seen recently, with when they were read, so a feed read does not
+    /// cost a Redis round trip for its generation; kept coherent like L1.
+    generations: moka::sync::Cache<String, (u64, EpochMillis)>,
     l2: Option<Arc<dyn L2Store>>,
     breaker: CircuitBreaker,
     metrics: CacheMetrics,
@@ -257,6 +266,11 @@ impl Cache {
             inner: Arc::new(Inner {
                 invalidated,
                 undelivered: undelivered::Undelivered::default(),
+                coherence: coherence::Coherence::new(
+                    options.l1_coherence,
+                    l2.is_some(),
+                    options.tombstone_ttl(),
+                ),
                 keys: KeySpace::new(options.key_prefix.clone()),
                 l1: L1::new(options.l1_max_bytes, options.l1_ttl),
                 negatives: L1::new(NEGATIVE_L1_BYTES, options.l1_ttl),
@@ -398,6 +412,10 @@ impl Cache {
                 ),
                 None => false,
             };
+            if delivered {
+                let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+                cache.publish_changes(&names).await;
+            }
             if delivered {
                 tracing::info!(
                     keys = keys.len(),

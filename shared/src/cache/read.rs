@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,53 @@ use super::metrics::CacheMetrics;
 use super::{BoxFuture, Cache, Cacheable, L2Fail, LoadedAny, Policy, Source};
 use crate::error::{Error, Result};
 use crate::model::EpochMillis;
+
+/// A boxed `'static` future of a load's result.
+pub type LoadFuture<R> = Pin<Box<dyn Future<Output = Result<R>> + Send + 'static>>;
+
+/// A single-key load, boxed once a read gets past L1, so the read path below it is not generic
+/// over the caller's closure. `Ok(None)`: the entity does not exist (cached negatively).
+pub type Loader<T> = Box<dyn FnOnce() -> LoadFuture<Option<T>> + Send + 'static>;
+
+/// A batch load: the ids of the misses in, those that exist out.
+pub type BatchLoader<I, T> =
+    Arc<dyn Fn(Vec<I>) -> LoadFuture<HashMap<I, T>> + Send + Sync + 'static>;
+
+/// What [`Cache::get_or_load`] takes as a loader: an `FnOnce() -> impl Future<Output =
+/// Result<Option<T>>>`. It is `'static` because a stale answer hands it to a
+/// [`Revalidation`] that runs after the response.
+pub trait LoadOnce<T>: Send + 'static {
+    /// The load, boxed.
+    fn boxed(self) -> Loader<T>;
+}
+
+impl<T, F, Fut> LoadOnce<T> for F
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Option<T>>> + Send + 'static,
+{
+    fn boxed(self) -> Loader<T> {
+        Box::new(move || Box::pin(self()))
+    }
+}
+
+/// What [`Cache::get_many`] takes as a loader: an `Fn(Vec<I>) -> impl Future<Output =
+/// Result<HashMap<I, T>>>`, called once for a batch's misses and again to revalidate its
+/// stale answers.
+pub trait LoadMany<I, T>: Send + Sync + 'static {
+    /// The load, shared.
+    fn shared(self) -> BatchLoader<I, T>;
+}
+
+impl<I, T, F, Fut> LoadMany<I, T> for F
+where
+    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<HashMap<I, T>>> + Send + 'static,
+{
+    fn shared(self) -> BatchLoader<I, T> {
+        Arc::new(move |ids| Box::pin(self(ids)))
+    }
+}
 
 /// The answer to one read.
 pub struct Lookup<T> {
@@ -127,33 +175,111 @@ struct Decoded<T> {
     weight: u32,
 }
 
+/// What an L2 entry lets a read do now.
+enum Judged<T> {
+    /// Serve it.
+    Fresh(Decoded<T>),
+    /// Serve it while it is revalidated.
+    Stale(Decoded<T>),
+    /// Load: absent, expired, a tombstone, a stale "not found", known outdated or unusable.
+    Miss,
+}
+
+/// A single-flight lock on a key, held in Redis.
+///
+/// ## Behavior
+/// - Taken with `SET NX PX lock_ttl` and a random token.
+/// - [`LoadLock::hold_while`] keeps it alive while the holder works: a load may take up to
+///   `load_timeout`, longer than the lock's TTL, and an expired lock would let a second
+///   process load the same key.
+/// - Released by compare-and-delete ([`LoadLock::release`]), so a holder whose lock expired
+///   never frees the next holder's. Dropped without release (its request cancelled), it is
+///   released in the background; failing that, its TTL frees it.
+struct LoadLock {
+    cache: Cache,
+    key: String,
+    token: String,
+    released: bool,
+}
+
+impl LoadLock {
+    /// Runs `work` while renewing the lock every third of its TTL.
+    async fn hold_while<R>(&self, work: impl Future<Output = R>) -> R {
+        let ttl = self.cache.inner.options.lock_ttl;
+        let renew = async {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let _ = self
+                    .cache
+                    .with_l2("PEXPIRE", self.cache.single_deadline(), |l2| {
+                        l2.extend_lock(&self.key, &self.token, ttl)
+                    })
+                    .await;
+            }
+        };
+        tokio::select! {
+            result = work => result,
+            () = renew => unreachable!("the renewal loop never ends"),
+        }
+    }
+
+    /// Releases the lock if it is still ours.
+    async fn release(mut self) {
+        self.released = true;
+        let _ = self
+            .cache
+            .with_l2("unlock", self.cache.single_deadline(), |l2| {
+                l2.unlock(&self.key, &self.token)
+            })
+            .await;
+    }
+}
+
+impl Drop for LoadLock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Not through `release`: a task the runtime drops unpolled (it is shutting down)
+        // must not drop another unreleased lock.
+        let (cache, key, token) = (
+            self.cache.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        runtime.spawn(async move {
+            let _ = cache
+                .with_l2("unlock", cache.single_deadline(), |l2| {
+                    l2.unlock(&key, &token)
+                })
+                .await;
+        });
+    }
+}
+
 impl Cache {
     /// Reads `key`, loading it with `loader` on a miss, using the key category's policy.
     ///
     /// `loader` returns `Ok(None)` for an entity that does not exist (cached negatively).
-    /// It is `'static` because a stale answer hands it to a [`Revalidation`] that runs later.
-    pub async fn get_or_load<T, F, Fut>(&self, key: &CacheKey, loader: F) -> Result<Lookup<T>>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+    pub async fn get_or_load<T: Cacheable>(
+        &self,
+        key: &CacheKey,
+        loader: impl LoadOnce<T>,
+    ) -> Result<Lookup<T>> {
         self.get_or_load_with(key, self.policy(key.category()), loader)
             .await
     }
 
     /// [`Cache::get_or_load`] with an explicit policy.
-    pub async fn get_or_load_with<T, F, Fut>(
+    pub async fn get_or_load_with<T: Cacheable>(
         &self,
         key: &CacheKey,
         policy: Policy,
-        loader: F,
-    ) -> Result<Lookup<T>>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+        loader: impl LoadOnce<T>,
+    ) -> Result<Lookup<T>> {
         let now = self.now();
         if let Some(hit) = self.l1_hit::<T>(key, now) {
             return Ok(hit);
@@ -161,25 +287,18 @@ impl Cache {
         let fetched = self
             .with_l2("GET", self.single_deadline(), |l2| l2.get(key.as_str()))
             .await;
-        self.answer_from_l2(key, policy, loader, fetched, now).await
+        self.answer_from_l2(key, policy, loader.boxed(), fetched, now)
+            .await
     }
 
     /// Two keys read together (a product's detail and its stats) in one Redis round trip:
     /// each from L1 if it is there, the others with one MGET (the keys of one product share a
     /// hash tag, so one slot on a cluster), then each answered as [`Cache::get_or_load`] would.
-    pub async fn get_or_load_both<A, FA, FutA, B, FB, FutB>(
+    pub async fn get_or_load_both<A: Cacheable, B: Cacheable>(
         &self,
-        (key_a, loader_a): (&CacheKey, FA),
-        (key_b, loader_b): (&CacheKey, FB),
-    ) -> (Result<Lookup<A>>, Result<Lookup<B>>)
-    where
-        A: Cacheable,
-        FA: FnOnce() -> FutA + Send + 'static,
-        FutA: Future<Output = Result<Option<A>>> + Send + 'static,
-        B: Cacheable,
-        FB: FnOnce() -> FutB + Send + 'static,
-        FutB: Future<Output = Result<Option<B>>> + Send + 'static,
-    {
+        (key_a, loader_a): (&CacheKey, impl LoadOnce<A>),
+        (key_b, loader_b): (&CacheKey, impl LoadOnce<B>),
+    ) -> (Result<Lookup<A>>, Result<Lookup<B>>) {
         let now = self.now();
         let (hit_a, hit_b) = (self.l1_hit::<A>(key_a, now), self.l1_hit::<B>(key_b, now));
         let single = |key: &CacheKey| {
@@ -215,59 +334,44 @@ impl Cache {
     }
 
     /// The L1 hit if there was one, else the answer from what L2 returned.
-    async fn hit_or_answer<T, F, Fut>(
+    async fn hit_or_answer<T: Cacheable>(
         &self,
         key: &CacheKey,
         hit: Option<Lookup<T>>,
-        loader: F,
+        loader: impl LoadOnce<T>,
         fetched: std::result::Result<Option<Vec<u8>>, L2Fail>,
         now: EpochMillis,
-    ) -> Result<Lookup<T>>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+    ) -> Result<Lookup<T>> {
         match hit {
             Some(hit) => Ok(hit),
             None => {
                 let policy = self.policy(key.category());
-                self.answer_from_l2(key, policy, loader, fetched, now).await
+                self.answer_from_l2(key, policy, loader.boxed(), fetched, now)
+                    .await
             }
         }
     }
 
-    /// Answers `key` from what L2 returned for it: fresh, or stale while it is revalidated;
-    /// otherwise a miss, loaded.
-    async fn answer_from_l2<T, F, Fut>(
+    /// Answers `key` from what L2 returned for it (read at `now`): fresh, or stale while it
+    /// is revalidated; otherwise a miss, loaded.
+    async fn answer_from_l2<T: Cacheable>(
         &self,
         key: &CacheKey,
         policy: Policy,
-        loader: F,
+        loader: Loader<T>,
         fetched: std::result::Result<Option<Vec<u8>>, L2Fail>,
         now: EpochMillis,
-    ) -> Result<Lookup<T>>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+    ) -> Result<Lookup<T>> {
         let mut l2_usable = true;
         match fetched {
-            Ok(Some(bytes)) => {
-                if let Some(entry) = self.decode::<T>(key.as_str(), &bytes) {
-                    match entry.meta.freshness(now) {
-                        Freshness::Fresh => return Ok(self.serve_fresh_from_l2(key, entry, now)),
-                        Freshness::Stale if !entry.meta.negative => {
-                            let revalidation = self.stale_revalidation(key, policy, loader).await;
-                            return Ok(Self::serve_stale(entry, now, Some(revalidation)));
-                        }
-                        // A stale "not found" is reloaded, not served; expired is a miss.
-                        Freshness::Stale | Freshness::Expired => {}
-                    }
+            Ok(bytes) => match self.judge::<T>(key.as_str(), bytes.as_deref(), now, true) {
+                Judged::Fresh(entry) => return Ok(self.serve_fresh_from_l2(key, entry, now)),
+                Judged::Stale(entry) => {
+                    let revalidation = self.stale_revalidation(key, policy, loader);
+                    return Ok(Self::serve_stale(entry, now, Some(revalidation)));
                 }
-            }
-            Ok(None) => {}
+                Judged::Miss => {}
+            },
             Err(L2Fail::WrongType) => {
                 CacheMetrics::incr(&self.inner.metrics.decode_errors);
                 tracing::warn!(
@@ -281,23 +385,22 @@ impl Cache {
         self.load_coalesced(key, policy, loader, l2_usable).await
     }
 
-    /// Reads many keys: L1, then one MGET (per hash slot on a cluster), then one loader call
-    /// for every miss, written back in one pipeline.
+    /// Reads many keys: L1, then one MGET (one pipelined request per node on a cluster),
+    /// then one loader call for every miss, written back in one pipeline.
     ///
     /// `loader` gets the ids of the misses and returns those that exist; the others are cached
     /// as "not found". Batches are not single-flighted: a herd on one key is the single-key
     /// path's problem, and a batch's misses are already one database call.
-    pub async fn get_many<I, T, F, Fut>(
+    pub async fn get_many<I, T>(
         &self,
         entries: Vec<(CacheKey, I)>,
-        loader: F,
+        loader: impl LoadMany<I, T>,
     ) -> Result<BatchLookup<T>>
     where
         I: Clone + Eq + Hash + Send + Sync + 'static,
         T: Cacheable,
-        F: Fn(Vec<I>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<HashMap<I, T>>> + Send + 'static,
     {
+        let loader = loader.shared();
         let now = self.now();
         let mut out: Vec<Option<Lookup<T>>> = Vec::with_capacity(entries.len());
         let mut pending = Vec::new();
@@ -321,16 +424,15 @@ impl Cache {
                 Ok(values) => {
                     for (i, bytes) in pending.into_iter().zip(values) {
                         let key = &entries[i].0;
-                        let entry = bytes.and_then(|b| self.decode::<T>(key.as_str(), &b));
-                        match entry.map(|e| (e.meta.freshness(now), e)) {
-                            Some((Freshness::Fresh, e)) => {
-                                out[i] = Some(self.serve_fresh_from_l2(key, e, now));
+                        match self.judge::<T>(key.as_str(), bytes.as_deref(), now, true) {
+                            Judged::Fresh(entry) => {
+                                out[i] = Some(self.serve_fresh_from_l2(key, entry, now));
                             }
-                            Some((Freshness::Stale, e)) if !e.meta.negative => {
-                                out[i] = Some(Self::serve_stale(e, now, None));
+                            Judged::Stale(entry) => {
+                                out[i] = Some(Self::serve_stale(entry, now, None));
                                 stale.push(i);
                             }
-                            _ => misses.push(i),
+                            Judged::Miss => misses.push(i),
                         }
                     }
                 }
@@ -352,21 +454,15 @@ impl Cache {
             }
         }
 
-        let revalidation = if stale.is_empty() {
-            None
-        } else {
-            Some(
-                self.stale_batch_revalidation(&entries, &stale, loader)
-                    .await,
-            )
-        };
+        let revalidation =
+            (!stale.is_empty()).then(|| self.stale_batch_revalidation(&entries, &stale, loader));
         Ok(BatchLookup {
             items: out.into_iter().flatten().collect(),
             revalidation,
         })
     }
 
-    /// A fresh L1 answer, if there is one.
+    /// A fresh L1 answer, if there is one that may be served (see [`super::coherence`]).
     fn l1_hit<T: Cacheable>(&self, key: &CacheKey, now: EpochMillis) -> Option<Lookup<T>> {
         let entry = self
             .inner
@@ -376,11 +472,15 @@ impl Cache {
         if entry.meta.freshness(now) != Freshness::Fresh {
             return None;
         }
+        let metrics = &self.inner.metrics;
+        if !self.l1_trusted(entry.read_at, now) {
+            CacheMetrics::incr(&metrics.l1_unchecked);
+            return None;
+        }
         let value = match entry.value {
             None => None,
             Some(any) => Some(any.downcast::<T>().ok()?),
         };
-        let metrics = &self.inner.metrics;
         CacheMetrics::incr(if value.is_some() {
             &metrics.l1_hits
         } else {
@@ -395,11 +495,12 @@ impl Cache {
         })
     }
 
+    /// Serves a fresh L2 entry read at `read_at`, keeping it in L1.
     fn serve_fresh_from_l2<T: Cacheable>(
         &self,
         key: &CacheKey,
         entry: Decoded<T>,
-        now: EpochMillis,
+        read_at: EpochMillis,
     ) -> Lookup<T> {
         let metrics = &self.inner.metrics;
         CacheMetrics::incr(if entry.value.is_some() {
@@ -412,11 +513,12 @@ impl Cache {
             entry.value.clone().map(|v| v as AnyValue),
             entry.meta,
             entry.weight,
+            read_at,
         );
         Lookup {
             value: entry.value,
             source: Source::L2,
-            age_ms: entry.meta.age_ms(now),
+            age_ms: entry.meta.age_ms(read_at),
             version: entry.meta.version,
             revalidation: None,
         }
@@ -436,19 +538,39 @@ impl Cache {
         }
     }
 
-    /// Decodes stored bytes; anything unusable is counted, logged once and becomes a miss.
-    /// A tombstone (an invalidated key) is a plain miss.
-    fn decode<T: Cacheable>(&self, key: &str, bytes: &[u8]) -> Option<Decoded<T>> {
-        match self.try_decode(bytes) {
-            Ok(decoded) if decoded.meta.tombstone => None,
-            // Stored before an invalidation of ours that Redis missed: known to be stale.
-            Ok(decoded) if self.inner.undelivered.outdates(key, decoded.meta.stored_at) => None,
-            Ok(decoded) => Some(decoded),
+    /// What the bytes L2 returned for `key` let a read do at `now`; the one judgement of the
+    /// single, batch and lock paths. Unusable bytes are a miss, counted and logged when
+    /// `report` (a second look at the same key does not count them again).
+    fn judge<T: Cacheable>(
+        &self,
+        key: &str,
+        bytes: Option<&[u8]>,
+        now: EpochMillis,
+        report: bool,
+    ) -> Judged<T> {
+        let Some(bytes) = bytes else {
+            return Judged::Miss;
+        };
+        let entry = match self.try_decode::<T>(bytes) {
+            Ok(entry) => entry,
             Err(e) => {
-                CacheMetrics::incr(&self.inner.metrics.decode_errors);
-                tracing::warn!(key, error.message = %e, source = ?std::error::Error::source(&e), "unusable cached value; treated as a miss");
-                None
+                if report {
+                    CacheMetrics::incr(&self.inner.metrics.decode_errors);
+                    tracing::warn!(key, error.message = %e, source = ?std::error::Error::source(&e), "unusable cached value; treated as a miss");
+                }
+                return Judged::Miss;
             }
+        };
+        // A tombstone is an invalidated key; an entry stored before an invalidation of ours
+        // that Redis missed is known to be stale.
+        if entry.meta.tombstone || self.inner.undelivered.outdates(key, entry.meta.stored_at) {
+            return Judged::Miss;
+        }
+        match entry.meta.freshness(now) {
+            Freshness::Fresh => Judged::Fresh(entry),
+            // A stale "not found" is reloaded, not served.
+            Freshness::Stale if !entry.meta.negative => Judged::Stale(entry),
+            Freshness::Stale | Freshness::Expired => Judged::Miss,
         }
     }
 
@@ -473,12 +595,15 @@ impl Cache {
             })
     }
 
+    /// Keeps a value read from L2 or the database at `read_at` in L1, unless another
+    /// environment's change to it became known after that read (see [`super::coherence`]).
     pub(super) fn insert_l1(
         &self,
         key: &str,
         value: Option<AnyValue>,
         meta: EntryMeta,
         weight: u32,
+        read_at: EpochMillis,
     ) {
         let until =
             (self.now() + crate::clock::millis(self.inner.options.l1_ttl)).min(meta.fresh_until);
@@ -495,25 +620,26 @@ impl Cache {
                 value,
                 meta,
                 until,
+                read_at,
                 weight,
             },
         );
+        // Checked after inserting: a poll records a change before it removes the key, so
+        // either it removes this entry or this check sees its record.
+        if self.inner.coherence.changed_since(key, read_at) {
+            tier.remove(key);
+        }
     }
 
     /// A miss: one load per key per process (single flight), and one across processes
     /// (Redis lock) when Redis is usable.
-    async fn load_coalesced<T, F, Fut>(
+    async fn load_coalesced<T: Cacheable>(
         &self,
         key: &CacheKey,
         policy: Policy,
-        loader: F,
+        loader: Loader<T>,
         l2_usable: bool,
-    ) -> Result<Lookup<T>>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+    ) -> Result<Lookup<T>> {
         if !self.inner.options.single_flight {
             let loaded = self.load_and_store(key, policy, loader, l2_usable).await?;
             return Lookup::from_loaded(loaded);
@@ -537,46 +663,52 @@ impl Cache {
         Lookup::from_loaded(result.map_err(Error::Shared)?)
     }
 
+    /// Tries to take the single-flight lock of `key`: `Ok(None)` if another process holds it.
+    async fn take_load_lock(
+        &self,
+        key: &CacheKey,
+    ) -> std::result::Result<Option<LoadLock>, L2Fail> {
+        let lock_key = self.inner.keys.lock(key);
+        let token = format!("{:032x}", rand::rng().random::<u128>());
+        let taken = self
+            .with_l2("SET NX", self.single_deadline(), |l2| {
+                l2.try_lock(&lock_key, &token, self.inner.options.lock_ttl)
+            })
+            .await?;
+        Ok(taken.then(|| LoadLock {
+            cache: self.clone(),
+            key: lock_key,
+            token,
+            released: false,
+        }))
+    }
+
     /// Takes the Redis lock for `key` and loads, or waits for the holder's value with backoff;
     /// past `lock_wait` it loads itself. Never fails because of the lock.
-    async fn load_under_lock<T, F, Fut>(
+    async fn load_under_lock<T: Cacheable>(
         &self,
         key: &CacheKey,
         policy: Policy,
-        loader: F,
-    ) -> Result<LoadedAny>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
-        let options = &self.inner.options;
-        let lock_key = self.inner.keys.lock(key);
-        let token = format!("{:032x}", rand::rng().random::<u128>());
-        let deadline = Instant::now() + options.lock_wait;
+        loader: Loader<T>,
+    ) -> Result<LoadedAny> {
+        let deadline = Instant::now() + self.inner.options.lock_wait;
         let mut backoff = Duration::from_millis(2);
         let mut waited = false;
         loop {
-            let locked = self
-                .with_l2("SET NX", self.single_deadline(), |l2| {
-                    l2.try_lock(&lock_key, &token, options.lock_ttl)
-                })
-                .await;
-            match locked {
-                Ok(true) => {
+            match self.take_load_lock(key).await {
+                Ok(Some(lock)) => {
                     // The previous holder may have stored the value between our miss and now.
                     let result = match self.fresh_from_l2::<T>(key).await {
                         Some(found) => Ok(found),
-                        None => self.load_and_store(key, policy, loader, true).await,
+                        None => {
+                            lock.hold_while(self.load_and_store(key, policy, loader, true))
+                                .await
+                        }
                     };
-                    let _ = self
-                        .with_l2("unlock", self.single_deadline(), |l2| {
-                            l2.unlock(&lock_key, &token)
-                        })
-                        .await;
+                    lock.release().await;
                     return result;
                 }
-                Ok(false) => {
+                Ok(None) => {
                     if !waited {
                         waited = true;
                         CacheMetrics::incr(&self.inner.metrics.lock_waits);
@@ -601,22 +733,17 @@ impl Cache {
     /// The fresh value of `key` in L2, if it is there now (put in L1 as well). Unusable bytes
     /// were already counted by the read that missed, so they are not counted again here.
     async fn fresh_from_l2<T: Cacheable>(&self, key: &CacheKey) -> Option<LoadedAny> {
+        let read_at = self.now();
         let bytes = self
             .with_l2("GET", self.single_deadline(), |l2| l2.get(key.as_str()))
             .await
-            .ok()??;
-        let entry = self.try_decode::<T>(&bytes).ok()?;
-        let now = self.now();
-        if entry.meta.tombstone
-            || self
-                .inner
-                .undelivered
-                .outdates(key.as_str(), entry.meta.stored_at)
-            || entry.meta.freshness(now) != Freshness::Fresh
-        {
-            return None;
+            .ok()?;
+        match self.judge::<T>(key.as_str(), bytes.as_deref(), self.now(), false) {
+            Judged::Fresh(entry) => Some(LoadedAny::from(
+                self.serve_fresh_from_l2(key, entry, read_at),
+            )),
+            Judged::Stale(_) | Judged::Miss => None,
         }
-        Some(LoadedAny::from(self.serve_fresh_from_l2(key, entry, now)))
     }
 
     /// Runs a load within `load_timeout`: the tombstone of an invalidation made after the load
@@ -634,18 +761,13 @@ impl Cache {
     }
 
     /// Runs the loader and writes its answer (or "not found") to both tiers.
-    async fn load_and_store<T, F, Fut>(
+    async fn load_and_store<T: Cacheable>(
         &self,
         key: &CacheKey,
         policy: Policy,
-        loader: F,
+        loader: Loader<T>,
         l2_usable: bool,
-    ) -> Result<LoadedAny>
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+    ) -> Result<LoadedAny> {
         CacheMetrics::incr(&self.inner.metrics.loads);
         let read_at = self.now();
         let loaded = self.bounded_load(loader()).await.inspect_err(|e| {
@@ -669,19 +791,17 @@ impl Cache {
     }
 
     /// Loads a batch's misses with one loader call and writes them back in one pipeline.
-    async fn load_batch<I, T, F, Fut>(
+    async fn load_batch<I, T>(
         &self,
         entries: &[(CacheKey, I)],
         misses: &[usize],
         ids: Vec<I>,
-        loader: &F,
+        loader: &BatchLoader<I, T>,
         l2_usable: bool,
     ) -> Result<Vec<Lookup<T>>>
     where
         I: Clone + Eq + Hash + Send + Sync + 'static,
         T: Cacheable,
-        F: Fn(Vec<I>) -> Fut,
-        Fut: Future<Output = Result<HashMap<I, T>>>,
     {
         CacheMetrics::incr(&self.inner.metrics.loads);
         let read_at = self.now();
@@ -725,91 +845,76 @@ impl Cache {
             .collect())
     }
 
-    /// Queues `key` durably and returns the work that refreshes it.
-    async fn stale_revalidation<T, F, Fut>(
+    /// The work that refreshes a stale `key`, all of it after the response: a stale answer
+    /// costs the request no more Redis round trips than a hit. The durable queue entry comes
+    /// first, so a refresh that does not finish (the environment frozen for good) is still
+    /// done by the refresh job.
+    fn stale_revalidation<T: Cacheable>(
         &self,
         key: &CacheKey,
         policy: Policy,
-        loader: F,
-    ) -> Revalidation
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+        loader: Loader<T>,
+    ) -> Revalidation {
         CacheMetrics::incr(&self.inner.metrics.stale_serves);
         let engine = self.clone();
         let key = key.clone();
-        // All of it after the response: the stale answer costs the request no more Redis
-        // round trips than a hit. The durable queue entry comes first, so a refresh that
-        // does not finish (the environment frozen for good) is still done by the refresh job.
         Revalidation::new(vec![key.to_string()], async move {
             engine.enqueue_revalidations(&[key.as_str()]).await;
             engine.revalidate_one(&key, policy, loader).await;
         })
     }
 
-    async fn revalidate_one<T, F, Fut>(&self, key: &CacheKey, policy: Policy, loader: F)
-    where
-        T: Cacheable,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<T>>> + Send + 'static,
-    {
+    async fn revalidate_one<T: Cacheable>(
+        &self,
+        key: &CacheKey,
+        policy: Policy,
+        loader: Loader<T>,
+    ) {
         // One process refreshes; the others keep serving the stale copy meanwhile.
-        let lock_key = self.inner.keys.lock(key);
-        let token = format!("{:032x}", rand::rng().random::<u128>());
-        let locked = self
-            .with_l2("SET NX", self.single_deadline(), |l2| {
-                l2.try_lock(&lock_key, &token, self.inner.options.lock_ttl)
-            })
-            .await;
-        if locked != Ok(true) {
+        let Ok(Some(lock)) = self.take_load_lock(key).await else {
             return;
-        }
+        };
         // Another process may have refreshed it between our stale read and the lock.
         let refreshed = self.fresh_from_l2::<T>(key).await.is_some()
-            || self.load_and_store(key, policy, loader, true).await.is_ok();
+            || lock
+                .hold_while(self.load_and_store(key, policy, loader, true))
+                .await
+                .is_ok();
         if refreshed {
             CacheMetrics::incr(&self.inner.metrics.revalidations);
             self.complete_revalidations(&[key.to_string()]).await;
         }
-        let _ = self
-            .with_l2("unlock", self.single_deadline(), |l2| {
-                l2.unlock(&lock_key, &token)
-            })
-            .await;
+        lock.release().await;
     }
 
-    async fn stale_batch_revalidation<I, T, F, Fut>(
+    /// The work that refreshes a batch's stale answers, after the response (as for one key,
+    /// see [`Cache::stale_revalidation`]).
+    fn stale_batch_revalidation<I, T>(
         &self,
         entries: &[(CacheKey, I)],
         stale: &[usize],
-        loader: F,
+        loader: BatchLoader<I, T>,
     ) -> Revalidation
     where
         I: Clone + Eq + Hash + Send + Sync + 'static,
         T: Cacheable,
-        F: Fn(Vec<I>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<HashMap<I, T>>> + Send + 'static,
     {
         CacheMetrics::add(&self.inner.metrics.stale_serves, stale.len() as u64);
         let stale_entries: Vec<(CacheKey, I)> = stale.iter().map(|&i| entries[i].clone()).collect();
         let engine = self.clone();
         let names: Vec<String> = stale_entries.iter().map(|(k, _)| k.to_string()).collect();
-        // After the response, as for one key (see `stale_revalidation`).
         Revalidation::new(names.clone(), async move {
             let keys: Vec<&str> = names.iter().map(String::as_str).collect();
             engine.enqueue_revalidations(&keys).await;
             let all: Vec<usize> = (0..stale_entries.len()).collect();
             let ids = stale_entries.iter().map(|(_, id)| id.clone()).collect();
             if engine
-                .load_batch::<I, T, F, Fut>(&stale_entries, &all, ids, &loader, true)
+                .load_batch(&stale_entries, &all, ids, &loader, true)
                 .await
                 .is_ok()
             {
                 CacheMetrics::add(&engine.inner.metrics.revalidations, all.len() as u64);
-                let keys: Vec<String> = stale_entries.iter().map(|(k, _)| k.to_string()).collect();
-                engine.complete_revalidations(&keys).await;
+                engine.complete_revalidations(&names).await;
             }
         })
     }

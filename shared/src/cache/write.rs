@@ -48,13 +48,18 @@ impl Cache {
         read_at: EpochMillis,
     ) -> PutOutcome {
         let policy = self.policy(key.category());
-        self.write_entries(
-            &[(key.clone(), policy, Some(Arc::new(value)))],
-            true,
-            read_at,
-        )
-        .await[0]
-            .1
+        let outcome = self
+            .write_entries(
+                &[(key.clone(), policy, Some(Arc::new(value)))],
+                true,
+                read_at,
+            )
+            .await[0]
+            .1;
+        if outcome == PutOutcome::Written {
+            self.publish_changes(&[key.as_str()]).await;
+        }
+        outcome
     }
 
     /// Writes many values read at `read_at` in one pipeline (one per hash slot on a cluster).
@@ -70,11 +75,20 @@ impl Cache {
                 (key, policy, Some(Arc::new(value)))
             })
             .collect();
-        self.write_entries(&writes, true, read_at)
+        let outcomes: Vec<PutOutcome> = self
+            .write_entries(&writes, true, read_at)
             .await
             .into_iter()
             .map(|(_, outcome)| outcome)
-            .collect()
+            .collect();
+        let written: Vec<&str> = writes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == PutOutcome::Written)
+            .map(|((key, _, _), _)| key.as_str())
+            .collect();
+        self.publish_changes(&written).await;
+        outcomes
     }
 
     /// Removes keys from L1 and replaces them in L2 with short-lived tombstones: readers see a
@@ -95,12 +109,14 @@ impl Cache {
             })
             .await
             .is_ok();
-        let keys = keys.iter().map(CacheKey::as_str);
+        let names: Vec<&str> = keys.iter().map(CacheKey::as_str).collect();
         if delivered {
-            self.inner.undelivered.delivered(keys, now);
+            self.inner.undelivered.delivered(names.iter().copied(), now);
+            self.publish_changes(&names).await;
         } else if self.inner.l2.is_some() {
-            // Not served from L2 by this process until a tombstone gets there.
-            self.inner.undelivered.add(keys, now);
+            // Not served from L2 by this process until a tombstone gets there (the change is
+            // published with it).
+            self.inner.undelivered.add(names.iter().copied(), now);
         }
         delivered
     }
@@ -124,7 +140,10 @@ impl Cache {
     /// Keys built with it change when the namespace is bumped.
     pub async fn generation(&self, namespace: &str) -> u64 {
         let key = self.inner.keys.generation(namespace);
-        if let Some(generation) = self.inner.generations.get(&key) {
+        let now = self.now();
+        if let Some((generation, read_at)) = self.inner.generations.get(&key)
+            && self.l1_trusted(read_at, now)
+        {
             return generation;
         }
         match self
@@ -132,7 +151,7 @@ impl Cache {
             .await
         {
             Ok(generation) => {
-                self.inner.generations.insert(key, generation);
+                self.remember_generation(key, generation, now);
                 generation
             }
             Err(_) => 0,
@@ -143,12 +162,25 @@ impl Cache {
     /// never read again and expire by TTL. No `KEYS` or `SCAN`. `None` if Redis is unavailable.
     pub async fn bump_generation(&self, namespace: &str) -> Option<u64> {
         let key = self.inner.keys.generation(namespace);
+        let now = self.now();
         let generation = self
             .with_l2("INCR", self.single_deadline(), |l2| l2.incr(&key))
             .await
             .ok()?;
-        self.inner.generations.insert(key, generation);
+        self.publish_changes(&[key.as_str()]).await;
+        self.remember_generation(key, generation, now);
         Some(generation)
+    }
+
+    /// Keeps a generation read at `read_at`, unless another environment's bump became known
+    /// after that read (as [`Cache::insert_l1`] does for values).
+    fn remember_generation(&self, key: String, generation: u64, read_at: EpochMillis) {
+        self.inner
+            .generations
+            .insert(key.clone(), (generation, read_at));
+        if self.inner.coherence.changed_since(&key, read_at) {
+            self.inner.generations.invalidate(&key);
+        }
     }
 
     /// Up to `max` keys waiting on the durable revalidation queue, oldest first.
@@ -243,7 +275,7 @@ impl Cache {
                 if invalidated_after_read || holds_value {
                     outcomes[i].1 = PutOutcome::Refused;
                 } else {
-                    self.insert_l1(key.as_str(), None, meta, 0);
+                    self.insert_l1(key.as_str(), None, meta, 0, read_at);
                     outcomes[i].1 = PutOutcome::LocalOnly;
                 }
                 continue;
@@ -293,6 +325,7 @@ impl Cache {
                     value.clone().map(|v| v as AnyValue),
                     meta,
                     weight,
+                    read_at,
                 );
             }
             outcomes[i].1 = outcome;

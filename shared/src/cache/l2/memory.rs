@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{L2Store, L2Write, ServerInfo, WriteOutcome};
+use super::{CHANGE_LOG_FLOOR, L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::envelope;
 use crate::error::{Error, Result};
 
@@ -190,6 +190,88 @@ impl L2Store for MemoryL2 {
             entries.remove(key);
         }
         Ok(())
+    }
+
+    async fn extend_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        let mut entries = self.call("extend lock")?;
+        match entries.get_mut(key) {
+            Some(entry) if matches!(&entry.value, Value::Bytes(b) if b == token.as_bytes()) => {
+                entry.expires_at = Some(Instant::now() + ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn publish_changes(&self, log: &str, keys: &[&str], keep: usize) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut entries = self.call("publish changes")?;
+        let entry = entries.entry(log.to_owned()).or_insert_with(|| {
+            // As in Redis: a new log starts from the clock in microseconds.
+            let start = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            Entry {
+                value: Value::Queue(BTreeMap::from([(CHANGE_LOG_FLOOR.to_owned(), start)])),
+                expires_at: None,
+            }
+        });
+        let Value::Queue(log) = &mut entry.value else {
+            return Err(wrong_type("publish changes"));
+        };
+        let mut seq = log.values().copied().max().unwrap_or(0);
+        for key in keys {
+            seq += 1;
+            log.insert((*key).to_owned(), seq);
+        }
+        let excess = log.len().saturating_sub(1 + keep.max(1));
+        if excess > 0 {
+            let mut by_seq: Vec<(i64, String)> = log
+                .iter()
+                .filter(|(member, _)| *member != CHANGE_LOG_FLOOR)
+                .map(|(member, seq)| (*seq, member.clone()))
+                .collect();
+            by_seq.sort_unstable();
+            for (_, member) in &by_seq[..excess] {
+                log.remove(member);
+            }
+            log.insert(CHANGE_LOG_FLOOR.to_owned(), by_seq[excess - 1].0);
+        }
+        Ok(())
+    }
+
+    async fn change_log_head(&self, log: &str) -> Result<i64> {
+        let entries = self.call("ZRANGE")?;
+        match entries.get(log).map(|e| &e.value) {
+            None => Ok(0),
+            Some(Value::Queue(set)) => Ok(set.values().copied().max().unwrap_or(0)),
+            Some(_) => Err(wrong_type("ZRANGE")),
+        }
+    }
+
+    async fn read_changes(
+        &self,
+        log: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<(String, i64)>>> {
+        let entries = self.call("read changes")?;
+        match entries.get(log).map(|e| &e.value) {
+            None => Ok(None),
+            Some(Value::Queue(set)) => {
+                let mut newer: Vec<(String, i64)> = set
+                    .iter()
+                    .filter(|(_, seq)| **seq > after)
+                    .map(|(key, seq)| (key.clone(), *seq))
+                    .collect();
+                newer.sort_unstable_by_key(|(_, seq)| *seq);
+                newer.truncate(limit.max(1));
+                Ok(Some(newer))
+            }
+            Some(_) => Err(wrong_type("read changes")),
+        }
     }
 
     async fn incr(&self, key: &str) -> Result<u64> {

@@ -30,6 +30,10 @@ pub struct L2Write {
     pub read_at: i64,
 }
 
+/// The change-log member scoring the latest change the log no longer holds (see
+/// [`L2Store::publish_changes`]). Cache keys never start with `~`.
+pub const CHANGE_LOG_FLOOR: &str = "~floor";
+
 /// What happened to a guarded write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -58,6 +62,28 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
 
     /// Releases the lock if `token` still holds it (compare-and-delete).
     async fn unlock(&self, key: &str, token: &str) -> Result<()>;
+
+    /// Gives the lock a new time to live if `token` still holds it; false if it does not.
+    async fn extend_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool>;
+
+    /// Appends changed keys to a change log: a sorted set scoring each key by a sequence that
+    /// only grows, even across the log's loss (a new log starts from the server's clock in
+    /// microseconds). The log keeps the `keep` latest keys; [`CHANGE_LOG_FLOOR`] scores the
+    /// latest change forgotten (trimmed, or before the log began), so a reader whose position
+    /// is below it knows it missed changes. Atomic (one script).
+    async fn publish_changes(&self, log: &str, keys: &[&str], keep: usize) -> Result<()>;
+
+    /// The latest sequence in a change log (0 when there is none): where a new reader starts.
+    async fn change_log_head(&self, log: &str) -> Result<i64>;
+
+    /// Up to `limit` entries of a change log after sequence `after`, oldest first (the floor
+    /// among them if it is above `after`); `None` if there is no log (never written, or lost).
+    async fn read_changes(
+        &self,
+        log: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<(String, i64)>>>;
 
     /// Increments a counter and returns the new value.
     async fn incr(&self, key: &str) -> Result<u64>;

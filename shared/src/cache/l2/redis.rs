@@ -54,6 +54,43 @@ end
 return 0
 ";
 
+/// Gives a lock a new TTL only if it still holds our token (a holder whose lock expired and was
+/// taken by another must not extend the other's lock).
+const COMPARE_AND_PEXPIRE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Appends keys to a change log (see `L2Store::publish_changes`). KEYS[1]: the log; ARGV[1]:
+/// keys kept; ARGV[2..]: changed keys. A new log starts from the server's clock in
+/// microseconds, above every sequence of a lost log unless that one averaged more than one
+/// change per microsecond, and marks everything before it as forgotten. Sequences are passed
+/// to ZADD as integer strings: Lua would print a large number with 14 digits.
+const PUBLISH_CHANGES: &str = r"
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local seq
+if last[2] then
+  seq = tonumber(last[2])
+else
+  local t = redis.call('TIME')
+  seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('ZADD', KEYS[1], string.format('%d', seq), '~floor')
+end
+for i = 2, #ARGV do
+  seq = seq + 1
+  redis.call('ZADD', KEYS[1], string.format('%d', seq), ARGV[i])
+end
+local excess = redis.call('ZCARD', KEYS[1]) - 1 - tonumber(ARGV[1])
+if excess > 0 then
+  local cut = redis.call('ZRANGE', KEYS[1], excess, excess, 'WITHSCORES')
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 1, excess)
+  redis.call('ZADD', KEYS[1], cut[2], '~floor')
+end
+return 1
+";
+
 /// The L2 port on a [`RedisConnection`].
 ///
 /// ## Behavior
@@ -82,6 +119,8 @@ pub struct RedisL2 {
     owners: RwLock<Option<Option<Arc<SlotOwners>>>>,
     set_script: Script,
     unlock_script: Script,
+    extend_script: Script,
+    publish_script: Script,
     round_trips: AtomicU64,
 }
 
@@ -144,6 +183,8 @@ impl RedisL2 {
             owners: RwLock::new(None),
             set_script: Script::new(SET_GUARDED),
             unlock_script: Script::new(COMPARE_AND_DELETE),
+            extend_script: Script::new(COMPARE_AND_PEXPIRE),
+            publish_script: Script::new(PUBLISH_CHANGES),
             round_trips: AtomicU64::new(0),
         }
     }
@@ -438,6 +479,80 @@ impl L2Store for RedisL2 {
             .await
             .map(drop)
             .map_err(|e| Error::redis("unlock", e))
+    }
+
+    async fn extend_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        self.extend_script
+            .key(key)
+            .arg(token)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .invoke_async::<i64>(&mut self.trip()?)
+            .await
+            .map(|extended| extended == 1)
+            .map_err(|e| Error::redis("extend lock", e))
+    }
+
+    async fn publish_changes(&self, log: &str, keys: &[&str], keep: usize) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.publish_script.key(log);
+        invocation.arg(keep.max(1));
+        for key in keys {
+            invocation.arg(*key);
+        }
+        invocation
+            .invoke_async::<i64>(&mut self.trip()?)
+            .await
+            .map(drop)
+            .map_err(|e| Error::redis("publish changes", e))
+    }
+
+    async fn change_log_head(&self, log: &str) -> Result<i64> {
+        let last: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(log)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.trip()?)
+            .await
+            .map_err(|e| Error::redis("ZRANGE", e))?;
+        #[allow(clippy::cast_possible_truncation)] // sequences are integers below 2^53
+        Ok(last.first().map_or(0, |(_, score)| *score as i64))
+    }
+
+    async fn read_changes(
+        &self,
+        log: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Option<Vec<(String, i64)>>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(log);
+        pipe.cmd("ZRANGE")
+            .arg(log)
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.max(1))
+            .arg("WITHSCORES");
+        // Read again once if the connection was closed while frozen, as `read` does: the
+        // first poll after a thaw is exactly that case.
+        let (exists, entries): (bool, Vec<(String, f64)>) =
+            match pipe.query_async(&mut self.trip()?).await {
+                Err(e) if e.is_connection_dropped() => pipe.query_async(&mut self.trip()?).await,
+                result => result,
+            }
+            .map_err(|e| Error::redis("read changes", e))?;
+        #[allow(clippy::cast_possible_truncation)] // sequences are integers below 2^53
+        Ok(exists.then(|| {
+            entries
+                .into_iter()
+                .map(|(key, seq)| (key, seq as i64))
+                .collect()
+        }))
     }
 
     async fn incr(&self, key: &str) -> Result<u64> {
