@@ -24,7 +24,7 @@ use integration_tests::{CargoLambdaWatch, RedisServer};
 use crate::fixtures::product_detail;
 use crate::load::{client, get_load};
 use crate::report::Report;
-use crate::stats::{Samples, millis};
+use crate::stats::{Samples, micros, millis};
 
 const DB_LATENCY: Duration = Duration::from_millis(4);
 const PRODUCTS: usize = 1000;
@@ -333,7 +333,50 @@ fn start_function(
         .spawn()?)
 }
 
-/// Requests per second through `cargo lambda watch` for the API and for an empty handler.
+/// One function under `cargo lambda watch` in [`lambda_watch`].
+struct WatchVariant {
+    /// Figure name part.
+    name: &'static str,
+    binary: &'static str,
+    /// Extra environment.
+    env: &'static [(&'static str, &'static str)],
+    /// Whether it reads the 1,000 products in turn (the empty handler has one route).
+    products: bool,
+}
+
+const WATCH_VARIANTS: [WatchVariant; 4] = [
+    WatchVariant {
+        name: "empty",
+        binary: "empty-lambda",
+        env: &[],
+        products: false,
+    },
+    WatchVariant {
+        name: "l1_on",
+        binary: "api",
+        env: &[],
+        products: true,
+    },
+    // Every read an L2 hit: detail and stats in one MGET.
+    WatchVariant {
+        name: "l1_off",
+        binary: "api",
+        env: &[("L1_MAX_BYTES", "0")],
+        products: true,
+    },
+    // The same without the post-response extension, to isolate its cost.
+    WatchVariant {
+        name: "l1_off_no_extension",
+        binary: "api-no-extension",
+        env: &[("L1_MAX_BYTES", "0")],
+        products: true,
+    },
+];
+
+/// The API under the Lambda runtime emulator of `cargo lambda watch` (one instance, requests
+/// served one at a time) against an empty `lambda_http` handler in the same run: 1,000
+/// product ids in turn, at 16 connections (throughput) and at 1 (latency), with L1 on and
+/// off, plus a plain Redis GET of the same keys as the floor of an L2 hit.
 async fn lambda_watch(
     report: &mut Report,
     redis: &RedisServer,
@@ -342,31 +385,112 @@ async fn lambda_watch(
     let watch =
         CargoLambdaWatch::start(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).await;
     let runtime_api = watch.runtime_api();
-    let env = lambda_env(redis, cache);
-    let mut measured = Vec::new();
-    for (binary, path) in [("empty-lambda", "/"), ("api", "/products/p1")] {
-        let mut function = start_function(binary, &runtime_api, "_", &env)?;
-        let url = watch.function_url(path);
-        // Warm up (the first invoke waits for the process to start).
-        client(1).get(&url).send().await?.bytes().await?;
-        // cargo lambda runs one instance per function, so requests are served one at a time.
-        let result = get_load(move |_| url.clone(), 4, LOAD_FOR).await;
-        anyhow::ensure!(
-            result.failures == 0,
-            "{binary}: {} failed requests",
-            result.failures
+    let mut rps = std::collections::HashMap::new();
+    let mut p50 = std::collections::HashMap::new();
+    for variant in &WATCH_VARIANTS {
+        let mut env = lambda_env(redis, cache);
+        env.extend(
+            variant
+                .env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        measured.push(result.rps());
+        let mut function = start_function(variant.binary, &runtime_api, "_", &env)?;
+        let url = {
+            let (products, base) = (variant.products, watch.function_url("/products/"));
+            let root = watch.function_url("/");
+            move |i: usize| {
+                if products {
+                    format!("{base}p{}", i % PRODUCTS)
+                } else {
+                    root.clone()
+                }
+            }
+        };
+        // Warm up: the first invoke waits for the process; then one pass over the ids fills L1.
+        let warm = get_load(url.clone(), 1, Duration::from_millis(10)).await;
+        anyhow::ensure!(warm.failures == 0, "{}: warm-up failed", variant.name);
+        if variant.products {
+            let http = client(1);
+            for i in 0..PRODUCTS {
+                http.get(url(i))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+            }
+        }
+        for connections in [16, 1] {
+            let mut result = get_load(url.clone(), connections, LOAD_FOR).await;
+            anyhow::ensure!(
+                result.failures == 0,
+                "{}: {} failed requests",
+                variant.name,
+                result.failures
+            );
+            if variant.products {
+                let expected = if variant.name == "l1_on" {
+                    "HIT-L1"
+                } else {
+                    "HIT-L2"
+                };
+                anyhow::ensure!(
+                    result.share(expected) > 0.9,
+                    "{} at {connections}: answered {:?}",
+                    variant.name,
+                    result.x_cache
+                );
+            }
+            rps.insert((variant.name, connections), result.rps());
+            p50.insert(
+                (variant.name, connections),
+                result.latencies.percentile(50.0),
+            );
+            report.set(
+                &format!("lambda_watch_{}_rps_c{connections}", variant.name),
+                result.rps(),
+                "req/s",
+            );
+            report.set(
+                &format!("lambda_watch_{}_p50_us_c{connections}", variant.name),
+                micros(result.latencies.percentile(50.0)),
+                "us",
+            );
+        }
         let _ = function.kill().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(watch);
-    report.set("lambda_watch_empty_handler_rps", measured[0], "req/s");
-    report.set("lambda_watch_api_rps", measured[1], "req/s");
+    for name in ["l1_on", "l1_off"] {
+        report.set(
+            &format!("lambda_watch_{name}_fraction_of_empty_pct"),
+            100.0 * rps[&(name, 16)] / rps[&("empty", 16)],
+            "%",
+        );
+    }
+    // One connection: what an L2 hit adds above the harness, against a plain GET.
+    let keys: Vec<String> = (0..PRODUCTS)
+        .map(|i| cache.keys().product(&id(i)).to_string())
+        .collect();
+    let raw = crate::redis_raw::get_p50(&redis.node(), &keys).await?;
+    report.set("lambda_watch_redis_raw_get_p50_us", micros(raw), "us");
+    let above_empty = p50[&("l1_off", 1)].saturating_sub(p50[&("empty", 1)]);
     report.set(
-        "lambda_watch_api_fraction_of_empty_pct",
-        100.0 * measured[1] / measured[0],
-        "%",
+        "lambda_watch_l2_hit_above_empty_p50_us",
+        micros(above_empty),
+        "us",
+    );
+    report.set(
+        "lambda_watch_l2_hit_above_empty_over_raw_get",
+        above_empty.as_secs_f64() / raw.as_secs_f64(),
+        "x",
+    );
+    // Per invocation, one at a time: the extension's next-event round trip and hand-off.
+    report.set(
+        "lambda_watch_extension_overhead_us",
+        1e6 / rps[&("l1_off", 1)] - 1e6 / rps[&("l1_off_no_extension", 1)],
+        "us",
     );
     Ok(())
 }

@@ -188,6 +188,18 @@ async fn tier_latency(report: &mut Report) -> anyhow::Result<()> {
     }
     report.set("l2_hit_p50_us", micros(l2_samples.percentile(50.0)), "us");
     report.set("l2_hit_p99_us", micros(l2_samples.percentile(99.0)), "us");
+    // The same keys with a plain GET: what an L2 hit costs above Redis itself (the envelope,
+    // decode, L1 insert, breaker and counters).
+    let keys: Vec<String> = (0..1000)
+        .map(|i| cold.keys().product(&id(i)).to_string())
+        .collect();
+    let raw = crate::redis_raw::get_p50(&server.node(), &keys).await?;
+    report.set("redis_raw_get_p50_us", micros(raw), "us");
+    report.set(
+        "l2_hit_over_raw_get_ratio",
+        l2_samples.percentile(50.0).as_secs_f64() / raw.as_secs_f64(),
+        "x",
+    );
     Ok(())
 }
 

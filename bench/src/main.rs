@@ -12,6 +12,7 @@ mod expiry;
 mod faults;
 mod fixtures;
 mod load;
+mod redis_raw;
 mod refresh;
 mod report;
 mod stats;
