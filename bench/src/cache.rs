@@ -228,7 +228,8 @@ async fn coherence(report: &mut Report) -> anyhow::Result<()> {
     let written_at = Arc::new(std::sync::Mutex::new(Instant::now()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
-    for engine in engines.iter().skip(1).cloned() {
+    for engine in &engines[1..] {
+        let engine = engine.clone();
         let (key, target, written_at, stop) = (
             key.clone(),
             target.clone(),

@@ -512,7 +512,8 @@ async fn a_write_leaves_every_environments_l1_within_the_bound(config: RedisConf
     let writes = Arc::new(std::sync::Mutex::new(vec![(1, std::time::Instant::now())]));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
-    for engine in engines[1..].iter().cloned() {
+    for engine in &engines[1..] {
+        let engine = engine.clone();
         let (key, writes, stop) = (key.clone(), writes.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
             let loads = Arc::new(AtomicUsize::new(0));
