@@ -52,8 +52,9 @@ async fn main() -> anyhow::Result<()> {
             "views-rate" => views::run_rate(&mut report).await?,
             "sync" => sync::run(&mut report).await?,
             "faults" => faults::run(&mut report).await?,
-            // The codec figures alone (also part of `cache`).
+            // Parts of `cache` alone.
             "codec" => cache::compression(&mut report),
+            "coherence" => cache::coherence(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

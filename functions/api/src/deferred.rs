@@ -1,11 +1,11 @@
 //! Work that runs after the response: stale-while-revalidate refreshes, next-page prefetch and
 //! the counters flush.
 //!
-//! Lambda freezes the execution environment as soon as the runtime has posted a response and
-//! every extension has asked for its next event, so a task spawned by the handler would only
-//! run at the next invoke. In Lambda the work therefore goes to an internal extension (see
-//! [`crate::lambda`]) that runs it after the response is posted and only then lets the
-//! environment freeze. On a long-running server nothing freezes, so the work is spawned.
+//! Lambda freezes the execution environment as soon as the runtime asks for its next event,
+//! so a task spawned by the handler would only run at the next invoke. In Lambda the work
+//! therefore goes to a runtime layer (see [`crate::lambda`]) that runs it after the response
+//! is posted and before the runtime asks for the next event. On a long-running server nothing
+//! freezes, so the work is spawned.
 //! Handlers do not know which: they push onto [`Deferred`].
 
 use std::future::Future;
@@ -75,9 +75,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Deferred {
 pub enum AfterResponse {
     /// Spawned on the runtime: a long-running server, where nothing freezes.
     Spawn,
-    /// Sent to the internal extension, once per invocation (possibly empty), tagged with the
+    /// Handed to the runtime layer, once per invocation (possibly empty), tagged with the
     /// invocation's request id, to run after the response and before the environment freezes.
-    Extension(mpsc::UnboundedSender<DeferredBatch>),
+    Invocation(mpsc::UnboundedSender<DeferredBatch>),
 }
 
 /// One invocation's deferred work.
@@ -96,10 +96,10 @@ impl AfterResponse {
                     tokio::spawn(futures::future::join_all(work));
                 }
             }
-            AfterResponse::Extension(sender) => {
+            AfterResponse::Invocation(sender) => {
                 if sender.send(DeferredBatch { request_id, work }).is_err() {
                     tracing::warn!(
-                        "the after-response extension is gone; deferred work dropped (the next stale read revalidates again)"
+                        "the runtime layer is gone; deferred work dropped (the next stale read revalidates again)"
                     );
                 }
             }

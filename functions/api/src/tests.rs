@@ -934,9 +934,9 @@ async fn the_openapi_document_describes_every_route_and_every_path_is_served() {
 }
 
 /// A handler that panics, and one whose post-response work panics, behind the API's layers,
-/// with the work going where the Lambda extension would take it.
+/// with the work going where the Lambda runtime layer takes it.
 #[tokio::test]
-async fn a_panic_never_keeps_the_invocation_s_work_from_the_extension() {
+async fn a_panic_never_keeps_the_invocation_s_work_from_the_runtime_layer() {
     use axum::routing::get;
 
     use crate::deferred::{AfterResponse, Deferred};
@@ -944,7 +944,7 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_extension() {
     let app = TestApp::new();
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
     let state = AppState {
-        after_response: AfterResponse::Extension(sender),
+        after_response: AfterResponse::Invocation(sender),
         ..app.state.clone()
     };
     let ran_after_the_panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -994,7 +994,7 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_extension() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let batch = receiver.try_recv().unwrap();
-    // Run as the extension runs it: the panic is caught, the rest of the batch still runs.
+    // Run as the runtime layer runs it: the panic is caught, the rest of the batch still runs.
     futures::future::join_all(batch.work).await;
     assert!(ran_after_the_panic.load(std::sync::atomic::Ordering::SeqCst));
 }

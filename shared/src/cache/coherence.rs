@@ -32,7 +32,7 @@ use crate::model::EpochMillis;
 
 /// Keys the log keeps: enough for every environment to catch up after a second of writes at
 /// any realistic rate; one that falls further behind clears its L1.
-pub(super) const LOG_KEEP: usize = 10_000;
+pub(crate) const LOG_KEEP: usize = 10_000;
 /// Entries read per poll round trip.
 const POLL_PAGE: usize = 1_000;
 

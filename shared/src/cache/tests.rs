@@ -980,203 +980,208 @@ async fn entries_in_the_json_format_are_still_read() {
     assert_eq!(miss.source, Source::Loaded);
 }
 
-/// Reads `k` in `cache`, loading `fallback` on a miss; returns the name served and where from.
-async fn read_name(f: &Fixture, cache: &Cache, k: &CacheKey) -> (String, Source) {
-    let lookup = cache
-        .get_or_load(
-            &k.clone(),
-            f.loader(Some(item("loaded", 1)), Duration::ZERO),
-        )
-        .await
-        .unwrap();
-    (lookup.value.unwrap().name.clone(), lookup.source)
-}
+/// L1 coherence across environments (see `super::coherence`).
+mod coherence {
+    use super::*;
 
-/// Polls the change log, then moves the clock on: what is read in the same millisecond as a
-/// poll that learnt of a change is, conservatively, not kept in L1.
-async fn poll(f: &Fixture, cache: &Cache) {
-    cache.poll_changes().await;
-    f.clock.advance(Duration::from_millis(1));
-}
+    /// Reads `k` in `cache`, loading `fallback` on a miss; returns the name served and where from.
+    async fn read_name(f: &Fixture, cache: &Cache, k: &CacheKey) -> (String, Source) {
+        let lookup = cache
+            .get_or_load(
+                &k.clone(),
+                f.loader(Some(item("loaded", 1)), Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        (lookup.value.unwrap().name.clone(), lookup.source)
+    }
 
-#[tokio::test(start_paused = true)]
-async fn a_change_in_one_environment_leaves_the_others_l1_at_their_next_poll() {
-    let f = Fixture::new();
-    let (writer, reader) = (f.engine(), f.engine());
-    let k = key(&writer, "p1");
-    writer.put(&k, item("old", 1), T0).await;
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L2));
-    assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L1));
+    /// Polls the change log, then moves the clock on: what is read in the same millisecond as a
+    /// poll that learnt of a change is, conservatively, not kept in L1.
+    async fn poll(f: &Fixture, cache: &Cache) {
+        cache.poll_changes().await;
+        f.clock.advance(Duration::from_millis(1));
+    }
 
-    writer.put(&k, item("new", 2), T0).await;
-    // Until it polls, the reader may serve its copy (within the bound)...
-    assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L1));
-    // ...and the poll drops it.
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
-    assert_eq!(reader.snapshot().l1_remote_drops, 1);
+    #[tokio::test(start_paused = true)]
+    async fn a_change_in_one_environment_leaves_the_others_l1_at_their_next_poll() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        writer.put(&k, item("old", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L2));
+        assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L1));
 
-    // An invalidation travels the same way.
-    assert!(writer.invalidate(std::slice::from_ref(&k)).await);
-    poll(&f, &reader).await;
-    assert_eq!(
-        read_name(&f, &reader, &k).await,
-        ("loaded".into(), Source::Loaded)
-    );
-}
+        writer.put(&k, item("new", 2), T0).await;
+        // Until it polls, the reader may serve its copy (within the bound)...
+        assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L1));
+        // ...and the poll drops it.
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
+        assert_eq!(reader.snapshot().l1_remote_drops, 1);
 
-#[tokio::test(start_paused = true)]
-async fn polls_start_by_themselves_while_l1_serves() {
-    let f = Fixture::new();
-    let (writer, reader) = (f.engine(), f.engine());
-    let k = key(&writer, "p1");
-    writer.put(&k, item("old", 1), T0).await;
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-    let quarter = reader.options().l1_coherence / 4;
-    for step in 0..3 {
-        f.clock.advance(quarter);
-        // Served from L1, and a poll started in the background (it runs at the next await).
+        // An invalidation travels the same way.
+        assert!(writer.invalidate(std::slice::from_ref(&k)).await);
+        poll(&f, &reader).await;
         assert_eq!(
-            read_name(&f, &reader, &k).await.1,
-            Source::L1,
-            "step {step}"
+            read_name(&f, &reader, &k).await,
+            ("loaded".into(), Source::Loaded)
         );
-        tokio::task::yield_now().await;
     }
-    writer.put(&k, item("new", 2), T0).await;
-    f.clock.advance(quarter);
-    // This read still finds the old copy, and starts the poll that drops it.
-    assert_eq!(read_name(&f, &reader, &k).await.0, "old");
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
-}
 
-#[tokio::test(start_paused = true)]
-async fn after_a_freeze_l1_is_not_served_until_a_poll_has_caught_up() {
-    let f = Fixture::new();
-    let (writer, reader) = (f.engine(), f.engine());
-    let k = key(&writer, "p1");
-    writer.put(&k, item("old", 1), T0).await;
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
-
-    // Frozen (no poll runs) past the bound, still within the L1 TTL; meanwhile a change.
-    writer.put(&k, item("new", 2), T0).await;
-    f.clock
-        .advance(reader.options().l1_coherence + Duration::from_millis(1));
-    assert!(reader.options().l1_coherence < reader.options().l1_ttl);
-    assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
-    assert_eq!(reader.snapshot().l1_unchecked, 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_value_read_before_a_poll_learnt_of_its_change_is_kept_out_of_l1() {
-    let f = Fixture::new();
-    let (writer, reader) = (f.engine(), f.engine());
-    let k = key(&writer, "p1");
-    poll(&f, &reader).await;
-    let read_before = f.clock.now_ms();
-    f.clock.advance(Duration::from_millis(5));
-    writer.put(&k, item("new", 2), T0).await;
-    poll(&f, &reader).await;
-    // A request that read the old value before the poll inserts it after the poll ran.
-    let old = Arc::new(item("old", 1)) as l1::AnyValue;
-    let meta = envelope::EntryMeta {
-        version: 1,
-        stored_at: read_before,
-        fresh_until: read_before + 60_000,
-        stale_until: read_before + 60_000,
-        negative: false,
-        tombstone: false,
-    };
-    reader.insert_l1(k.as_str(), Some(old.clone()), meta, 1, read_before);
-    assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
-    // One read after the poll is kept.
-    reader.insert_l1(k.as_str(), Some(old), meta, 1, f.clock.now_ms() + 1);
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_reader_behind_a_trimmed_or_lost_log_clears_its_l1() {
-    let f = Fixture::new();
-    let (writer, reader) = (f.engine(), f.engine());
-    let (k, other) = (key(&writer, "p1"), key(&writer, "p2"));
-    writer.put(&k, item("k", 1), T0).await;
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
-
-    // More changes than the log keeps, none of them `k`'s: the reader cannot know which it
-    // missed, so it keeps nothing.
-    let log = writer.keys().change_log();
-    let names: Vec<String> = (0..=super::coherence::LOG_KEEP)
-        .map(|i| format!("elsewhere:{i}"))
-        .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    f.l2.publish_changes(&log, &refs, super::coherence::LOG_KEEP)
-        .await
-        .unwrap();
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-
-    // The log is lost (flushed): same.
-    writer.put(&other, item("o", 1), T0).await;
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
-    let kept = f.l2.get(k.as_str()).await.unwrap().unwrap();
-    f.l2.flush_all();
-    f.l2.put_raw(k.as_str(), kept);
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_generation_bumped_elsewhere_is_seen_at_the_next_poll() {
-    let f = Fixture::new();
-    let (writer, reader) = (f.engine(), f.engine());
-    poll(&f, &reader).await;
-    assert_eq!(reader.generation("feed").await, 0);
-    assert_eq!(writer.bump_generation("feed").await, Some(1));
-    poll(&f, &reader).await;
-    assert_eq!(reader.generation("feed").await, 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn with_redis_unreachable_l1_entries_live_their_ttl() {
-    let f = Fixture::new();
-    let reader = f.engine();
-    let k = key(&reader, "p1");
-    reader.put(&k, item("kept", 1), T0).await;
-    poll(&f, &reader).await;
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
-    f.l2.set_failing(true);
-    // Open the circuit.
-    for i in 0..10 {
-        let _ = read_name(&f, &reader, &key(&reader, &format!("x{i}"))).await;
+    #[tokio::test(start_paused = true)]
+    async fn polls_start_by_themselves_while_l1_serves() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        writer.put(&k, item("old", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+        let quarter = reader.options().l1_coherence / 4;
+        for step in 0..3 {
+            f.clock.advance(quarter);
+            // Served from L1, and a poll started in the background (it runs at the next await).
+            assert_eq!(
+                read_name(&f, &reader, &k).await.1,
+                Source::L1,
+                "step {step}"
+            );
+            tokio::task::yield_now().await;
+        }
+        writer.put(&k, item("new", 2), T0).await;
+        f.clock.advance(quarter);
+        // This read still finds the old copy, and starts the poll that drops it.
+        assert_eq!(read_name(&f, &reader, &k).await.0, "old");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
     }
-    assert!(matches!(
-        reader.breaker_state(),
-        breaker::BreakerState::Open { .. }
-    ));
-    f.clock.advance(reader.options().l1_coherence * 2);
-    assert_eq!(
-        read_name(&f, &reader, &k).await,
-        ("kept".into(), Source::L1)
-    );
-}
 
-#[tokio::test(start_paused = true)]
-async fn with_coherence_off_l1_entries_live_their_ttl() {
-    let f = Fixture::new();
-    let reader = f.engine_with(|o| o.l1_coherence = Duration::ZERO);
-    let k = key(&reader, "p1");
-    reader.put(&k, item("kept", 1), T0).await;
-    f.clock.advance(Duration::from_secs(4));
-    assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
-    assert_eq!(f.l2.len(), 1, "nothing published: {:?}", f.l2);
+    #[tokio::test(start_paused = true)]
+    async fn after_a_freeze_l1_is_not_served_until_a_poll_has_caught_up() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        writer.put(&k, item("old", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+
+        // Frozen (no poll runs) past the bound, still within the L1 TTL; meanwhile a change.
+        writer.put(&k, item("new", 2), T0).await;
+        f.clock
+            .advance(reader.options().l1_coherence + Duration::from_millis(1));
+        assert!(reader.options().l1_coherence < reader.options().l1_ttl);
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
+        assert_eq!(reader.snapshot().l1_unchecked, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_read_before_a_poll_learnt_of_its_change_is_kept_out_of_l1() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        poll(&f, &reader).await;
+        let read_before = f.clock.now_ms();
+        f.clock.advance(Duration::from_millis(5));
+        writer.put(&k, item("new", 2), T0).await;
+        poll(&f, &reader).await;
+        // A request that read the old value before the poll inserts it after the poll ran.
+        let old = Arc::new(item("old", 1)) as l1::AnyValue;
+        let meta = envelope::EntryMeta {
+            version: 1,
+            stored_at: read_before,
+            fresh_until: read_before + 60_000,
+            stale_until: read_before + 60_000,
+            negative: false,
+            tombstone: false,
+        };
+        reader.insert_l1(k.as_str(), Some(old.clone()), meta, 1, read_before);
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
+        // One read after the poll is kept.
+        reader.insert_l1(k.as_str(), Some(old), meta, 1, f.clock.now_ms() + 1);
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_behind_a_trimmed_or_lost_log_clears_its_l1() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let (k, other) = (key(&writer, "p1"), key(&writer, "p2"));
+        writer.put(&k, item("k", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+
+        // More changes than the log keeps, none of them `k`'s: the reader cannot know which it
+        // missed, so it keeps nothing.
+        let log = writer.keys().change_log();
+        let names: Vec<String> = (0..=crate::cache::coherence::LOG_KEEP)
+            .map(|i| format!("elsewhere:{i}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        f.l2.publish_changes(&log, &refs, crate::cache::coherence::LOG_KEEP)
+            .await
+            .unwrap();
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+
+        // The log is lost (flushed): same.
+        writer.put(&other, item("o", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        let kept = f.l2.get(k.as_str()).await.unwrap().unwrap();
+        f.l2.flush_all();
+        f.l2.put_raw(k.as_str(), kept);
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_generation_bumped_elsewhere_is_seen_at_the_next_poll() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        poll(&f, &reader).await;
+        assert_eq!(reader.generation("feed").await, 0);
+        assert_eq!(writer.bump_generation("feed").await, Some(1));
+        poll(&f, &reader).await;
+        assert_eq!(reader.generation("feed").await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_redis_unreachable_l1_entries_live_their_ttl() {
+        let f = Fixture::new();
+        let reader = f.engine();
+        let k = key(&reader, "p1");
+        reader.put(&k, item("kept", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        f.l2.set_failing(true);
+        // Open the circuit.
+        for i in 0..10 {
+            let _ = read_name(&f, &reader, &key(&reader, &format!("x{i}"))).await;
+        }
+        assert!(matches!(
+            reader.breaker_state(),
+            breaker::BreakerState::Open { .. }
+        ));
+        f.clock.advance(reader.options().l1_coherence * 2);
+        assert_eq!(
+            read_name(&f, &reader, &k).await,
+            ("kept".into(), Source::L1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_coherence_off_l1_entries_live_their_ttl() {
+        let f = Fixture::new();
+        let reader = f.engine_with(|o| o.l1_coherence = Duration::ZERO);
+        let k = key(&reader, "p1");
+        reader.put(&k, item("kept", 1), T0).await;
+        f.clock.advance(Duration::from_secs(4));
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        assert_eq!(f.l2.len(), 1, "nothing published: {:?}", f.l2);
+    }
 }
 
 #[tokio::test]

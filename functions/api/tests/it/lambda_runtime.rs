@@ -16,7 +16,7 @@ const INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Given a product whose cached copy is stale, when it is read through the real runtime, then
 /// the stale copy is answered at once, the revalidation finishes after the response was posted
-/// and before the next invocation is delivered (Lambda would freeze the environment in
+/// and before the runtime asks for the next invocation (Lambda would freeze the environment in
 /// between), and the next invocation sees the fresh product.
 #[tokio::test]
 async fn the_response_arrives_before_the_revalidation_which_finishes_before_the_next_invocation() {
@@ -39,7 +39,10 @@ async fn the_response_arrives_before_the_revalidation_which_finishes_before_the_
     );
     assert_eq!(first.status, 200, "{:?}", first.body);
     assert_eq!(first.headers["x-cache"], "MISS");
-    assert_eq!(emulator.extensions().await, ["after-response"]);
+    assert!(
+        emulator.extensions().await.is_empty(),
+        "no extension: the runtime itself runs the work after the response"
+    );
 
     // The product changes behind the cache, and the cached copy goes stale.
     services
@@ -84,23 +87,13 @@ async fn the_response_arrives_before_the_revalidation_which_finishes_before_the_
             _ => None,
         })
         .collect();
-    let extension_done = events.iter().find_map(|e| match e {
-        Event::ExtensionDone {
-            request_id, at_ms, ..
-        } if *request_id == stale.request_id => Some(*at_ms),
-        _ => None,
-    });
     assert!(
         stale.responded_at_ms < revalidated_at,
         "the response was posted before the revalidation finished: {events:?}"
     );
     assert!(
-        revalidated_at <= extension_done.unwrap(),
-        "the extension waited for the revalidation"
-    );
-    assert!(
-        extension_done.unwrap() <= delivered[2],
-        "the next invocation came only after the extension was done"
+        revalidated_at <= delivered[2],
+        "the runtime asked for the next invocation (where Lambda freezes the environment) only after the revalidation: {events:?}"
     );
 }
 

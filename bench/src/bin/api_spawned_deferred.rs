@@ -1,7 +1,7 @@
-//! The `api` function without its post-response extension: deferred work is spawned, as on a
-//! long-running server. Not deployable (Lambda would freeze that work until the next invoke);
-//! measured beside the real `api` under the same emulator, it isolates what the extension
-//! costs per invocation.
+//! The `api` function without its post-response runtime layer: deferred work is spawned, as on
+//! a long-running server. Not deployable (Lambda would freeze that work until the next invoke);
+//! measured beside the real `api` under the same emulator, it isolates what running the work
+//! inside the invocation costs.
 
 use catalog_core::config::Config;
 
