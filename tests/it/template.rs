@@ -160,3 +160,183 @@ async fn template_tables_match_the_tables_the_code_creates() {
         );
     }
 }
+
+/// The template with its intrinsic functions (`!Ref`, `!Sub`, ...) left as tagged values.
+fn template() -> Value {
+    serde_norway::from_str(TEMPLATE).unwrap()
+}
+
+/// The serverless functions: logical id to properties and metadata.
+fn functions(template: &Value) -> Vec<(String, Value)> {
+    template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, resource)| resource["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(id, resource)| (id.as_str().unwrap().to_owned(), resource.clone()))
+        .collect()
+}
+
+/// Package names under `functions/`: the binaries `cargo lambda build` can build.
+fn function_packages() -> BTreeSet<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.unwrap().path();
+            let manifest = std::fs::read_to_string(path.join("Cargo.toml")).ok()?;
+            path.join("src/main.rs").exists().then_some(())?;
+            manifest.lines().find_map(|line| {
+                let value = line.strip_prefix("name = ")?;
+                Some(value.trim_matches('"').to_owned())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_template_deploys_every_function_binary_and_only_those() {
+    let template = template();
+    let binaries: BTreeSet<String> = functions(&template)
+        .iter()
+        .map(|(id, f)| {
+            assert_eq!(
+                f["Metadata"]["BuildMethod"].as_str(),
+                Some("rust-cargolambda"),
+                "{id}"
+            );
+            yaml_str(&f["Metadata"]["BuildProperties"], "Binary")
+        })
+        .collect();
+    assert_eq!(binaries, function_packages());
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(globals["Architectures"][0].as_str(), Some("arm64"));
+}
+
+/// A value the configuration accepts for a variable whose template value is an intrinsic
+/// function (resolved only at deploy time).
+fn deploy_time_value(name: &str) -> String {
+    match name {
+        "REDIS_ENDPOINTS" => "cache.example.internal:6379".into(),
+        "ADMIN_TOKEN" => "admin-token-from-the-parameter".into(),
+        "WRITE_TOKEN" => "write-token-from-the-parameter".into(),
+        "REFRESH_INTERVAL_SECS" => "900".into(),
+        _ => format!("resolved-{}", name.to_lowercase().replace('_', "-")),
+    }
+}
+
+#[test]
+fn every_variable_the_template_sets_is_read_and_every_one_required_is_set() {
+    let template = template();
+    let globals = template["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .unwrap()
+        .clone();
+    for (id, function) in functions(&template) {
+        let mut variables = std::collections::BTreeMap::new();
+        let own = function["Properties"]["Environment"]["Variables"]
+            .as_mapping()
+            .cloned()
+            .unwrap_or_default();
+        for (name, value) in globals.iter().chain(own.iter()) {
+            let name = name.as_str().unwrap().to_owned();
+            let value = value
+                .as_str()
+                .map_or_else(|| deploy_time_value(&name), str::to_owned);
+            variables.insert(name, value);
+        }
+        let read = std::sync::Mutex::new(BTreeSet::new());
+        let config = catalog_core::config::Config::from_lookup(|name| {
+            read.lock().unwrap().insert(name.to_owned());
+            variables.get(name).cloned()
+        });
+        assert!(
+            config.is_ok(),
+            "{id}: the configuration refuses the template's environment: {:?}",
+            config.err()
+        );
+        let read = read.into_inner().unwrap();
+        for name in variables.keys() {
+            assert!(
+                read.contains(name),
+                "{id} sets {name}, which the configuration never reads"
+            );
+        }
+    }
+}
+
+/// `(namespace, metric)` of every metric an alarm or the dashboard watches.
+fn watched_metrics(template: &Value) -> Vec<(String, String)> {
+    let mut watched = Vec::new();
+    for (id, resource) in template["Resources"].as_mapping().unwrap() {
+        let props = &resource["Properties"];
+        match resource["Type"].as_str() {
+            Some("AWS::CloudWatch::Alarm") => {
+                if let Some(name) = props["MetricName"].as_str() {
+                    watched.push((yaml_str(props, "Namespace"), name.to_owned()));
+                }
+                for query in props["Metrics"].as_sequence().into_iter().flatten() {
+                    let metric = &query["MetricStat"]["Metric"];
+                    if let Some(name) = metric["MetricName"].as_str() {
+                        watched.push((yaml_str(metric, "Namespace"), name.to_owned()));
+                    }
+                }
+            }
+            Some("AWS::CloudWatch::Dashboard") => {
+                // `!Sub` of a JSON document; `${...}` sit only inside its strings.
+                let body = match &props["DashboardBody"] {
+                    Value::Tagged(tagged) => tagged.value.as_str().unwrap().to_owned(),
+                    other => panic!("{id}: unexpected dashboard body {other:?}"),
+                };
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                for widget in body["widgets"].as_array().unwrap() {
+                    let mut namespace = String::new();
+                    let mut metric = String::new();
+                    for row in widget["properties"]["metrics"].as_array().unwrap() {
+                        let row = row.as_array().unwrap();
+                        // Rows repeat the previous row's fields with "." (and "..." for all).
+                        match row.first().and_then(|v| v.as_str()) {
+                            Some("...") | None => continue,
+                            Some(".") => {}
+                            Some(ns) => namespace = ns.to_owned(),
+                        }
+                        match row.get(1).and_then(|v| v.as_str()) {
+                            Some(".") | None => {}
+                            Some(name) => metric = name.to_owned(),
+                        }
+                        watched.push((namespace.clone(), metric.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    watched
+}
+
+#[test]
+fn every_metric_an_alarm_or_the_dashboard_watches_in_our_namespace_is_emitted() {
+    use catalog_core::jobs::metrics::{NAMESPACE, RUN_METRICS};
+    let emitted: BTreeSet<&str> = catalog_core::cache::metrics::MetricsSnapshot::default()
+        .fields()
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .chain(RUN_METRICS.iter().map(|(name, _)| *name))
+        .collect();
+    let watched = watched_metrics(&template());
+    let ours: Vec<&(String, String)> = watched.iter().filter(|(ns, _)| ns == NAMESPACE).collect();
+    assert!(ours.len() >= 10, "alarms and dashboard watch our metrics: {watched:?}");
+    for (_, metric) in ours {
+        assert!(
+            emitted.contains(metric.as_str()),
+            "{metric} is watched in infra/template.yaml but the code never emits it"
+        );
+    }
+    for (namespace, _) in &watched {
+        assert!(
+            [NAMESPACE, "AWS/Lambda", "AWS/SQS", "AWS/ApiGateway"].contains(&namespace.as_str()),
+            "unexpected namespace {namespace}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use catalog_core::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     catalog_core::telemetry::init();
     let config = Config::from_env()?;

@@ -7,7 +7,10 @@ use catalog_core::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// One thread: Lambda sends an environment one request at a time, and the handler, the Redis
+/// connection's driver and the runtime client on one thread hand work to each other without
+/// waking a second one (`make bench`: `lambda_watch_*`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     catalog_core::telemetry::init();
     let config = Config::from_env()?;

@@ -51,7 +51,7 @@ pub async fn record_skip(stats: &dyn StatsWriter, job: &str, now: EpochMillis) -
     let mut run = JobRun::new(job, now, RunOutcome::Skipped);
     run.note = Some(HELD_ELSEWHERE.to_owned());
     tracing::info!(job, "{HELD_ELSEWHERE}");
-    if let Err(e) = stats.record_run(&run).await {
+    if let Err(e) = crate::jobs::metrics::record_run(stats, &run).await {
         tracing::warn!(job, error.message = %e, "cannot record the skipped run");
     }
     run

@@ -2,6 +2,7 @@
 //! triggered it, and the lease that keeps two runs of one job from overlapping.
 
 pub mod lease;
+pub mod metrics;
 pub mod offer_expiry;
 pub mod periods;
 pub mod refresh;

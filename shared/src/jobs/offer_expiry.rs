@@ -641,7 +641,7 @@ async fn finish(
     ] {
         run.counts.insert(name.to_owned(), value);
     }
-    if let Err(e) = deps.stats.record_run(&run).await {
+    if let Err(e) = crate::jobs::metrics::record_run(deps.stats.as_ref(), &run).await {
         tracing::error!(error.message = %e, "cannot record the offer-expiry run");
     }
     tracing::info!(

@@ -477,7 +477,7 @@ async fn finish(
     run.skipped = report.skipped;
     run.errors = report.errors;
     run.next_cursor = report.next_cursor.clone();
-    if let Err(e) = deps.stats.record_run(&run).await {
+    if let Err(e) = crate::jobs::metrics::record_run(deps.stats.as_ref(), &run).await {
         tracing::error!(error.message = %e, "cannot record the refresh run");
     }
     tracing::info!(

@@ -689,7 +689,7 @@ async fn record_window(
         unknown_products = counts.unknown_products,
         "view window counted"
     );
-    if let Err(e) = deps.stats.record_run(&run).await {
+    if let Err(e) = crate::jobs::metrics::record_run(deps.stats.as_ref(), &run).await {
         tracing::warn!(error.message = %e, "cannot record the window's report");
     }
 }
