@@ -344,11 +344,18 @@ struct WatchVariant {
     products: bool,
 }
 
-const WATCH_VARIANTS: [WatchVariant; 4] = [
+const WATCH_VARIANTS: [WatchVariant; 5] = [
     WatchVariant {
         name: "empty",
         binary: "empty-lambda",
         env: &[],
+        products: false,
+    },
+    // An empty handler answering a product-sized body (a product read answers about 2.4 KB).
+    WatchVariant {
+        name: "empty_2k",
+        binary: "empty-lambda",
+        env: &[("EMPTY_BODY_BYTES", "2400")],
         products: false,
     },
     WatchVariant {

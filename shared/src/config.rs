@@ -135,6 +135,11 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Timeout for establishing a connection (`REDIS_CONNECT_TIMEOUT_MS`, default 1000).
     pub connect_timeout: Duration,
+    /// IAM authentication (`REDIS_IAM_USER`, `REDIS_IAM_CACHE_NAME`, `REDIS_IAM_SERVERLESS`
+    /// default `true`, region from `AWS_REGION`): the password is a SigV4 token signed with
+    /// the function's own credentials and renewed (see [`crate::redis_iam`]). Excludes
+    /// `REDIS_PASSWORD`.
+    pub iam: Option<crate::redis_iam::IamAuth>,
 }
 
 /// Fresh and stale lifetimes of one data category.
@@ -329,6 +334,7 @@ impl RedisConfig {
             password: None,
             command_timeout: Duration::from_millis(50),
             connect_timeout: Duration::from_millis(1000),
+            iam: None,
         }
     }
 
@@ -388,15 +394,42 @@ impl RedisConfig {
                 Some(std::sync::Arc::new(pem))
             }
         };
+        let password = env.optional("REDIS_PASSWORD").map(SecretString::from);
+        let iam = Self::iam_from_env(env)?;
+        if iam.is_some() && (password.is_some() || env.optional("REDIS_USERNAME").is_some()) {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_IAM_USER",
+                reason: "IAM authentication replaces REDIS_USERNAME and REDIS_PASSWORD; set one or the other".into(),
+            });
+        }
         Ok(Some(RedisConfig {
             nodes,
             mode,
             tls,
             ca_pem,
             username: env.optional("REDIS_USERNAME"),
-            password: env.optional("REDIS_PASSWORD").map(SecretString::from),
+            password,
             command_timeout: env.millis_in("REDIS_TIMEOUT_MS", 50, 1..=10_000)?,
             connect_timeout: env.millis_in("REDIS_CONNECT_TIMEOUT_MS", 1000, 10..=60_000)?,
+            iam,
+        }))
+    }
+
+    fn iam_from_env(env: &Env<'_>) -> Result<Option<crate::redis_iam::IamAuth>, ConfigError> {
+        let Some(user_id) = env.optional("REDIS_IAM_USER") else {
+            return Ok(None);
+        };
+        let required = |name: &'static str| {
+            env.optional(name).ok_or(ConfigError::Invalid {
+                name,
+                reason: "needed with REDIS_IAM_USER".into(),
+            })
+        };
+        Ok(Some(crate::redis_iam::IamAuth {
+            user_id,
+            cache_name: required("REDIS_IAM_CACHE_NAME")?,
+            region: required("AWS_REGION")?,
+            serverless: env.flag("REDIS_IAM_SERVERLESS", true)?,
         }))
     }
 }

@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod model;
 pub mod reads;
 pub mod redis_conn;
+pub mod redis_iam;
 pub mod store;
 pub mod streams;
 pub mod telemetry;

@@ -43,7 +43,20 @@ impl std::fmt::Debug for RedisConnection {
 
 impl RedisConnection {
     /// Connects according to `config`. Fails if no node answers within the connect timeout.
+    /// With IAM authentication, tokens are signed with the default credentials chain.
     pub async fn connect(config: &RedisConfig) -> Result<RedisConnection> {
+        let iam = match &config.iam {
+            Some(auth) => Some(auth.provider(crate::redis_iam::default_credentials().await?)),
+            None => None,
+        };
+        Self::connect_with(config, iam).await
+    }
+
+    /// [`RedisConnection::connect`] authenticating with `iam`'s tokens, if given.
+    pub async fn connect_with(
+        config: &RedisConfig,
+        iam: Option<crate::redis_iam::IamCredentials>,
+    ) -> Result<RedisConnection> {
         let nodes = config
             .nodes
             .iter()
@@ -66,13 +79,16 @@ impl RedisConnection {
                         None => redis::Client::open(node),
                     }
                     .map_err(|e| Error::redis("connect", e))?;
-                    let manager_config = ConnectionManagerConfig::new()
+                    let mut manager_config = ConnectionManagerConfig::new()
                         .set_response_timeout(Some(config.command_timeout))
                         .set_connection_timeout(Some(config.connect_timeout))
                         // Reconnects happen in the background; keep the first attempt short so
                         // a cold start with Redis down degrades quickly instead of retrying.
                         .set_number_of_retries(1)
                         .set_max_delay(Duration::from_millis(500));
+                    if let Some(iam) = &iam {
+                        manager_config = manager_config.set_credentials_provider(iam.clone());
+                    }
                     ConnectionManager::new_with_config(client, manager_config)
                         .await
                         .map(RedisConnection::Standalone)
@@ -91,6 +107,9 @@ impl RedisConnection {
                     }
                     if let Some(pem) = &config.ca_pem {
                         builder = builder.certs(certificates(pem));
+                    }
+                    if let Some(iam) = &iam {
+                        builder = builder.set_credentials_provider(iam.clone());
                     }
                     let client = builder.build().map_err(|e| Error::redis("connect", e))?;
                     client

@@ -9,6 +9,7 @@ mod faults;
 mod helpers;
 mod offer_expiry;
 mod redis_connection;
+mod redis_iam;
 mod redis_tls;
 mod refresh;
 mod store_dynamo;

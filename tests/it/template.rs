@@ -241,11 +241,16 @@ fn every_variable_the_template_sets_is_read_and_every_one_required_is_set() {
             .unwrap_or_default();
         for (name, value) in globals.iter().chain(own.iter()) {
             let name = name.as_str().unwrap().to_owned();
-            let value = value
-                .as_str()
-                .map_or_else(|| deploy_time_value(&name), str::to_owned);
+            let value = match value {
+                Value::Tagged(_) => deploy_time_value(&name),
+                plain => plain
+                    .as_str()
+                    .map_or_else(|| deploy_time_value(&name), str::to_owned),
+            };
             variables.insert(name, value);
         }
+        // Set by Lambda itself in every environment.
+        variables.insert("AWS_REGION".to_owned(), "us-east-1".to_owned());
         let read = std::sync::Mutex::new(BTreeSet::new());
         let config = catalog_core::config::Config::from_lookup(|name| {
             read.lock().unwrap().insert(name.to_owned());
@@ -287,7 +292,7 @@ fn watched_metrics(template: &Value) -> Vec<(String, String)> {
                 // `!Sub` of a JSON document; `${...}` sit only inside its strings.
                 let body = match &props["DashboardBody"] {
                     Value::Tagged(tagged) => tagged.value.as_str().unwrap().to_owned(),
-                    other => panic!("{id}: unexpected dashboard body {other:?}"),
+                    other => panic!("{id:?}: unexpected dashboard body {other:?}"),
                 };
                 let body: serde_json::Value = serde_json::from_str(&body).unwrap();
                 for widget in body["widgets"].as_array().unwrap() {
@@ -326,7 +331,10 @@ fn every_metric_an_alarm_or_the_dashboard_watches_in_our_namespace_is_emitted() 
         .collect();
     let watched = watched_metrics(&template());
     let ours: Vec<&(String, String)> = watched.iter().filter(|(ns, _)| ns == NAMESPACE).collect();
-    assert!(ours.len() >= 10, "alarms and dashboard watch our metrics: {watched:?}");
+    assert!(
+        ours.len() >= 10,
+        "alarms and dashboard watch our metrics: {watched:?}"
+    );
     for (_, metric) in ours {
         assert!(
             emitted.contains(metric.as_str()),

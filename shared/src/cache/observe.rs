@@ -87,7 +87,11 @@ impl Cache {
             .await;
         if let Some(function) = emf_function {
             // EMF lines must be the whole log line, so they go straight to stdout.
-            let line = delta.emf_line(crate::jobs::metrics::NAMESPACE, &[("Function", function)], now);
+            let line = delta.emf_line(
+                crate::jobs::metrics::NAMESPACE,
+                &[("Function", function)],
+                now,
+            );
             let _ = writeln!(std::io::stdout().lock(), "{line}");
         }
         Some(delta)

@@ -22,7 +22,9 @@ pub const RUN_METRICS: [(&str, &str); 6] = [
 /// Records `run` in the stats table and, in Lambda, prints its metrics for CloudWatch.
 pub async fn record_run(stats: &dyn StatsWriter, run: &JobRun) -> crate::Result<()> {
     if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        println!("{}", emf_line(run));
+        // EMF lines must be the whole log line, so they go straight to stdout.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "{}", emf_line(run));
     }
     stats.record_run(run).await
 }
