@@ -117,11 +117,18 @@ pub enum RedisMode {
 /// Redis connection settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `host:port` seed nodes (`REDIS_ENDPOINTS`, comma-separated).
+    /// `host:port` seed nodes (`REDIS_ENDPOINTS`, comma-separated). Empty when the endpoint
+    /// is to be discovered from [`RedisConfig::cache_name`] at cold start.
     pub nodes: Vec<String>,
-    /// Standalone or cluster (`REDIS_MODE`, default `standalone`).
+    /// The ElastiCache Serverless cache (`CACHE_NAME`): its endpoint is looked up at cold
+    /// start when `REDIS_ENDPOINTS` is not set, and `/admin/cache/stats` reports its status
+    /// and usage limits.
+    pub cache_name: Option<String>,
+    /// Standalone or cluster (`REDIS_MODE`, default `standalone`; `cluster` with `CACHE_NAME`
+    /// alone, as a serverless cache always is).
     pub mode: RedisMode,
-    /// Connect with TLS (`REDIS_TLS`, default `false`; ElastiCache Serverless requires `true`).
+    /// Connect with TLS (`REDIS_TLS`, default `false`; `true` with `CACHE_NAME` alone, as
+    /// ElastiCache Serverless requires).
     pub tls: bool,
     /// PEM certificates of the CA that signed the server's certificate (`REDIS_CA_FILE`),
     /// read at start-up; `None` trusts the public roots (as ElastiCache needs).
@@ -135,8 +142,8 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Timeout for establishing a connection (`REDIS_CONNECT_TIMEOUT_MS`, default 1000).
     pub connect_timeout: Duration,
-    /// IAM authentication (`REDIS_IAM_USER`, `REDIS_IAM_CACHE_NAME`, `REDIS_IAM_SERVERLESS`
-    /// default `true`, region from `AWS_REGION`): the password is a SigV4 token signed with
+    /// IAM authentication (`REDIS_IAM_USER`, `REDIS_IAM_CACHE_NAME` default `CACHE_NAME`,
+    /// `REDIS_IAM_SERVERLESS` default `true`, region from `AWS_REGION`): the password is a SigV4 token signed with
     /// the function's own credentials and renewed (see [`crate::redis_iam`]). Excludes
     /// `REDIS_PASSWORD`.
     pub iam: Option<crate::redis_iam::IamAuth>,
@@ -327,6 +334,7 @@ impl RedisConfig {
     pub fn standalone(node: impl Into<String>) -> RedisConfig {
         RedisConfig {
             nodes: vec![node.into()],
+            cache_name: None,
             mode: RedisMode::Standalone,
             tls: false,
             ca_pem: None,
@@ -339,10 +347,16 @@ impl RedisConfig {
     }
 
     fn from_env(env: &Env<'_>) -> Result<Option<RedisConfig>, ConfigError> {
-        let Some(endpoints) = env.optional("REDIS_ENDPOINTS") else {
+        let cache_name = env.optional("CACHE_NAME");
+        let endpoints = env.optional("REDIS_ENDPOINTS");
+        if endpoints.is_none() && cache_name.is_none() {
             return Ok(None);
-        };
+        }
+        // Without endpoints the cache is an ElastiCache Serverless one, found by name:
+        // always a cluster, always TLS.
+        let discovered = endpoints.is_none();
         let nodes = endpoints
+            .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
@@ -353,6 +367,7 @@ impl RedisConfig {
                 reason,
             })?;
         let mode = match env.optional("REDIS_MODE").as_deref() {
+            None if discovered => RedisMode::Cluster,
             None | Some("standalone") => RedisMode::Standalone,
             Some("cluster") => RedisMode::Cluster,
             Some(other) => {
@@ -362,7 +377,13 @@ impl RedisConfig {
                 });
             }
         };
-        if mode == RedisMode::Standalone && nodes.len() != 1 {
+        if !discovered && nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_ENDPOINTS",
+                reason: "names no endpoint".into(),
+            });
+        }
+        if !discovered && mode == RedisMode::Standalone && nodes.len() != 1 {
             return Err(ConfigError::Invalid {
                 name: "REDIS_ENDPOINTS",
                 reason: format!(
@@ -371,7 +392,7 @@ impl RedisConfig {
                 ),
             });
         }
-        let tls = env.flag("REDIS_TLS", false)?;
+        let tls = env.flag("REDIS_TLS", discovered)?;
         let ca_pem = match env.optional("REDIS_CA_FILE") {
             None => None,
             Some(_) if !tls => {
@@ -395,7 +416,7 @@ impl RedisConfig {
             }
         };
         let password = env.optional("REDIS_PASSWORD").map(SecretString::from);
-        let iam = Self::iam_from_env(env)?;
+        let iam = Self::iam_from_env(env, cache_name.as_deref())?;
         if iam.is_some() && (password.is_some() || env.optional("REDIS_USERNAME").is_some()) {
             return Err(ConfigError::Invalid {
                 name: "REDIS_IAM_USER",
@@ -404,6 +425,7 @@ impl RedisConfig {
         }
         Ok(Some(RedisConfig {
             nodes,
+            cache_name,
             mode,
             tls,
             ca_pem,
@@ -415,7 +437,10 @@ impl RedisConfig {
         }))
     }
 
-    fn iam_from_env(env: &Env<'_>) -> Result<Option<crate::redis_iam::IamAuth>, ConfigError> {
+    fn iam_from_env(
+        env: &Env<'_>,
+        cache_name: Option<&str>,
+    ) -> Result<Option<crate::redis_iam::IamAuth>, ConfigError> {
         let Some(user_id) = env.optional("REDIS_IAM_USER") else {
             return Ok(None);
         };
@@ -427,7 +452,13 @@ impl RedisConfig {
         };
         Ok(Some(crate::redis_iam::IamAuth {
             user_id,
-            cache_name: required("REDIS_IAM_CACHE_NAME")?,
+            cache_name: match env.optional("REDIS_IAM_CACHE_NAME") {
+                Some(name) => name,
+                None => cache_name.map(str::to_owned).ok_or(ConfigError::Invalid {
+                    name: "REDIS_IAM_CACHE_NAME",
+                    reason: "needed with REDIS_IAM_USER unless CACHE_NAME is set".into(),
+                })?,
+            },
             region: required("AWS_REGION")?,
             serverless: env.flag("REDIS_IAM_SERVERLESS", true)?,
         }))
@@ -745,6 +776,47 @@ mod tests {
         assert!(!format!("{redis:?}").contains("hunter2"));
         assert_eq!(config.cache.ttl.product.fresh, Duration::from_secs(60));
         assert_eq!(config.cache.ttl.product.stale, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_cache_name_alone_means_a_serverless_cache_found_at_cold_start() {
+        let mut vars = TABLES.to_vec();
+        vars.extend([
+            ("CACHE_NAME", "catalog-cache-cache"),
+            ("REDIS_IAM_USER", "catalog-cache-iam"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        let redis = config_from(&vars).unwrap().redis.unwrap();
+        assert!(redis.nodes.is_empty(), "discovered, not configured");
+        assert_eq!(redis.cache_name.as_deref(), Some("catalog-cache-cache"));
+        assert_eq!(redis.mode, RedisMode::Cluster);
+        assert!(redis.tls);
+        assert_eq!(redis.iam.unwrap().cache_name, "catalog-cache-cache");
+
+        // REDIS_ENDPOINTS overrides discovery; the name stays for the stats.
+        vars.push(("REDIS_ENDPOINTS", "localhost:6379"));
+        let redis = config_from(&vars).unwrap().redis.unwrap();
+        assert_eq!(redis.nodes, ["localhost:6379"]);
+        assert_eq!(redis.cache_name.as_deref(), Some("catalog-cache-cache"));
+        assert_eq!(redis.mode, RedisMode::Standalone);
+        assert!(!redis.tls);
+    }
+
+    #[test]
+    fn iam_without_any_cache_name_is_refused() {
+        let mut vars = TABLES.to_vec();
+        vars.extend([
+            ("REDIS_ENDPOINTS", "localhost:6379"),
+            ("REDIS_IAM_USER", "catalog-cache-iam"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        assert!(matches!(
+            config_from(&vars).unwrap_err(),
+            ConfigError::Invalid {
+                name: "REDIS_IAM_CACHE_NAME",
+                ..
+            }
+        ));
     }
 
     #[test]

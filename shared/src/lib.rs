@@ -20,6 +20,7 @@
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod elasticache;
 pub mod error;
 pub mod expiry_set;
 pub mod health;

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod discovery;
 mod faults;
 mod helpers;
 mod offer_expiry;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use catalog_core::cache::Cache;
 use catalog_core::clock::{Clock, SystemClock};
 use catalog_core::config::Config;
+use catalog_core::elasticache::ControlPlane;
 use catalog_core::store::{CatalogStore, StatsReader, ViewRecorder};
 use catalog_core::wiring;
 
@@ -40,14 +41,20 @@ pub struct AppState {
     pub emf_function: Option<Arc<str>>,
     /// Where post-response work goes.
     pub after_response: AfterResponse,
+    /// The ElastiCache control plane of `CACHE_NAME`, for the cache's status and limits.
+    pub control_plane: Option<ControlPlane>,
 }
 
 impl AppState {
     /// State on DynamoDB and Redis from the configuration: clients built once, at cold start.
     pub async fn from_config(config: &Config) -> AppState {
-        let store = wiring::dynamo_store(config).await;
-        let cache = wiring::cache(config).await;
-        AppState::new(store.clone(), store.clone(), store, cache, config)
+        let (store, control_plane) =
+            tokio::join!(wiring::dynamo_store(config), wiring::control_plane(config));
+        let cache = wiring::cache_with(config, control_plane.as_ref()).await;
+        AppState {
+            control_plane,
+            ..AppState::new(store.clone(), store.clone(), store, cache, config)
+        }
     }
 
     /// State over any adapters (the embedded dev mode, tests, benchmarks).
@@ -73,6 +80,7 @@ impl AppState {
                 .ok()
                 .map(Into::into),
             after_response: AfterResponse::Spawn,
+            control_plane: None,
         }
     }
 

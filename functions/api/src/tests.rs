@@ -827,6 +827,11 @@ async fn admin_stats_health_warm_invalidate_and_jobs() {
     assert!(stats["l1"]["entries"].as_u64().unwrap() > 0);
     assert_eq!(stats["circuit"]["state"], "closed");
 
+    assert!(
+        stats["serverless_cache"].is_null(),
+        "no CACHE_NAME: {stats}"
+    );
+
     let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
     // No refresh has ever run: a warning, with the refresh alert and since when.
     assert_eq!(health["status"], "WARNING");
@@ -1119,4 +1124,37 @@ async fn bodies_and_prices_given_as_arrays_are_refused() {
         StatusCode::ACCEPTED,
         "a null body is no body"
     );
+}
+
+#[tokio::test]
+async fn cache_stats_report_the_serverless_caches_status_and_limits() {
+    use catalog_core::elasticache::ControlPlane;
+    use catalog_core::elasticache::testing::{client_answering, describe_response};
+
+    let mut app = TestApp::new();
+    let recorded = describe_response("catalog-cache", "modifying", Some(("cache.example", 6379)));
+    let (client, calls) = client_answering(200, recorded);
+    app.state.control_plane = Some(ControlPlane::new(client, "catalog-cache"));
+    let stats = body(app.admin("GET", "/admin/cache/stats", None).await).await;
+    assert_eq!(
+        stats["serverless_cache"],
+        json!({
+            "name": "catalog-cache",
+            "status": "modifying",
+            "endpoint": "cache.example:6379",
+            "data_storage_max_gb": 5,
+            "ecpu_per_second_max": 5000,
+        })
+    );
+    assert_eq!(calls.lock().unwrap().len(), 1);
+
+    // A control plane that refuses leaves the figure empty; the rest of the stats still answer.
+    let denied = r#"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>"#;
+    let (client, _) = client_answering(403, denied.into());
+    app.state.control_plane = Some(ControlPlane::new(client, "catalog-cache"));
+    let stats = app.admin("GET", "/admin/cache/stats", None).await;
+    assert_eq!(stats.status(), StatusCode::OK);
+    let stats = body(stats).await;
+    assert!(stats["serverless_cache"].is_null(), "{stats}");
+    assert!(stats["l1"]["max_bytes"].is_number());
 }

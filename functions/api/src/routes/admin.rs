@@ -9,6 +9,7 @@ use catalog_core::cache::breaker::BreakerState;
 use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
 use catalog_core::cache::metrics::MetricsSnapshot;
+use catalog_core::elasticache::{ControlPlane, ServerlessCacheInfo};
 use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
 use catalog_core::jobs::{offer_expiry, refresh};
 use catalog_core::model::{FeedKind, JobRun, ProductId};
@@ -93,6 +94,9 @@ pub struct CacheStats {
     pub circuit: BreakerState,
     /// Keys waiting on the revalidation queue (`null` without Redis).
     pub revalidation_backlog: Option<u64>,
+    /// The ElastiCache Serverless cache's status and usage limits, from its control plane
+    /// (`null` without `CACHE_NAME`, or if the control plane did not answer).
+    pub serverless_cache: Option<ServerlessCacheInfo>,
 }
 
 #[utoipa::path(
@@ -102,10 +106,11 @@ pub struct CacheStats {
 /// Hit ratios per tier over 5 min, 1 h and 24 h, Redis memory and keys, L1 size.
 pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<Json<CacheStats>> {
     let cache = &state.cache;
-    let (history, redis, backlog) = tokio::join!(
+    let (history, redis, backlog, serverless_cache) = tokio::join!(
         cache.history(),
         cache.server_info(),
-        cache.revalidation_backlog()
+        cache.revalidation_backlog(),
+        describe_serverless_cache(state.control_plane.as_ref())
     );
     let (entries, bytes) = cache.l1_usage();
     Ok(Json(CacheStats {
@@ -120,7 +125,20 @@ pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<J
         },
         circuit: cache.breaker_state(),
         revalidation_backlog: backlog,
+        serverless_cache,
     }))
+}
+
+async fn describe_serverless_cache(
+    control_plane: Option<&ControlPlane>,
+) -> Option<ServerlessCacheInfo> {
+    match control_plane?.describe().await {
+        Ok(info) => Some(info),
+        Err(e) => {
+            tracing::warn!(error = %e, "the cache's control plane did not answer");
+            None
+        }
+    }
 }
 
 /// Figures that can raise alerts, for the since-when bookkeeping.
