@@ -566,6 +566,63 @@ async fn a_write_leaves_every_environments_l1_within_the_bound(config: RedisConf
     assert!(engines[1].snapshot().l1_remote_drops >= 1);
 }
 
+/// The change log's script on real Redis: sequences grow, the log keeps its latest `keep`
+/// keys with the floor scoring the last one forgotten, and a reader behind a trimmed, lost or
+/// rewound log is told so.
+async fn the_change_log_trims_behind_a_floor_and_reports_loss(config: RedisConfig) {
+    let env = Env::new(config).await;
+    let log = format!("{}l1:changes", env.prefix);
+    let l2 = env.l2.clone();
+    assert_eq!(l2.change_log_head(&log).await.unwrap(), 0);
+    assert_eq!(
+        l2.read_changes(&log, 0, 100).await.unwrap(),
+        None,
+        "no log yet"
+    );
+
+    l2.publish_changes(&log, &["a", "b"], 3).await.unwrap();
+    let head = l2.change_log_head(&log).await.unwrap();
+    let start = head - 2;
+    let all = l2.read_changes(&log, 0, 100).await.unwrap().unwrap();
+    assert_eq!(
+        all,
+        [
+            ("~floor".to_owned(), start),
+            ("a".to_owned(), start + 1),
+            ("b".to_owned(), start + 2)
+        ]
+    );
+    // A new log starts from the server's clock in microseconds: past any position a reader
+    // of an older log can hold.
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    assert!((micros - start).abs() < 60_000_000, "{start} vs {micros}");
+
+    // Two more: four keys for a log keeping three; `a` goes and the floor takes its place.
+    l2.publish_changes(&log, &["c", "d"], 3).await.unwrap();
+    let behind = l2.read_changes(&log, start, 100).await.unwrap().unwrap();
+    assert_eq!(behind[0], ("~floor".to_owned(), start + 1), "{behind:?}");
+    assert_eq!(behind.len(), 4, "{behind:?}");
+    let caught_up = l2
+        .read_changes(&log, start + 1, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    let keys: Vec<&str> = caught_up.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["b", "c", "d"]);
+    assert_eq!(
+        l2.read_changes(&log, start + 4, 100).await.unwrap(),
+        Some(vec![])
+    );
+
+    // A reader ahead of the log's head: the log was lost and begun again behind it.
+    assert_eq!(l2.read_changes(&log, start + 5, 100).await.unwrap(), None);
+    let _: () = env.raw().await.del(&log).await.unwrap();
+    assert_eq!(l2.read_changes(&log, start + 4, 100).await.unwrap(), None);
+}
+
 macro_rules! on_both_topologies {
     ($($test:ident),* $(,)?) => {
         mod standalone {
@@ -589,6 +646,7 @@ on_both_topologies!(
     an_invalidation_refuses_values_read_before_it,
     a_product_and_its_stats_are_one_round_trip,
     a_write_leaves_every_environments_l1_within_the_bound,
+    the_change_log_trims_behind_a_floor_and_reports_loss,
 );
 
 #[tokio::test]

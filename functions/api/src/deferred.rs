@@ -75,21 +75,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Deferred {
 pub enum AfterResponse {
     /// Spawned on the runtime: a long-running server, where nothing freezes.
     Spawn,
-    /// Handed to the runtime layer, once per invocation (possibly empty), tagged with the
-    /// invocation's request id, to run after the response and before the environment freezes.
+    /// Handed to the runtime layer, once per invocation (possibly empty), to run after the
+    /// response and before the environment freezes.
     Invocation(mpsc::UnboundedSender<DeferredBatch>),
 }
 
 /// One invocation's deferred work.
-pub struct DeferredBatch {
-    /// The Lambda request id of the invocation that left the work, if known.
-    pub request_id: Option<String>,
-    /// The work.
-    pub work: Vec<BoxFuture>,
-}
+pub type DeferredBatch = Vec<BoxFuture>;
 
 impl AfterResponse {
-    fn dispatch(&self, request_id: Option<String>, work: Vec<BoxFuture>) {
+    fn dispatch(&self, work: DeferredBatch) {
         match self {
             AfterResponse::Spawn => {
                 if !work.is_empty() {
@@ -97,7 +92,7 @@ impl AfterResponse {
                 }
             }
             AfterResponse::Invocation(sender) => {
-                if sender.send(DeferredBatch { request_id, work }).is_err() {
+                if sender.send(work).is_err() {
                     tracing::warn!(
                         "the runtime layer is gone; deferred work dropped (the next stale read revalidates again)"
                     );
@@ -112,11 +107,6 @@ impl AfterResponse {
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let deferred = Deferred::default();
     request.extensions_mut().insert(deferred.clone());
-    // Under lambda_http the invocation's context rides along with the request.
-    let request_id = request
-        .extensions()
-        .get::<lambda_http::Context>()
-        .map(|c| c.request_id.clone());
     let response = next.run(request).await;
     let (cache, every, emf) = (
         state.cache.clone(),
@@ -126,6 +116,6 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
     deferred.push(async move {
         cache.flush_counters(every, emf.as_deref()).await;
     });
-    state.after_response.dispatch(request_id, deferred.take());
+    state.after_response.dispatch(deferred.take());
     response
 }

@@ -15,6 +15,15 @@ use tokio::sync::mpsc;
 use crate::deferred::{AfterResponse, DeferredBatch};
 use crate::state::AppState;
 
+/// How long deferred work may run: up to the deadline less [`DEADLINE_MARGIN`]; nothing
+/// past it (Lambda ends the invocation there); [`FALLBACK_BUDGET`] without a deadline.
+fn deferred_budget(deadline_ms: u64, now_ms: u64) -> Duration {
+    if deadline_ms == 0 {
+        return FALLBACK_BUDGET;
+    }
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(DEADLINE_MARGIN)
+}
+
 /// Time kept back from the invocation deadline, so the runtime always asks for its next event
 /// in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
@@ -113,7 +122,7 @@ async fn run_deferred(
     {
         let mut receiver = receiver.lock().unwrap_or_else(PoisonError::into_inner);
         while let Ok(batch) = receiver.try_recv() {
-            work.extend(batch.work);
+            work.extend(batch);
         }
     }
     if work.is_empty() {
@@ -122,11 +131,7 @@ async fn run_deferred(
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let budget = if deadline_ms > now_ms {
-        Duration::from_millis(deadline_ms - now_ms).saturating_sub(DEADLINE_MARGIN)
-    } else {
-        FALLBACK_BUDGET
-    };
+    let budget = deferred_budget(deadline_ms, now_ms);
     if tokio::time::timeout(budget, futures::future::join_all(work))
         .await
         .is_err()
@@ -135,5 +140,18 @@ async fn run_deferred(
             request_id,
             "deferred work cut off by the deadline; revalidations already queued are finished by the refresh job"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_work_stops_short_of_the_deadline_and_never_runs_past_it() {
+        assert_eq!(deferred_budget(10_000, 9_000), Duration::from_millis(800));
+        assert_eq!(deferred_budget(10_000, 9_900), Duration::ZERO);
+        assert_eq!(deferred_budget(10_000, 12_000), Duration::ZERO);
+        assert_eq!(deferred_budget(0, 12_000), FALLBACK_BUDGET);
     }
 }

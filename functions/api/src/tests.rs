@@ -991,7 +991,7 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_runtime_layer() {
     let batch = receiver
         .try_recv()
         .expect("the panicked request's work was handed on");
-    futures::future::join_all(batch.work).await;
+    futures::future::join_all(batch).await;
 
     let response = router
         .oneshot(Request::get("/late-boom").body(Body::empty()).unwrap())
@@ -1000,7 +1000,7 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_runtime_layer() {
     assert_eq!(response.status(), StatusCode::OK);
     let batch = receiver.try_recv().unwrap();
     // Run as the runtime layer runs it: the panic is caught, the rest of the batch still runs.
-    futures::future::join_all(batch.work).await;
+    futures::future::join_all(batch).await;
     assert!(ran_after_the_panic.load(std::sync::atomic::Ordering::SeqCst));
 }
 

@@ -16,17 +16,20 @@
 //!   predate the change): the poll runs concurrently with requests.
 //! - A log trimmed past this environment's position, or lost, clears the whole L1.
 //! - While Redis is unreachable (circuit open), nothing can be delivered either way: L1
-//!   entries live their TTL, as without coherence.
+//!   entries live their TTL, as without coherence. Changes whose publication failed are
+//!   kept and published after the next L2 call that succeeds (past [`LOG_KEEP`] of them, one
+//!   [`CHANGE_LOG_CLEAR`] tells every environment to clear its L1 instead).
 //!
 //! Cost: at most four `ZRANGE`s a second per busy environment, one script per write.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::Cache;
 use super::breaker::BreakerState;
-use super::l2::CHANGE_LOG_FLOOR;
+use super::l2::{CHANGE_LOG_CLEAR, CHANGE_LOG_FLOOR};
 use super::metrics::CacheMetrics;
 use crate::model::EpochMillis;
 
@@ -46,14 +49,61 @@ pub(crate) struct Coherence {
     cursor: Mutex<Option<i64>>,
     /// A poll is under way.
     polling: AtomicBool,
-    /// Start of the poll that last cleared L1: nothing read before it is put in L1.
+    /// When a poll last cleared L1: nothing read before it is put in L1.
     cleared_at: AtomicI64,
-    /// Start of the first successful poll: entries read before it are vouched for by their
-    /// read time only, as no poll covers what changed before it.
+    /// Just after the first poll learnt the log's head: entries read before it are vouched
+    /// for by their read time only, as no poll covers what changed before the head.
     baseline: AtomicI64,
-    /// Keys other environments changed, with the start of the poll that learnt it; kept as
+    /// Keys other environments changed, with when a poll learnt it; kept as
     /// long as a load may take, the oldest read that can still reach L1.
     changed: moka::sync::Cache<String, EpochMillis>,
+    /// Changes this environment made whose publication failed.
+    unpublished: Unpublished,
+}
+
+/// Changed keys not yet in the log, published again after the next L2 success.
+#[derive(Default)]
+struct Unpublished {
+    keys: Mutex<HashSet<String>>,
+    /// Whether `keys` may be non-empty: the check on every L2 success costs a load when not.
+    any: AtomicBool,
+    /// More than [`LOG_KEEP`] keys failed: publish [`CHANGE_LOG_CLEAR`] instead.
+    overflowed: AtomicBool,
+    /// A background publication is under way.
+    publishing: AtomicBool,
+}
+
+impl Unpublished {
+    fn add(&self, keys: &[&str]) {
+        let mut held = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            if held.len() < LOG_KEEP {
+                held.insert((*key).to_owned());
+            } else {
+                self.overflowed.store(true, Ordering::Release);
+            }
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The keys to publish, if any and if no publication is under way; the caller publishes
+    /// them and calls [`Unpublished::done`].
+    fn take(&self) -> Option<Vec<String>> {
+        if !self.any.load(Ordering::Acquire) || self.publishing.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let mut held = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        self.any.store(false, Ordering::Release);
+        let keys: Vec<String> = held.drain().collect();
+        if self.overflowed.swap(false, Ordering::AcqRel) {
+            return Some(vec![CHANGE_LOG_CLEAR.to_owned()]);
+        }
+        Some(keys)
+    }
+
+    fn done(&self) {
+        self.publishing.store(false, Ordering::Release);
+    }
 }
 
 impl Coherence {
@@ -73,6 +123,7 @@ impl Coherence {
                 .max_capacity(100_000)
                 .time_to_live(remembered_for.max(Duration::from_millis(1)))
                 .build(),
+            unpublished: Unpublished::default(),
         }
     }
 
@@ -112,11 +163,46 @@ impl Cache {
             return;
         }
         let log = self.inner.keys.change_log();
-        let _ = self
+        let published = self
             .with_l2("publish changes", self.batch_deadline(), |l2| {
                 l2.publish_changes(&log, keys, LOG_KEEP)
             })
             .await;
+        if published.is_err() {
+            // Kept for the next success, or other environments would serve the old value
+            // for their whole L1 TTL.
+            self.inner.coherence.unpublished.add(keys);
+        }
+    }
+
+    /// Publishes the changes whose publication failed, in the background; called after an
+    /// L2 call succeeds. What fails again stays for the next success.
+    pub(super) fn republish_changes_in_background(&self) {
+        let Some(keys) = self.inner.coherence.unpublished.take() else {
+            return;
+        };
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let log = cache.inner.keys.change_log();
+            let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let published = match cache.inner.l2.as_deref() {
+                Some(l2) => matches!(
+                    tokio::time::timeout(
+                        cache.batch_deadline(),
+                        l2.publish_changes(&log, &names, LOG_KEEP)
+                    )
+                    .await,
+                    Ok(Ok(()))
+                ),
+                None => false,
+            };
+            if published {
+                tracing::info!(keys = names.len(), "published L1 changes Redis had missed");
+            } else {
+                cache.inner.coherence.unpublished.add(&names);
+            }
+            cache.inner.coherence.unpublished.done();
+        });
     }
 
     fn poll_changes_in_background(&self) {
@@ -156,7 +242,10 @@ impl Cache {
                 else {
                     return;
                 };
-                coherence.baseline.store(started, Ordering::Release);
+                // Reads that began once the head was known are vouched for by polls: any
+                // change they could miss is after the head. (+1: the same millisecond may
+                // hold a read that began before the reply.)
+                coherence.baseline.store(self.now() + 1, Ordering::Release);
                 head
             }
         };
@@ -169,11 +258,14 @@ impl Cache {
             else {
                 return;
             };
+            // The changes on this page were made before it arrived, perhaps after the poll
+            // started: a read that began before the arrival may hold the old value.
+            let arrived = self.now();
             let Some(page) = page else {
                 if position > 0 {
-                    // The log is gone (flushed, evicted) with whatever we had not read.
+                    // The log is gone (flushed, evicted, rewound) with whatever we had not read.
                     tracing::warn!("the L1 change log is gone; clearing L1");
-                    self.clear_l1(started);
+                    self.clear_l1(arrived);
                     position = 0;
                 }
                 break;
@@ -184,9 +276,14 @@ impl Cache {
                     tracing::warn!(
                         "changes were trimmed from the L1 change log before this environment read them; clearing L1"
                     );
-                    self.clear_l1(started);
+                    self.clear_l1(arrived);
+                } else if key == CHANGE_LOG_CLEAR {
+                    tracing::warn!(
+                        "another environment lost track of its changes while Redis was away; clearing L1"
+                    );
+                    self.clear_l1(arrived);
                 } else {
-                    self.drop_changed(&key, started);
+                    self.drop_changed(&key, arrived);
                 }
                 position = position.max(seq);
             }
@@ -222,5 +319,32 @@ impl Cache {
         self.inner.l1.clear();
         self.inner.negatives.clear();
         self.inner.generations.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_unpublished_changes_become_one_clear() {
+        let unpublished = Unpublished::default();
+        assert_eq!(unpublished.take(), None);
+        unpublished.add(&["a", "b"]);
+        let mut taken = unpublished.take().unwrap();
+        taken.sort();
+        assert_eq!(taken, ["a", "b"]);
+        unpublished.add(&["c"]);
+        assert_eq!(unpublished.take(), None, "one publication at a time");
+        unpublished.done();
+        assert_eq!(unpublished.take(), Some(vec!["c".to_owned()]));
+        unpublished.done();
+
+        let names: Vec<String> = (0..=LOG_KEEP).map(|i| format!("k{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        unpublished.add(&refs);
+        assert_eq!(unpublished.take(), Some(vec![CHANGE_LOG_CLEAR.to_owned()]));
+        unpublished.done();
+        assert_eq!(unpublished.take(), None);
     }
 }

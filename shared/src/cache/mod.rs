@@ -371,6 +371,7 @@ impl Cache {
             Ok(Ok(value)) => {
                 inner.breaker.record_success();
                 self.deliver_invalidations_in_background();
+                self.republish_changes_in_background();
                 return Ok(value);
             }
             Ok(Err(Error::WrongType { .. })) => {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -1087,20 +1087,98 @@ mod coherence {
         writer.put(&k, item("new", 2), T0).await;
         poll(&f, &reader).await;
         // A request that read the old value before the poll inserts it after the poll ran.
-        let old = Arc::new(item("old", 1)) as l1::AnyValue;
+        insert_old(&reader, &k, read_before);
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
+        // One read after the poll is kept.
+        insert_old(&reader, &k, f.clock.now_ms() + 1);
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+    }
+
+    /// The old value of `k`, as a request that read it at `read_at` would put it in L1.
+    fn insert_old(reader: &Cache, k: &CacheKey, read_at: EpochMillis) {
         let meta = envelope::EntryMeta {
             version: 1,
-            stored_at: read_before,
-            fresh_until: read_before + 60_000,
-            stale_until: read_before + 60_000,
+            stored_at: read_at,
+            fresh_until: read_at + 60_000,
+            stale_until: read_at + 60_000,
             negative: false,
             tombstone: false,
         };
-        reader.insert_l1(k.as_str(), Some(old.clone()), meta, 1, read_before);
+        let old = Arc::new(item("old", 1)) as l1::AnyValue;
+        reader.insert_l1(k.as_str(), Some(old), meta, 1, read_at);
+    }
+
+    /// Makes every reply to `op` arrive `delay` after the call, by the fixture's clock.
+    fn slow_replies(f: &Fixture, op: &'static str, delay: Duration) {
+        let clock = f.clock.clone();
+        f.l2.intercept(move |called| {
+            if called == op {
+                clock.advance(delay);
+            }
+            false
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_began_while_the_poll_was_in_flight_is_kept_out_of_l1() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        // A log to start from: the reader's position is then its head, not before the floor.
+        writer.put(&key(&writer, "p0"), item("other", 1), T0).await;
+        poll(&f, &reader).await;
+        writer.put(&k, item("new", 2), T0).await;
+        // The poll starts now; its page arrives 20 ms later. A read that began 10 ms into the
+        // poll may have read the value from before the change, and inserts after the poll.
+        let poll_started = f.clock.now_ms();
+        slow_replies(&f, "read changes", Duration::from_millis(20));
+        poll(&f, &reader).await;
+        insert_old(&reader, &k, poll_started + 10);
         assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
-        // One read after the poll is kept.
-        reader.insert_l1(k.as_str(), Some(old), meta, 1, f.clock.now_ms() + 1);
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_vouch_only_for_reads_that_began_after_the_first_head_arrived() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        writer.put(&k, item("old", 1), T0).await;
+        // The first poll asks for the head; its reply takes 20 ms, during which a read of the
+        // old value begins and the change lands before the head, so no poll will report it.
+        let poll_started = f.clock.now_ms();
+        slow_replies(&f, "change log head", Duration::from_millis(20));
+        writer.put(&k, item("new", 2), T0).await;
+        poll(&f, &reader).await;
+        insert_old(&reader, &k, poll_started + 10);
+        // Past the bound the entry is vouched for only by polls, which cannot: it is not served.
+        f.l2.intercept(|_| false);
+        f.clock.advance(reader.options().l1_coherence);
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_whose_publication_failed_is_published_after_the_next_success() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        writer.put(&k, item("old", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+
+        let publishing_fails = Arc::new(AtomicBool::new(true));
+        let fails = publishing_fails.clone();
+        f.l2.intercept(move |op| op == "publish changes" && fails.load(Ordering::SeqCst));
+        writer.put(&k, item("new", 2), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L1));
+
+        // The writer's next successful L2 call publishes it in the background.
+        publishing_fails.store(false, Ordering::SeqCst);
+        writer.generation("anything").await;
+        tokio::task::yield_now().await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await, ("new".into(), Source::L2));
     }
 
     #[tokio::test(start_paused = true)]

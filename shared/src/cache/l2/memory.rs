@@ -30,12 +30,37 @@ struct Entry {
 ///
 /// ## Behavior
 /// - Keys expire lazily on access, like Redis from a client's point of view.
-/// - [`MemoryL2::set_failing`] makes every call fail with a timeout, to exercise fail-open paths.
+/// - [`MemoryL2::set_failing`] makes every call fail with a timeout, to exercise fail-open paths;
+///   [`MemoryL2::intercept`] sees each call first, to fail some or to move a test's clock.
 #[derive(Debug, Default)]
 pub struct MemoryL2 {
     entries: Mutex<HashMap<String, Entry>>,
     failing: AtomicBool,
     round_trips: AtomicU64,
+    interceptor: Interceptor,
+}
+
+/// Sees every call's operation name before it runs; `true` fails the call.
+type InterceptFn = std::sync::Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
+
+#[derive(Default)]
+struct Interceptor(Mutex<Option<InterceptFn>>);
+
+impl Interceptor {
+    fn fails(&self, op: &'static str) -> bool {
+        let hook = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        hook.is_some_and(|hook| hook(op))
+    }
+}
+
+impl std::fmt::Debug for Interceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interceptor")
+    }
 }
 
 impl MemoryL2 {
@@ -47,6 +72,17 @@ impl MemoryL2 {
     /// While `true`, every call fails as if Redis timed out.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Calls `hook` with each call's operation name (`"read changes"`, `"ZRANGE"`, ...)
+    /// before the call runs; where it returns `true` the call fails as a timeout. A hook can
+    /// also move a test's clock, as a reply arriving later would.
+    pub fn intercept(&self, hook: impl Fn(&'static str) -> bool + Send + Sync + 'static) {
+        *self
+            .interceptor
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(std::sync::Arc::new(hook));
     }
 
     /// Stores raw bytes without a guard, e.g. to plant corrupt data in a test.
@@ -97,7 +133,7 @@ impl MemoryL2 {
     /// Counts the round trip and fails if fault injection is on.
     fn call(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, HashMap<String, Entry>>> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        if self.failing.load(Ordering::SeqCst) {
+        if self.failing.load(Ordering::SeqCst) || self.interceptor.fails(op) {
             return Err(Error::Timeout {
                 op,
                 after: Duration::from_millis(50),
@@ -243,11 +279,11 @@ impl L2Store for MemoryL2 {
     }
 
     async fn change_log_head(&self, log: &str) -> Result<i64> {
-        let entries = self.call("ZRANGE")?;
+        let entries = self.call("change log head")?;
         match entries.get(log).map(|e| &e.value) {
             None => Ok(0),
             Some(Value::Queue(set)) => Ok(set.values().copied().max().unwrap_or(0)),
-            Some(_) => Err(wrong_type("ZRANGE")),
+            Some(_) => Err(wrong_type("change log head")),
         }
     }
 
@@ -260,6 +296,7 @@ impl L2Store for MemoryL2 {
         let entries = self.call("read changes")?;
         match entries.get(log).map(|e| &e.value) {
             None => Ok(None),
+            Some(Value::Queue(set)) if set.values().copied().max().unwrap_or(0) < after => Ok(None),
             Some(Value::Queue(set)) => {
                 let mut newer: Vec<(String, i64)> = set
                     .iter()

@@ -33,6 +33,9 @@ pub struct L2Write {
 /// The change-log member scoring the latest change the log no longer holds (see
 /// [`L2Store::publish_changes`]). Cache keys never start with `~`.
 pub const CHANGE_LOG_FLOOR: &str = "~floor";
+/// The change-log member an environment publishes when it lost track of which keys it
+/// changed (too many failed publications): every reader clears its L1.
+pub const CHANGE_LOG_CLEAR: &str = "~clear";
 
 /// What happened to a guarded write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +80,8 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     async fn change_log_head(&self, log: &str) -> Result<i64>;
 
     /// Up to `limit` entries of a change log after sequence `after`, oldest first (the floor
-    /// among them if it is above `after`); `None` if there is no log (never written, or lost).
+    /// among them if it is above `after`); `None` if there is no log (never written, or lost)
+    /// or its head is below `after` (lost and begun again behind the reader).
     async fn read_changes(
         &self,
         log: &str,

@@ -528,7 +528,11 @@ impl L2Store for RedisL2 {
         limit: usize,
     ) -> Result<Option<Vec<(String, i64)>>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(log);
+        pipe.cmd("ZRANGE")
+            .arg(log)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES");
         pipe.cmd("ZRANGE")
             .arg(log)
             .arg(format!("({after}"))
@@ -540,12 +544,14 @@ impl L2Store for RedisL2 {
             .arg("WITHSCORES");
         // Read again once if the connection was closed while frozen, as `read` does: the
         // first poll after a thaw is exactly that case.
-        let (exists, entries): (bool, Vec<(String, f64)>) =
+        let (head, entries): (Vec<(String, f64)>, Vec<(String, f64)>) =
             match pipe.query_async(&mut self.trip()?).await {
                 Err(e) if e.is_connection_dropped() => pipe.query_async(&mut self.trip()?).await,
                 result => result,
             }
             .map_err(|e| Error::redis("read changes", e))?;
+        // An empty head: no log. A head behind the reader: the log was lost and begun again.
+        let exists = head.first().is_some_and(|(_, seq)| *seq >= after as f64);
         #[allow(clippy::cast_possible_truncation)] // sequences are integers below 2^53
         Ok(exists.then(|| {
             entries
