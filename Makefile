@@ -21,7 +21,7 @@ test: ## run every test: unit, integration against real Redis (standalone + clus
 	scripts/contract-test.sh
 	@$(MAKE) --no-print-directory validate
 
-bench: ## run the benchmarks; figures go to bench/results/latest.json and the README
+bench: build ## run the benchmarks (after the arm64 build, whose sizes it reports); figures go to bench/results/latest.json and the README
 	$(CARGO) build --release -p api -p bench
 	scripts/with-services.sh $(CARGO) run --release -p bench --bin bench
 	python3 scripts/bench-readme.py
@@ -30,10 +30,11 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-build: ## sam build: cargo-lambda release builds of every function for arm64
-	cd infra && sam build --template template.yaml --beta-features
+build: ## cargo-lambda release builds of the five functions for arm64 (target/lambda/<function>/bootstrap)
+	scripts/build-arm64.sh
 
-deploy: build ## sam deploy, then one refresh run to warm the cache
+deploy: build ## sam build and deploy, then one refresh run to warm the cache
+	cd infra && sam build --template template.yaml --beta-features
 	cd infra && sam deploy --guided
 	cd infra && aws lambda invoke --function-name "$$(aws cloudformation describe-stacks --stack-name "$${STACK:-catalog-cache}" --query "Stacks[0].Outputs[?OutputKey=='RefreshFunctionName'].OutputValue" --output text)" --payload '{}' /dev/stdout
 

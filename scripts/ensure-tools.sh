@@ -38,3 +38,14 @@ export PATH="$python_scripts:$PATH"
 cfn_lint() {
   "$python_scripts/cfn-lint" "$@"
 }
+
+# For `make build`: the arm64 standard library and zig (cargo-lambda cross-links with it;
+# PyPI's `ziglang` carries it).
+ensure_arm64_toolchain() {
+  rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
+    || rustup target add aarch64-unknown-linux-gnu
+  command -v zig >/dev/null && return 0
+  "$python_bin" -c 'import ziglang' 2>/dev/null && return 0
+  echo "ensure-tools: installing ziglang from PyPI" >&2
+  "$python_bin" -m pip install --quiet --disable-pip-version-check ziglang
+}

@@ -1,12 +1,13 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry`, `views`, `sync` or `faults`
-//! (default: all).
+//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry`, `views`,
+//! `sync`, `faults` or `binaries` (the arm64 builds of `make build`; default: all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
 
 mod api;
+mod binaries;
 mod cache;
 mod expiry;
 mod faults;
@@ -23,8 +24,8 @@ use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 7] = [
-    "cache", "api", "refresh", "expiry", "views", "sync", "faults",
+const GROUPS: [&str; 8] = [
+    "cache", "api", "refresh", "expiry", "views", "sync", "faults", "binaries",
 ];
 
 /// mimalloc: faster than the system allocator for this many small JSON allocations.
@@ -52,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             "views-rate" => views::run_rate(&mut report).await?,
             "sync" => sync::run(&mut report).await?,
             "faults" => faults::run(&mut report).await?,
+            "binaries" => binaries::run(&mut report)?,
             // Parts of `cache` alone.
             "codec" => cache::compression(&mut report),
             "coherence" => cache::coherence(&mut report).await?,

@@ -2,10 +2,12 @@
 //! finds its serverless cache's endpoint at cold start, and `/admin/cache/stats` shows the
 //! cache's status and usage limits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_elasticache::Client;
 use serde::Serialize;
+use tokio::sync::OnceCell;
 
 /// How long a cold start waits for `DescribeServerlessCaches`; past it the function serves
 /// without Redis (and says so in its log).
@@ -27,10 +29,11 @@ pub struct ServerlessCacheInfo {
     pub ecpu_per_second_max: Option<i32>,
 }
 
-/// One serverless cache as seen through the ElastiCache API, built once at cold start.
+/// One serverless cache as seen through the ElastiCache API. Its client is built on first
+/// use: a function given `REDIS_ENDPOINTS` never pays for it at cold start.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
-    client: Client,
+    client: Arc<OnceCell<Client>>,
     cache_name: String,
 }
 
@@ -38,17 +41,18 @@ impl ControlPlane {
     /// The control plane of `cache_name` over `client`.
     pub fn new(client: Client, cache_name: impl Into<String>) -> ControlPlane {
         ControlPlane {
-            client,
+            client: Arc::new(OnceCell::new_with(Some(client))),
             cache_name: cache_name.into(),
         }
     }
 
-    /// The control plane of `cache_name` on the default credentials chain and region.
-    pub async fn from_environment(cache_name: impl Into<String>) -> ControlPlane {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
-        ControlPlane::new(Client::new(&sdk), cache_name)
+    /// The control plane of `cache_name` on the default credentials chain and region,
+    /// loaded when first asked.
+    pub fn from_environment(cache_name: impl Into<String>) -> ControlPlane {
+        ControlPlane {
+            client: Arc::new(OnceCell::new()),
+            cache_name: cache_name.into(),
+        }
     }
 
     /// The cache's name.
@@ -58,18 +62,22 @@ impl ControlPlane {
 
     /// Describes the cache, within [`DESCRIBE_TIMEOUT`].
     pub async fn describe(&self) -> crate::Result<ServerlessCacheInfo> {
-        describe(&self.client, &self.cache_name).await
+        let client = self
+            .client
+            .get_or_init(|| async {
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .load()
+                    .await;
+                Client::new(&sdk)
+            })
+            .await;
+        describe(client, &self.cache_name).await
     }
 }
 
 /// Describes the serverless cache `name`, within [`DESCRIBE_TIMEOUT`].
 async fn describe(client: &Client, name: &str) -> crate::Result<ServerlessCacheInfo> {
-    let failed = |reason: String| {
-        crate::Error::Config(crate::config::ConfigError::Invalid {
-            name: "CACHE_NAME",
-            reason,
-        })
-    };
+    let failed = |reason: String| crate::Error::ControlPlane { reason };
     let output = tokio::time::timeout(
         DESCRIBE_TIMEOUT,
         client
@@ -157,25 +165,43 @@ pub mod testing {
     /// A client whose every call is answered with `status` and `body`; the second value
     /// collects the request bodies it was sent.
     pub fn client_answering(status: u16, body: String) -> (Client, Arc<Mutex<Vec<String>>>) {
+        client_answering_in_turn(vec![(status, body)])
+    }
+
+    /// A client answering its calls with `answers` in turn, the last one from then on.
+    pub fn client_answering_in_turn(
+        answers: Vec<(u16, String)>,
+    ) -> (Client, Arc<Mutex<Vec<String>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
         let http = infallible_client_fn(move |request| {
-            record.lock().unwrap().push(
+            let mut seen = record.lock().unwrap();
+            seen.push(
                 String::from_utf8_lossy(request.body().bytes().unwrap_or_default()).into_owned(),
             );
+            let (status, body) = answers[(seen.len() - 1).min(answers.len() - 1)].clone();
             http::Response::builder()
                 .status(status)
                 .header("content-type", "text/xml")
-                .body(body.clone())
+                .body(body)
                 .unwrap()
         });
+        (client_over(http), seen)
+    }
+
+    /// A client whose calls are never answered.
+    pub fn client_never_answering() -> Client {
+        client_over(aws_smithy_http_client::test_util::NeverClient::new())
+    }
+
+    fn client_over(http: impl aws_sdk_elasticache::config::HttpClient + 'static) -> Client {
         let config = aws_sdk_elasticache::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
             .http_client(http)
             .build();
-        (Client::from_conf(config), seen)
+        Client::from_conf(config)
     }
 }
 
@@ -210,6 +236,18 @@ mod tests {
             request.contains("ServerlessCacheName=catalog-cache-cache"),
             "{request}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_control_plane_that_does_not_answer_is_given_up_on_after_the_timeout() {
+        let control_plane = ControlPlane::new(
+            super::testing::client_never_answering(),
+            "catalog-cache-cache",
+        );
+        let started = tokio::time::Instant::now();
+        let err = control_plane.describe().await.unwrap_err();
+        assert!(matches!(err, crate::Error::Timeout { .. }), "{err:?}");
+        assert_eq!(started.elapsed(), DESCRIBE_TIMEOUT);
     }
 
     #[tokio::test]

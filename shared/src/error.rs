@@ -94,6 +94,13 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The ElastiCache control plane refused, or does not know the cache.
+    #[error("ElastiCache control plane: {reason}")]
+    ControlPlane {
+        /// What it said.
+        reason: String,
+    },
+
     /// Configuration was missing or malformed.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -117,7 +124,7 @@ impl Error {
                     || source.is_io_error()
                     || source.is_connection_refusal()
             }
-            Error::Timeout { .. } | Error::NotConnected => true,
+            Error::Timeout { .. } | Error::NotConnected | Error::ControlPlane { .. } => true,
             Error::Shared(inner) => inner.is_retryable(),
             Error::Invalid(_)
             | Error::NotFound { .. }

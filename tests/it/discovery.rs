@@ -4,7 +4,9 @@
 
 use catalog_core::config::{Config, RedisMode};
 use catalog_core::elasticache::ControlPlane;
-use catalog_core::elasticache::testing::{client_answering, describe_response};
+use catalog_core::elasticache::testing::{
+    client_answering, client_answering_in_turn, describe_response,
+};
 use catalog_core::wiring;
 use integration_tests::redis_cluster_nodes;
 
@@ -41,6 +43,43 @@ async fn a_cache_given_by_name_is_found_and_used_as_a_cluster() {
         .expect("Redis found through the control plane");
     // One seed endpoint, as ElastiCache gives, and the engine finds every master.
     assert_eq!(info.nodes, 3, "{info:?}");
+}
+
+#[tokio::test]
+async fn a_cache_still_creating_is_looked_up_again_until_it_has_an_endpoint() {
+    let config = config_naming_the_cache();
+    let seed = redis_cluster_nodes().remove(0);
+    let (host, port) = seed.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let refused = r#"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>slow down</Message></Error></ErrorResponse>"#;
+    let (client, calls) = client_answering_in_turn(vec![
+        (200, describe_response("catalog-cache", "creating", None)),
+        (400, refused.into()),
+        (
+            200,
+            describe_response("catalog-cache", "available", Some((host, port))),
+        ),
+    ]);
+    let control_plane = ControlPlane::new(client, "catalog-cache");
+    let cache = wiring::cache_with(&config, Some(&control_plane)).await;
+    // Within the init wait the lookup was retried (100 ms, 200 ms backoff) and Redis reached.
+    let mut info = cache.server_info().await;
+    for _ in 0..50 {
+        if info.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        info = cache.server_info().await;
+    }
+    assert_eq!(
+        info.expect("found after the cache became available").nodes,
+        3
+    );
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        3,
+        "looked up once more after each failure, then no more"
+    );
 }
 
 #[tokio::test]

@@ -348,3 +348,33 @@ fn every_metric_an_alarm_or_the_dashboard_watches_in_our_namespace_is_emitted() 
         );
     }
 }
+
+/// Least privilege in the template's terms: every statement names its actions (no `*`, no
+/// SAM policy template granting a whole table's data plane) on named resources.
+#[test]
+fn every_function_is_granted_named_actions_on_named_resources() {
+    let template = template();
+    for (id, function) in functions(&template) {
+        let policies = function["Properties"]["Policies"].as_sequence().unwrap();
+        for policy in policies {
+            let statements = policy["Statement"].as_sequence().unwrap_or_else(|| {
+                panic!("{id}: a policy template instead of statements: {policy:?}")
+            });
+            for statement in statements {
+                let actions: Vec<&str> = match &statement["Action"] {
+                    Value::String(one) => vec![one.as_str()],
+                    Value::Sequence(many) => many.iter().map(|a| a.as_str().unwrap()).collect(),
+                    other => panic!("{id}: Action {other:?}"),
+                };
+                for action in actions {
+                    assert!(!action.contains('*'), "{id}: {action}");
+                }
+                assert_ne!(
+                    statement["Resource"].as_str(),
+                    Some("*"),
+                    "{id}: {statement:?}"
+                );
+            }
+        }
+    }
+}

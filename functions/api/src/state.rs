@@ -48,8 +48,8 @@ pub struct AppState {
 impl AppState {
     /// State on DynamoDB and Redis from the configuration: clients built once, at cold start.
     pub async fn from_config(config: &Config) -> AppState {
-        let (store, control_plane) =
-            tokio::join!(wiring::dynamo_store(config), wiring::control_plane(config));
+        let store = wiring::dynamo_store(config).await;
+        let control_plane = wiring::control_plane(config);
         let cache = wiring::cache_with(config, control_plane.as_ref()).await;
         AppState {
             control_plane,

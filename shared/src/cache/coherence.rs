@@ -7,20 +7,21 @@
 //! - Each environment polls the log from where it last read, in the background, when its
 //!   last poll started more than a quarter of the bound ago and it is serving from L1, and
 //!   drops those keys from its L1.
-//! - An L1 entry is served only while it was read from L2 or the database, or a successful
-//!   poll started, less than the bound ago. So a frozen environment (a Lambda between
-//!   invocations) that missed polls does not serve its L1 after the thaw until a poll has
-//!   caught up: it reads L2 meanwhile. Polls vouch only for entries read after the first
-//!   poll began (the log's head is where this environment starts reading).
-//! - A value read before a poll that learnt its key changed is not put in L1 (the read may
-//!   predate the change): the poll runs concurrently with requests.
+//! - An L1 entry is served only while it was read from L2 or the database less than the bound
+//!   ago, or, if it was read after the first poll had the log's head (where this environment
+//!   starts reading), while a successful poll started less than the bound ago. So a frozen
+//!   environment (a Lambda between invocations) that missed polls does not serve its L1 after
+//!   the thaw until a poll has caught up: it reads L2 meanwhile.
+//! - A value whose read began before a log page reporting its key's change arrived is not put
+//!   in L1 (the read may predate the change): polls run concurrently with requests.
 //! - A log trimmed past this environment's position, or lost, clears the whole L1.
 //! - While Redis is unreachable (circuit open), nothing can be delivered either way: L1
 //!   entries live their TTL, as without coherence. Changes whose publication failed are
 //!   kept and published after the next L2 call that succeeds (past [`LOG_KEEP`] of them, one
 //!   [`CHANGE_LOG_CLEAR`] tells every environment to clear its L1 instead).
 //!
-//! Cost: at most four `ZRANGE`s a second per busy environment, one script per write.
+//! Cost: at most four log reads per bound per busy environment (four a second at the default
+//! 1 s), none while idle; one script per write.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -77,7 +78,7 @@ impl Unpublished {
     fn add(&self, keys: &[&str]) {
         let mut held = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         for key in keys {
-            if held.len() < LOG_KEEP {
+            if held.len() < LOG_KEEP || held.contains(*key) {
                 held.insert((*key).to_owned());
             } else {
                 self.overflowed.store(true, Ordering::Release);
@@ -97,6 +98,11 @@ impl Unpublished {
         let keys: Vec<String> = held.drain().collect();
         if self.overflowed.swap(false, Ordering::AcqRel) {
             return Some(vec![CHANGE_LOG_CLEAR.to_owned()]);
+        }
+        if keys.is_empty() {
+            // Another publication took them between the flag and the lock.
+            self.done();
+            return None;
         }
         Some(keys)
     }

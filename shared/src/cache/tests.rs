@@ -1216,6 +1216,28 @@ mod coherence {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_clear_in_the_log_clears_every_readers_l1() {
+        let f = Fixture::new();
+        let (writer, reader) = (f.engine(), f.engine());
+        let k = key(&writer, "p1");
+        writer.put(&k, item("k", 1), T0).await;
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        // What an environment that lost track of its changes publishes.
+        let log = writer.keys().change_log();
+        f.l2.publish_changes(
+            &log,
+            &[l2::CHANGE_LOG_CLEAR],
+            crate::cache::coherence::LOG_KEEP,
+        )
+        .await
+        .unwrap();
+        poll(&f, &reader).await;
+        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_generation_bumped_elsewhere_is_seen_at_the_next_poll() {
         let f = Fixture::new();
         let (writer, reader) = (f.engine(), f.engine());

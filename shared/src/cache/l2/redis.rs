@@ -12,6 +12,7 @@ use super::slots::SlotOwners;
 use super::{L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::key::hash_slot;
 use crate::config::{RedisConfig, RedisMode};
+use crate::elasticache::ControlPlane;
 use crate::error::{Error, Result};
 use crate::redis_conn::RedisConnection;
 
@@ -109,6 +110,10 @@ pub struct RedisL2 {
     conn: RwLock<Option<RedisConnection>>,
     /// How to connect again; `None` for an L2 built over a given connection.
     config: Option<RedisConfig>,
+    /// Where to look the endpoint up when `config` names none (`CACHE_NAME` alone).
+    control_plane: Option<ControlPlane>,
+    /// `config` with the endpoint the control plane gave, once it gave one.
+    discovered: std::sync::OnceLock<RedisConfig>,
     /// A reconnect is under way.
     reconnecting: AtomicBool,
     /// This L2 itself, for the reconnect task (set by [`RedisL2::connect`]).
@@ -140,10 +145,21 @@ impl RedisL2 {
     /// in the init phase so the first request finds Redis ready). Retries with capped backoff
     /// until it succeeds or the returned handle is dropped.
     pub async fn connect(config: RedisConfig, wait: Duration) -> Arc<RedisL2> {
-        let l2 = Arc::new(RedisL2::unconnected(
-            config.mode == RedisMode::Cluster,
-            Some(config),
-        ));
+        RedisL2::connect_discovering(config, None, wait).await
+    }
+
+    /// [`RedisL2::connect`], looking the endpoint up through `control_plane` first when
+    /// `config` names none. Until the control plane gives one (it may refuse, time out, or
+    /// the cache may still be creating), the lookup is retried with the connect's backoff
+    /// and every call fails fast, as while connecting.
+    pub async fn connect_discovering(
+        config: RedisConfig,
+        control_plane: Option<ControlPlane>,
+        wait: Duration,
+    ) -> Arc<RedisL2> {
+        let mut l2 = RedisL2::unconnected(config.mode == RedisMode::Cluster, Some(config));
+        l2.control_plane = control_plane;
+        let l2 = Arc::new(l2);
         let _ = l2.this.set(Arc::downgrade(&l2));
         let connecting = tokio::spawn(Self::connect_until_done(Arc::downgrade(&l2)));
         // On timeout the task is detached, not cancelled: it keeps trying.
@@ -154,7 +170,20 @@ impl RedisL2 {
     /// Connects (again) until it succeeds or the L2 is dropped, then installs the connection.
     async fn connect_until_done(weak: Weak<RedisL2>) {
         let mut backoff = Duration::from_millis(100);
-        while let Some(config) = weak.upgrade().and_then(|l2| l2.config.clone()) {
+        loop {
+            let Some(l2) = weak.upgrade() else { return };
+            let endpoint = l2.endpoint_config().await;
+            drop(l2);
+            let config = match endpoint {
+                Ok(Some(config)) => config,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "cannot look the cache's endpoint up; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
             match RedisConnection::connect(&config).await {
                 Ok(conn) => {
                     if let Some(l2) = weak.upgrade() {
@@ -173,10 +202,46 @@ impl RedisL2 {
         }
     }
 
+    /// The configuration to connect with: the given one, or, when it names no endpoint, the
+    /// one the control plane gives (looked up once). `None` for an L2 over a given connection.
+    async fn endpoint_config(&self) -> Result<Option<RedisConfig>> {
+        let Some(config) = &self.config else {
+            return Ok(None);
+        };
+        if !config.nodes.is_empty() {
+            return Ok(Some(config.clone()));
+        }
+        if let Some(found) = self.discovered.get() {
+            return Ok(Some(found.clone()));
+        }
+        let Some(control_plane) = &self.control_plane else {
+            return Err(Error::ControlPlane {
+                reason: "no endpoint configured and no cache name to look one up".into(),
+            });
+        };
+        let info = control_plane.describe().await?;
+        let Some(endpoint) = info.endpoint else {
+            return Err(Error::ControlPlane {
+                reason: format!(
+                    "cache `{}` has no endpoint yet ({})",
+                    info.name, info.status
+                ),
+            });
+        };
+        tracing::info!(cache = %info.name, %endpoint, status = %info.status, "found the cache's endpoint");
+        let found = RedisConfig {
+            nodes: vec![endpoint],
+            ..config.clone()
+        };
+        Ok(Some(self.discovered.get_or_init(|| found).clone()))
+    }
+
     fn unconnected(cluster: bool, config: Option<RedisConfig>) -> Self {
         RedisL2 {
             conn: RwLock::new(None),
             config,
+            control_plane: None,
+            discovered: std::sync::OnceLock::new(),
             reconnecting: AtomicBool::new(false),
             this: std::sync::OnceLock::new(),
             cluster,
