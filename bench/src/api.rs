@@ -31,11 +31,11 @@ const PRODUCTS: usize = 1000;
 const CONCURRENCY: usize = 32;
 const LOAD_FOR: Duration = Duration::from_secs(5);
 
-fn id(i: usize) -> ProductId {
+pub(crate) fn id(i: usize) -> ProductId {
     ProductId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     Config::from_lookup(|name| match name {
         "CATALOG_TABLE" | "VIEWS_TABLE" | "STATS_TABLE" => Some("bench".into()),
         "ADMIN_TOKEN" => Some("bench-token-bench-token".into()),
@@ -53,7 +53,7 @@ fn release_binary(name: &str) -> PathBuf {
 }
 
 /// 1000 products of about 2 KiB (with offers) and their stats, in memory.
-async fn seeded_store() -> anyhow::Result<Arc<MemoryStore>> {
+pub(crate) async fn seeded_store() -> anyhow::Result<Arc<MemoryStore>> {
     let store = Arc::new(MemoryStore::new());
     for i in 0..PRODUCTS {
         let detail = product_detail(&format!("p{i}"), 2048);

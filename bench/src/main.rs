@@ -1,7 +1,7 @@
 //! `make bench`: runs benchmark groups against real Redis (started by `scripts/with-services.sh`
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
-//! Usage: `bench [group...]` where a group is `cache`, `api`, `refresh`, `expiry`, `views`,
+//! Usage: `bench [group...]` where a group is `cache`, `handler`, `api`, `refresh`, `expiry`, `views`,
 //! `sync`, `faults` or `binaries` (the arm64 builds of `make build`; default: all).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
@@ -12,6 +12,7 @@ mod cache;
 mod expiry;
 mod faults;
 mod fixtures;
+mod handler;
 mod load;
 mod redis_raw;
 mod refresh;
@@ -24,8 +25,8 @@ use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 8] = [
-    "cache", "api", "refresh", "expiry", "views", "sync", "faults", "binaries",
+const GROUPS: [&str; 9] = [
+    "cache", "handler", "api", "refresh", "expiry", "views", "sync", "faults", "binaries",
 ];
 
 /// mimalloc: faster than the system allocator for this many small JSON allocations.
@@ -57,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
             // Parts of `cache` alone.
             "codec" => cache::compression(&mut report),
             "coherence" => cache::coherence(&mut report).await?,
+            "handler" => handler::run(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }
         // Save after every group so a later failure keeps what was measured.

@@ -78,12 +78,8 @@ pub async fn open(config: &Config, demo_products: Option<usize>) -> anyhow::Resu
             )
         }
     };
-    let streams = aws_sdk_dynamodbstreams::Client::new(
-        &aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .load()
-            .await,
-    );
+    let streams =
+        aws_sdk_dynamodbstreams::Client::new(&catalog_core::aws::sdk_config(None, Some(endpoint)));
     let stream_of = |table: &str| {
         let (client, streams, table) = (store.client().clone(), streams.clone(), table.to_owned());
         async move {

@@ -64,12 +64,7 @@ impl ControlPlane {
     pub async fn describe(&self) -> crate::Result<ServerlessCacheInfo> {
         let client = self
             .client
-            .get_or_init(|| async {
-                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .load()
-                    .await;
-                Client::new(&sdk)
-            })
+            .get_or_init(|| async { Client::new(&crate::aws::sdk_config(None, None)) })
             .await;
         describe(client, &self.cache_name).await
     }

@@ -17,6 +17,7 @@
 //! - [`telemetry`]: tracing set-up.
 //! - [`wiring`]: clients built once at cold start from the configuration.
 
+pub mod aws;
 pub mod cache;
 pub mod clock;
 pub mod config;

@@ -45,10 +45,10 @@ impl RedisConnection {
     /// Connects according to `config`. Fails if no node answers within the connect timeout.
     /// With IAM authentication, tokens are signed with the default credentials chain.
     pub async fn connect(config: &RedisConfig) -> Result<RedisConnection> {
-        let iam = match &config.iam {
-            Some(auth) => Some(auth.provider(crate::redis_iam::default_credentials().await?)),
-            None => None,
-        };
+        let iam = config
+            .iam
+            .as_ref()
+            .map(|auth| auth.provider(crate::redis_iam::default_credentials()));
         Self::connect_with(config, iam).await
     }
 

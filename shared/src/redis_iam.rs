@@ -97,13 +97,9 @@ fn auth_error(detail: String) -> crate::Error {
     }
 }
 
-/// The function's own credentials, from the default chain (in Lambda, its role's).
-pub async fn default_credentials() -> crate::Result<SharedCredentialsProvider> {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
-        .credentials_provider()
-        .ok_or_else(|| auth_error("no AWS credentials provider to sign the token with".into()))
+/// The function's own credentials (in Lambda, its role's, from the environment).
+pub fn default_credentials() -> SharedCredentialsProvider {
+    crate::aws::credentials()
 }
 
 /// SigV4's query encoding: everything but unreserved characters, percent-encoded.

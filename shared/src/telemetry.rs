@@ -1,26 +1,31 @@
 //! Tracing set-up for every binary: JSON lines when Lambda asks for them, compact text otherwise.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the global subscriber once, at the top of `main`.
 ///
 /// - `AWS_LAMBDA_LOG_FORMAT=JSON` (set by Lambda's advanced logging controls) selects JSON lines
 ///   that CloudWatch Logs Insights can query; anything else gives one compact text line per event.
-/// - The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`, defaulting to `info`.
+/// - The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`, defaulting to `info`; a
+///   level, or `target=level` directives (`info,redis=warn`). Targets, not `EnvFilter`: no
+///   span or field filters, and no regex engine in every binary.
 /// - No timestamps or colours under Lambda (CloudWatch adds the time and shows escape codes
 ///   raw), and no colours when stdout is not a terminal.
 pub fn init() {
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
-    let filter =
-        EnvFilter::try_new(level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter: Targets = level
+        .to_lowercase()
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
 
     let colour = !in_lambda && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_target(false)
         .with_ansi(colour);
     // A second initialisation (tests calling init twice) is harmless, so its error is ignored.
@@ -30,10 +35,17 @@ pub fn init() {
             .flatten_event(true)
             .with_current_span(false)
             .without_time()
+            .finish()
+            .with(filter)
             .try_init()
     } else if in_lambda {
-        builder.compact().without_time().try_init()
+        builder
+            .compact()
+            .without_time()
+            .finish()
+            .with(filter)
+            .try_init()
     } else {
-        builder.compact().try_init()
+        builder.compact().finish().with(filter).try_init()
     };
 }

@@ -59,6 +59,7 @@ pub fn dynamodb_client() -> Client {
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .endpoint_url(dynamodb_endpoint())
+        .http_client(catalog_core::aws::https_client())
         .build();
     Client::from_conf(config)
 }
@@ -73,6 +74,7 @@ pub async fn dynamodb_stream(table: &str) -> std::sync::Arc<dyn esm::source::Str
                 "test", "test", None, None, "tests",
             ))
             .endpoint_url(dynamodb_endpoint())
+            .http_client(catalog_core::aws::https_client())
             .build(),
     );
     match esm::source::DynamoStreamSource::for_table(&dynamodb_client(), streams, table).await {

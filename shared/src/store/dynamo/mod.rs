@@ -8,7 +8,6 @@ mod stats;
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -17,19 +16,18 @@ use rand::Rng;
 use crate::config::{DynamoConfig, TableNames};
 use crate::error::Error;
 
-/// Builds the DynamoDB client once per process: region and credentials from the standard
-/// AWS chain, an endpoint override for local APIs, and an operation deadline so a stuck call
+/// Builds the DynamoDB client once per process: region and credentials from the environment
+/// (see [`crate::aws`]), an endpoint override for local APIs, and an operation deadline so a stuck call
 /// cannot eat the Lambda's whole timeout.
 pub async fn client(config: &DynamoConfig) -> Client {
     let timeouts = TimeoutConfig::builder()
         .operation_timeout(config.operation_timeout)
         .connect_timeout(Duration::from_secs(1))
         .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
-    if let Some(endpoint) = &config.endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    Client::new(&loader.load().await)
+    Client::new(&crate::aws::sdk_config(
+        Some(timeouts),
+        config.endpoint.as_deref(),
+    ))
 }
 
 /// Classifies an SDK error: network failures, timeouts, throttling and 5xx are retryable.
