@@ -237,8 +237,6 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     .await?;
     lambda_watch(report, &redis, &cache).await?;
     cold_start(report, &redis, &cache).await?;
-    let bytes = std::fs::metadata(release_binary("api"))?.len();
-    report.set("api_binary_bytes", bytes as f64, "bytes");
     Ok(())
 }
 

@@ -75,8 +75,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Deferred {
 pub enum AfterResponse {
     /// Spawned on the runtime: a long-running server, where nothing freezes.
     Spawn,
-    /// Handed to the runtime layer, once per invocation (possibly empty), to run after the
-    /// response and before the environment freezes.
+    /// Handed to the runtime layer (when there is any), to run after the response and before
+    /// the environment freezes.
     Invocation(mpsc::UnboundedSender<DeferredBatch>),
 }
 
@@ -92,7 +92,7 @@ impl AfterResponse {
                 }
             }
             AfterResponse::Invocation(sender) => {
-                if sender.send(work).is_err() {
+                if !work.is_empty() && sender.send(work).is_err() {
                     tracing::warn!(
                         "the runtime layer is gone; deferred work dropped (the next stale read revalidates again)"
                     );
@@ -113,9 +113,12 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         state.counters_flush_every,
         state.emf_function.clone(),
     );
-    deferred.push(async move {
-        cache.flush_counters(every, emf.as_deref()).await;
-    });
+    // Most requests find the flush not due: they leave no work at all.
+    if cache.counters_flush_due(every) {
+        deferred.push(async move {
+            cache.flush_counters(every, emf.as_deref()).await;
+        });
+    }
     state.after_response.dispatch(deferred.take());
     response
 }

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use catalog_core::cache::{Policy, Source};
+use catalog_core::model::{Offer, PeriodStats, Product};
 use serde::Serialize;
 
 /// The `X-Cache` value of a source.
@@ -87,6 +88,34 @@ pub fn etag<T: Serialize>(data: &T) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
     serde_json::to_vec(data)
         .unwrap_or_default()
+        .hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
+}
+
+/// A strong validator from what identifies a product answer's content, with no serializing:
+/// the product's version, each live offer's id and version (every write bumps a version; an
+/// offer that expires leaves the set), and the stats' figures.
+pub fn product_etag(
+    product: &Product,
+    live_offers: &[Offer],
+    stats: Option<&PeriodStats>,
+) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (&product.id, product.version).hash(&mut hasher);
+    for offer in live_offers {
+        (&offer.id, offer.version).hash(&mut hasher);
+    }
+    // Destructured: a new field must be added here to reach the validator.
+    stats
+        .map(
+            |PeriodStats {
+                 views_1h,
+                 views_24h,
+                 views_7d,
+                 views_30d,
+                 computed_at,
+             }| (views_1h, views_24h, views_7d, views_30d, computed_at),
+        )
         .hash(&mut hasher);
     format!("\"{:016x}\"", hasher.finish())
 }

@@ -43,6 +43,18 @@ pub struct History {
 }
 
 impl Cache {
+    /// Whether [`Cache::flush_counters`] with `every` would flush now: a request can skip
+    /// queueing it otherwise.
+    pub fn counters_flush_due(&self, every: Duration) -> bool {
+        let last = self
+            .inner
+            .flushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
+        self.now() - last >= crate::clock::millis(every)
+    }
+
     /// Adds what this process counted since its last flush to the shared per-minute buckets,
     /// if at least `every` has passed. With `emf_function`, also prints the delta as a
     /// CloudWatch Embedded Metric Format line with that `Function` dimension (in Lambda, where

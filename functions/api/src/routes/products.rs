@@ -22,7 +22,9 @@ use crate::auth::Writer;
 use crate::deferred::Deferred;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, offer_id, product_id};
-use crate::respond::{CacheInfo, Cached, combined_source, elapsed_ms, etag, not_found};
+use crate::respond::{
+    CacheInfo, Cached, combined_source, elapsed_ms, etag, not_found, product_etag,
+};
 use crate::state::AppState;
 
 /// Most ids one batch request may name.
@@ -83,7 +85,7 @@ pub async fn get_product(
         .filter(|o| o.is_live_at(now))
         .cloned()
         .collect();
-    let tag = etag(&(&found.product, &offers, &stats));
+    let tag = product_etag(&found.product, &offers, stats.as_ref());
     Ok(Cached {
         body: ProductResponse {
             product: found.product.clone(),
