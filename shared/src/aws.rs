@@ -18,11 +18,18 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 /// Region when the environment names none (local runs against moto).
 const LOCAL_REGION: &str = "us-east-1";
 
+/// Makes ring the process's rustls provider (the SDK's and Redis's TLS), so nothing depends
+/// on which provider features happen to be enabled. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The process's HTTPS client: one connection pool for every SDK client.
 pub fn https_client() -> SharedHttpClient {
     static CLIENT: OnceLock<SharedHttpClient> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
+            install_crypto_provider();
             aws_smithy_http_client::Builder::new()
                 .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
                 .build_https()

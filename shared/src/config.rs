@@ -131,7 +131,8 @@ pub struct RedisConfig {
     /// ElastiCache Serverless requires).
     pub tls: bool,
     /// PEM certificates of the CA that signed the server's certificate (`REDIS_CA_FILE`),
-    /// read at start-up; `None` trusts the public roots (as ElastiCache needs).
+    /// read at start-up; `None` trusts the system's roots (`SSL_CERT_FILE`, or the usual
+    /// certificate folders), which include ElastiCache's.
     pub ca_pem: Option<std::sync::Arc<Vec<u8>>>,
     /// ACL user (`REDIS_USERNAME`), if any.
     pub username: Option<String>,

@@ -17,15 +17,18 @@ pub fn init() {
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
+    // Lambda's levels are TRACE..ERROR and FATAL; tracing has no FATAL.
+    let level = level.to_lowercase().replace("fatal", "error");
     let filter: Targets = level
-        .to_lowercase()
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
 
     let colour = !in_lambda && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // The builder's own limit (INFO by default) would cap what `filter` lets through.
     let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_target(false)
         .with_ansi(colour);
     // A second initialisation (tests calling init twice) is harmless, so its error is ignored.

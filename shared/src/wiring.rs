@@ -36,6 +36,7 @@ pub async fn cache(config: &Config) -> Cache {
 /// [`cache`], looking a nameless endpoint up through `control_plane` (in the background, until
 /// it answers: meanwhile the engine reads through to the database).
 pub async fn cache_with(config: &Config, control_plane: Option<&ControlPlane>) -> Cache {
+    crate::aws::install_crypto_provider();
     let l2 = match &config.redis {
         Some(redis) => Some(
             RedisL2::connect_discovering(redis.clone(), control_plane.cloned(), REDIS_INIT_WAIT)

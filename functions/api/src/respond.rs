@@ -94,16 +94,18 @@ pub fn etag<T: Serialize>(data: &T) -> String {
 
 /// A strong validator from what identifies a product answer's content, with no serializing:
 /// the product's version, each live offer's id and version (every write bumps a version; an
-/// offer that expires leaves the set), and the stats' figures.
+/// offer that expires leaves the set) and update times (a bulk load restarts versions), and the
+/// stats' figures.
 pub fn product_etag(
     product: &Product,
     live_offers: &[Offer],
     stats: Option<&PeriodStats>,
 ) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
-    (&product.id, product.version).hash(&mut hasher);
+    (&product.id, product.version, product.updated_at).hash(&mut hasher);
+    live_offers.len().hash(&mut hasher);
     for offer in live_offers {
-        (&offer.id, offer.version).hash(&mut hasher);
+        (&offer.id, offer.version, offer.updated_at).hash(&mut hasher);
     }
     // Destructured: a new field must be added here to reach the validator.
     stats

@@ -159,6 +159,8 @@ impl RedisL2 {
     ) -> Arc<RedisL2> {
         let mut l2 = RedisL2::unconnected(config.mode == RedisMode::Cluster, Some(config));
         l2.control_plane = control_plane;
+        // The first connect is under way: a failing health probe must not start a second.
+        l2.reconnecting = AtomicBool::new(true);
         let l2 = Arc::new(l2);
         let _ = l2.this.set(Arc::downgrade(&l2));
         let connecting = tokio::spawn(Self::connect_until_done(Arc::downgrade(&l2)));
