@@ -954,10 +954,15 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_runtime_layer() {
     };
     let ran_after_the_panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ran = ran_after_the_panic.clone();
+    let pushed_before_the_panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pushed = pushed_before_the_panic.clone();
     let routes = axum::Router::new()
         .route(
             "/boom",
-            get(|| async {
+            get(move |deferred: Deferred| async move {
+                deferred.push(async move {
+                    pushed.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
                 #[allow(clippy::panic)]
                 if true {
                     panic!("handler bug");
@@ -992,6 +997,7 @@ async fn a_panic_never_keeps_the_invocation_s_work_from_the_runtime_layer() {
         .try_recv()
         .expect("the panicked request's work was handed on");
     futures::future::join_all(batch).await;
+    assert!(pushed_before_the_panic.load(std::sync::atomic::Ordering::SeqCst));
 
     let response = router
         .oneshot(Request::get("/late-boom").body(Body::empty()).unwrap())
