@@ -17,7 +17,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         // Without Redis there is nothing to keep in step: fail the cold start loudly rather
         // than acknowledge every record.
         return Err(
-            "cache-sync needs REDIS_ENDPOINTS: it keeps Redis in step with the catalog".into(),
+            "cache-sync needs REDIS_ENDPOINTS or CACHE_NAME: it keeps Redis in step with the catalog".into(),
         );
     }
     let cache = catalog_core::wiring::cache(&config).await;
