@@ -1003,15 +1003,20 @@ mod coherence {
         f.clock.advance(Duration::from_millis(1));
     }
 
+    /// `writer` stores `k` as `name`; `reader` polls once, then reads it from L2 into L1.
+    async fn held_in_l1(f: &Fixture, writer: &Cache, reader: &Cache, k: &CacheKey, name: &str) {
+        writer.put(k, item(name, 1), T0).await;
+        poll(f, reader).await;
+        assert_eq!(read_name(f, reader, k).await, (name.into(), Source::L2));
+        assert_eq!(read_name(f, reader, k).await, (name.into(), Source::L1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_change_in_one_environment_leaves_the_others_l1_at_their_next_poll() {
         let f = Fixture::new();
         let (writer, reader) = (f.engine(), f.engine());
         let k = key(&writer, "p1");
-        writer.put(&k, item("old", 1), T0).await;
-        poll(&f, &reader).await;
-        assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L2));
-        assert_eq!(read_name(&f, &reader, &k).await, ("old".into(), Source::L1));
+        held_in_l1(&f, &writer, &reader, &k, "old").await;
 
         writer.put(&k, item("new", 2), T0).await;
         // Until it polls, the reader may serve its copy (within the bound)...
@@ -1062,10 +1067,7 @@ mod coherence {
         let f = Fixture::new();
         let (writer, reader) = (f.engine(), f.engine());
         let k = key(&writer, "p1");
-        writer.put(&k, item("old", 1), T0).await;
-        poll(&f, &reader).await;
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        held_in_l1(&f, &writer, &reader, &k, "old").await;
 
         // Frozen (no poll runs) past the bound, still within the L1 TTL; meanwhile a change.
         writer.put(&k, item("new", 2), T0).await;
@@ -1162,9 +1164,7 @@ mod coherence {
         let f = Fixture::new();
         let (writer, reader) = (f.engine(), f.engine());
         let k = key(&writer, "p1");
-        writer.put(&k, item("old", 1), T0).await;
-        poll(&f, &reader).await;
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
+        held_in_l1(&f, &writer, &reader, &k, "old").await;
 
         let publishing_fails = Arc::new(AtomicBool::new(true));
         let fails = publishing_fails.clone();
@@ -1186,10 +1186,7 @@ mod coherence {
         let f = Fixture::new();
         let (writer, reader) = (f.engine(), f.engine());
         let (k, other) = (key(&writer, "p1"), key(&writer, "p2"));
-        writer.put(&k, item("k", 1), T0).await;
-        poll(&f, &reader).await;
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        held_in_l1(&f, &writer, &reader, &k, "k").await;
 
         // More changes than the log keeps, none of them `k`'s: the reader cannot know which it
         // missed, so it keeps nothing.
@@ -1220,10 +1217,7 @@ mod coherence {
         let f = Fixture::new();
         let (writer, reader) = (f.engine(), f.engine());
         let k = key(&writer, "p1");
-        writer.put(&k, item("k", 1), T0).await;
-        poll(&f, &reader).await;
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L2);
-        assert_eq!(read_name(&f, &reader, &k).await.1, Source::L1);
+        held_in_l1(&f, &writer, &reader, &k, "k").await;
         // What an environment that lost track of its changes publishes.
         let log = writer.keys().change_log();
         f.l2.publish_changes(
