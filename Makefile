@@ -16,9 +16,10 @@ setup: ## install the local tools (redis-server, moto[server], cfn-lint, cargo-l
 dev: ## run the API and the refresh job locally on 127.0.0.1:3000 (embedded store and cache, demo data)
 	$(CARGO) run -p local
 
-test: ## run every test: unit, integration against real Redis (standalone + cluster) and moto, the API contract (schemathesis), cfn-lint
+test: ## run every test: unit, integration against real Redis (standalone + cluster) and moto, the API contract (schemathesis), the status page in headless Chromium, cfn-lint
 	scripts/with-services.sh $(CARGO) test --workspace --all-targets
 	scripts/contract-test.sh
+	scripts/browser-test.sh
 	@$(MAKE) --no-print-directory validate
 
 bench: build ## run the benchmarks (after the arm64 build, whose sizes it reports); figures go to bench/results/latest.json and the README

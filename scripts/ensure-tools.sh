@@ -20,6 +20,14 @@ ensure_redis() {
   as_root service redis-server stop >/dev/null 2>&1 || true
 }
 
+# For the status page's browser test: Debian's Chromium and its ChromeDriver.
+ensure_browser() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  echo "ensure-tools: installing Debian chromium and chromium-driver" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 ensure_python_tools() {
   local missing=()
   "$python_bin" -c 'import moto.server, flask, flask_cors' 2>/dev/null || missing+=("moto[server]")

@@ -167,6 +167,7 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   curl -s {base}/admin/cache/health {admin}
   curl -s {base}/admin/jobs {admin}
   curl -s {base}/openapi.json
+  open {base}/status in a browser: the live status page (type the admin token, dev-admin-token)
 Ctrl-C stops the server.
 "#
     );

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{admin, feed, offers, products};
+use crate::routes::{admin, feed, offers, products, status};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -26,6 +26,7 @@ use crate::state::AppState;
         (name = "offers", description = "Offers and their expiry; writes need the write token"),
         (name = "feeds", description = "Ranked feeds"),
         (name = "admin", description = "Cache operations; bearer token required"),
+        (name = "status", description = "The live status page; its figures come from the admin routes"),
     )
 )]
 struct ApiDoc;
@@ -250,6 +251,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::warm))
         .routes(routes!(admin::invalidate))
         .routes(routes!(admin::jobs))
+        .routes(routes!(status::page))
 }
 
 /// What the document says of a product, offer or event id: 1 to 64 of `[A-Za-z0-9_-]`.

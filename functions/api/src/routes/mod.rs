@@ -4,3 +4,4 @@ pub mod admin;
 pub mod feed;
 pub mod offers;
 pub mod products;
+pub mod status;

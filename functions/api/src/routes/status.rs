@@ -1,0 +1,78 @@
+//! `GET /status`: a live status page (one HTML file, no build step). It holds no figures
+//! itself: its script reads the admin routes with the admin token the user types in, so the
+//! page is public and reveals nothing without the token.
+
+use std::sync::LazyLock;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// The page, compiled in.
+pub const PAGE: &str = include_str!("../status.html");
+
+/// Content-Security-Policy: the page's own inline script (by its hash) and style, and fetches
+/// to this origin only; no other script, frame or form target.
+static POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let script = inline_script(PAGE);
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script));
+    let policy = format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&policy).expect("a base64 hash is a valid header value")
+});
+
+/// The text between the page's one `<script>` and `</script>`: what the browser hashes.
+fn inline_script(page: &str) -> &str {
+    let start = page.find("<script>").expect("the page has a script") + "<script>".len();
+    let end = page[start..]
+        .find("</script>")
+        .expect("the script is closed")
+        + start;
+    &page[start..end]
+}
+
+#[utoipa::path(
+    get, path = "/status", tag = "status",
+    responses((status = 200, description = "The status page (HTML); its figures come from the admin routes", content_type = "text/html"))
+)]
+/// The live status page: hit ratios by tier, health, job runs, breaker, Redis memory.
+pub async fn page() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CONTENT_SECURITY_POLICY, POLICY.clone()),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_allows_exactly_the_pages_script() {
+        let script = inline_script(PAGE);
+        assert!(
+            script.contains("fetchAdmin"),
+            "the hashed text is the script"
+        );
+        assert_eq!(PAGE.matches("<script").count(), 1, "one script only");
+        let policy = POLICY.to_str().unwrap();
+        let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script));
+        assert!(policy.contains(&format!("'sha256-{hash}'")));
+        assert!(!policy.contains("script-src 'unsafe-inline'"));
+    }
+}
