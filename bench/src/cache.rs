@@ -1,6 +1,6 @@
-//! Cache engine benchmarks: herd, per-tier latency, compression, Redis outage, Zipf workload.
+//! Cache engine benchmarks: herd, per-tier latency, compression, Redis outage, and (in
+//! `zipf.rs`) the Zipf workload.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,25 +10,24 @@ use catalog_core::cache::l2::redis::RedisL2;
 use catalog_core::cache::{Cache, CacheOptions, Cacheable, Source};
 use catalog_core::cache::{codec, envelope};
 use catalog_core::clock::SystemClock;
-use catalog_core::config::{CategoryTtls, RedisConfig, Ttl};
+use catalog_core::config::RedisConfig;
 use catalog_core::model::{ProductDetail, ProductId};
 use catalog_core::redis_conn::RedisConnection;
 use integration_tests::RedisServer;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Zipf};
 
 use crate::fixtures::product_detail;
 use crate::report::Report;
 use crate::stats::{Samples, micros, millis};
 
 /// Modelled DynamoDB latency per call.
-const DB_LATENCY: Duration = Duration::from_millis(4);
+pub(crate) const DB_LATENCY: Duration = Duration::from_millis(4);
 
 /// Benchmarks wrap the domain type so the cache sees a versioned value.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
-struct Doc(ProductDetail);
+pub(crate) struct Doc(pub(crate) ProductDetail);
 
 impl Cacheable for Doc {
     fn cache_version(&self) -> u64 {
@@ -40,11 +39,14 @@ impl Cacheable for Doc {
     }
 }
 
-fn id(i: usize) -> ProductId {
+pub(crate) fn id(i: usize) -> ProductId {
     ProductId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn l2_for(server: &RedisServer, timeout: Duration) -> anyhow::Result<Arc<RedisL2>> {
+pub(crate) async fn l2_for(
+    server: &RedisServer,
+    timeout: Duration,
+) -> anyhow::Result<Arc<RedisL2>> {
     let config = RedisConfig {
         command_timeout: timeout,
         connect_timeout: Duration::from_millis(500),
@@ -55,7 +57,7 @@ async fn l2_for(server: &RedisServer, timeout: Duration) -> anyhow::Result<Arc<R
     )))
 }
 
-fn engine(l2: Arc<RedisL2>, tweak: impl FnOnce(&mut CacheOptions)) -> Cache {
+pub(crate) fn engine(l2: Arc<RedisL2>, tweak: impl FnOnce(&mut CacheOptions)) -> Cache {
     let mut options = CacheOptions {
         key_prefix: "bench:".into(),
         ..CacheOptions::default()
@@ -65,7 +67,7 @@ fn engine(l2: Arc<RedisL2>, tweak: impl FnOnce(&mut CacheOptions)) -> Cache {
 }
 
 /// A loader that models one DynamoDB read and counts it.
-fn db_loader(
+pub(crate) fn db_loader(
     loads: &Arc<AtomicUsize>,
     doc: Arc<Doc>,
 ) -> impl FnOnce() -> futures::future::BoxFuture<'static, catalog_core::Result<Option<Doc>>>
@@ -88,7 +90,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     coherence(report).await?;
     compression(report);
     outage(report).await?;
-    zipf(report).await?;
+    crate::zipf::run(report).await?;
     Ok(())
 }
 
@@ -162,6 +164,7 @@ async fn tier_latency(report: &mut Report) -> anyhow::Result<()> {
         anyhow::ensure!(lookup.source == Source::L1, "expected an L1 hit");
     }
     report.set("l1_hit_p50_us", micros(l1.percentile(50.0)), "us");
+    report.set_series("latency_cdf_l1_hit", l1.cdf_us());
 
     // Fill L2 with distinct keys, then read each once from a cold engine: every read is an L2 hit.
     let keys = 20_000;
@@ -193,8 +196,23 @@ async fn tier_latency(report: &mut Report) -> anyhow::Result<()> {
     let keys: Vec<String> = (0..keys)
         .map(|i| cold.keys().product(&id(i)).to_string())
         .collect();
-    let raw = crate::redis_raw::get_p50(&server.node(), &keys).await?;
+    let mut raw_samples = crate::redis_raw::get_samples(&server.node(), &keys).await?;
+    let raw = raw_samples.percentile(50.0);
     report.set("redis_raw_get_p50_us", micros(raw), "us");
+    report.set_series("latency_cdf_l2_hit", l2_samples.cdf_us());
+    // Misses: ids never cached, so each read loads (through the latency shim) and stores.
+    let mut missed = Samples::with_capacity(1_000);
+    for i in 0..1_000 {
+        let key = cold.keys().product(&id(1_000_000 + i));
+        let started = Instant::now();
+        let lookup = cold
+            .get_or_load(&key, db_loader(&loads, doc.clone()))
+            .await?;
+        missed.push(started.elapsed());
+        anyhow::ensure!(lookup.source == Source::Loaded, "expected a load");
+    }
+    report.set_series("latency_cdf_miss_loaded", missed.cdf_us());
+    report.set_series("latency_cdf_redis_raw_get", raw_samples.cdf_us());
     report.set(
         "l2_hit_over_raw_get_ratio",
         l2_samples.percentile(50.0).as_secs_f64() / raw.as_secs_f64(),
@@ -380,6 +398,7 @@ async fn outage(report: &mut Report) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let phase = Arc::new(AtomicUsize::new(0)); // 0 before, 1 during, 2 after the outage
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bench_start = Instant::now();
     let mut readers = Vec::new();
     for r in 0..16u64 {
         let (cache, doc, loads, errors, phase, stop) = (
@@ -393,32 +412,58 @@ async fn outage(report: &mut Report) -> anyhow::Result<()> {
         readers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(r);
             let mut during = Samples::default();
+            let mut timeline = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let key = cache.keys().product(&id(rng.random_range(0..2000)));
                 let in_outage = phase.load(Ordering::Relaxed) == 1;
                 let started = Instant::now();
-                match cache
+                let failed = match cache
                     .get_or_load(&key, db_loader(&loads, doc.clone()))
                     .await
                 {
-                    Ok(lookup) if lookup.value.is_some() => {}
+                    Ok(lookup) if lookup.value.is_some() => false,
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        true
                     }
-                }
+                };
                 if in_outage {
                     during.push(started.elapsed());
                 }
+                timeline.push(OutageRead {
+                    at: started - bench_start,
+                    latency: started.elapsed(),
+                    failed,
+                });
             }
-            during
+            (during, timeline)
         }));
     }
+    // The breaker's state every 20 ms, for the timeline plot.
+    let breaker_states = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut points = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let state = match cache.breaker_state() {
+                    catalog_core::cache::breaker::BreakerState::Closed => 0.0,
+                    catalog_core::cache::breaker::BreakerState::HalfOpen => 1.0,
+                    catalog_core::cache::breaker::BreakerState::Open { .. } => 2.0,
+                };
+                points.push([bench_start.elapsed().as_secs_f64(), state]);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            points
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     phase.store(1, Ordering::Relaxed);
+    let outage_started = bench_start.elapsed();
     server.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.restart(&[]);
     let restarted = Instant::now();
+    let restarted_at = bench_start.elapsed();
     phase.store(2, Ordering::Relaxed);
     while !matches!(
         cache.breaker_state(),
@@ -434,9 +479,18 @@ async fn outage(report: &mut Report) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let mut during = Samples::default();
+    let mut reads = Vec::new();
     for reader in readers {
-        during.extend(reader.await?);
+        let (samples, timeline) = reader.await?;
+        during.extend(samples);
+        reads.extend(timeline);
     }
+    let outage_window = [outage_started.as_secs_f64(), restarted_at.as_secs_f64()];
+    report.set_series("outage_window_s", vec![outage_window]);
+    report.set_series("outage_breaker_state_over_time", breaker_states.await?);
+    let (p99, failures) = outage_buckets(reads);
+    report.set_series("outage_p99_ms_over_time", p99);
+    report.set_series("outage_errors_over_time", failures);
     let after = cache.snapshot();
     report.set(
         "outage_errors",
@@ -451,270 +505,30 @@ async fn outage(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-const ZIPF_KEYS: usize = 100_000;
-const ZIPF_READS: usize = 1_000_000;
-const ZIPF_VALUE_BYTES: usize = 2048;
-/// Short enough that keys expire several times during the run.
-const ZIPF_FRESH: Duration = Duration::from_secs(5);
-const ZIPF_STALE: Duration = Duration::from_secs(15);
-const ZIPF_ENVIRONMENTS: usize = 8;
-const ZIPF_CONCURRENCY_PER_ENV: usize = 4;
-
-/// Redis `maxmemory` that holds about 10% of the Zipf key space in the plain format.
-async fn zipf_maxmemory(doc: &Doc) -> anyhow::Result<u64> {
-    let server = RedisServer::start(RedisServer::free_port(), &[]);
-    let mut conn = RedisConnection::connect(&RedisConfig::standalone(server.node())).await?;
-    let used = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let before = used(
-        redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await?,
-    );
-    let payload = serde_json::to_vec(doc)?;
-    let sample = 5_000;
-    for chunk in (0..sample).collect::<Vec<_>>().chunks(500) {
-        let mut pipe = redis::pipe();
-        for i in chunk {
-            pipe.cmd("SET")
-                .arg(format!("plain:product:p{i}"))
-                .arg(&payload)
-                .arg("EX")
-                .arg(600)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut conn).await?;
-    }
-    let after = used(
-        redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await?,
-    );
-    let per_key = (after - before) / sample as u64;
-    Ok(before + per_key * (ZIPF_KEYS as u64 / 10))
+/// One read of the outage run, for its timeline.
+struct OutageRead {
+    /// Since the run began.
+    at: Duration,
+    latency: Duration,
+    failed: bool,
 }
 
-/// Shared state of one Zipf run.
-struct ZipfRun {
-    hits: AtomicU64,
-    loads: AtomicUsize,
-}
-
-/// 1,000,000 Zipf(1.0) reads over 100,000 keys against a Redis that holds ~10% of them:
-/// hand-rolled cache-aside (GET, then load and SET EX) versus the engine.
-async fn zipf(report: &mut Report) -> anyhow::Result<()> {
-    let doc = Arc::new(Doc(product_detail("z", ZIPF_VALUE_BYTES)));
-    let maxmemory = zipf_maxmemory(&doc).await?;
-    report.set("zipf_redis_maxmemory_bytes", maxmemory as f64, "bytes");
-    let args = [
-        "--maxmemory",
-        &maxmemory.to_string(),
-        "--maxmemory-policy",
-        "allkeys-lru",
-    ];
-
-    // Plain cache-aside, as hand-rolled in the services we replace.
-    {
-        let server = RedisServer::start(RedisServer::free_port(), &args);
-        let conn = RedisConnection::connect(&RedisConfig::standalone(server.node())).await?;
-        let payload = Arc::new(serde_json::to_vec(doc.as_ref())?);
-        let run = Arc::new(ZipfRun {
-            hits: AtomicU64::new(0),
-            loads: AtomicUsize::new(0),
-        });
-        let started = Instant::now();
-        let workers = ZIPF_ENVIRONMENTS * ZIPF_CONCURRENCY_PER_ENV;
-        let tasks: Vec<_> = (0..workers)
-            .map(|w| {
-                let (mut conn, payload, run) = (conn.clone(), payload.clone(), run.clone());
-                tokio::spawn(async move {
-                    let zipf =
-                        Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let mut rng = SmallRng::seed_from_u64(w as u64);
-                    for _ in 0..ZIPF_READS / workers {
-                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                        let key = format!("plain:product:p{}", zipf.sample(&mut rng) as u64);
-                        let cached: Option<Vec<u8>> =
-                            redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-                        if let Some(bytes) = cached {
-                            let _: Doc = serde_json::from_slice(&bytes)?;
-                            run.hits.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            run.loads.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(DB_LATENCY).await;
-                            let () = redis::cmd("SET")
-                                .arg(&key)
-                                .arg(payload.as_slice())
-                                .arg("PX")
-                                .arg(ZIPF_FRESH.as_millis() as u64)
-                                .query_async(&mut conn)
-                                .await?;
-                        }
-                    }
-                    anyhow::Ok(())
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await??;
-        }
-        report.set("zipf_run_s_plain", started.elapsed().as_secs_f64(), "s");
-        report.set(
-            "zipf_hit_pct_plain",
-            pct(run.hits.load(Ordering::Relaxed)),
-            "%",
-        );
-        report.set(
-            "zipf_db_loads_plain",
-            run.loads.load(Ordering::Relaxed) as f64,
-            "loads",
-        );
+/// The outage run per 100 ms: `[seconds, p99 ms]` and `[seconds, failed reads]`.
+fn outage_buckets(reads: Vec<OutageRead>) -> (Vec<[f64; 2]>, Vec<[f64; 2]>) {
+    let mut buckets: std::collections::BTreeMap<u128, (Samples, u64)> = Default::default();
+    for read in reads {
+        let bucket = buckets.entry(read.at.as_millis() / 100).or_default();
+        bucket.0.push(read.latency);
+        bucket.1 += u64::from(read.failed);
     }
-
-    // The engine: 8 environments, each with its own L1, sharing the same size of Redis.
-    let plain = zipf_engine_run(&args, &doc, 0.0).await?;
-    report.set("zipf_run_s", plain.run_s, "s");
-    report.set("zipf_hit_pct", plain.known_hit_pct, "%");
-    report.set("zipf_db_loads", plain.loads as f64, "loads");
-    report.set("zipf_l1_hits", plain.l1_hits as f64, "reads");
-    report.set("zipf_stale_serves", plain.stale_serves as f64, "reads");
-    // The same run while a fifth of the reads ask for random ids that do not exist (a caller
-    // trying to flush the cache): the hit ratio of the real reads.
-    let hostile = zipf_engine_run(&args, &doc, 0.2).await?;
-    report.set(
-        "zipf_hit_pct_with_20pct_unknown_ids",
-        hostile.known_hit_pct,
-        "%",
-    );
-    report.set(
-        "zipf_unknown_id_reads",
-        hostile.unknown_reads as f64,
-        "reads",
-    );
-    Ok(())
-}
-
-fn pct(hits: u64) -> f64 {
-    100.0 * hits as f64 / ZIPF_READS as f64
-}
-
-/// What one run of the engine under the Zipf workload saw.
-struct ZipfEngineRun {
-    run_s: f64,
-    /// Hits among the reads of ids that exist.
-    known_hit_pct: f64,
-    loads: usize,
-    l1_hits: u64,
-    stale_serves: u64,
-    unknown_reads: u64,
-}
-
-/// 8 environments, each with its own L1, sharing one Redis of the given size; a share
-/// `unknown` of the reads asks for random ids that do not exist.
-async fn zipf_engine_run(
-    args: &[&str],
-    doc: &Arc<Doc>,
-    unknown: f64,
-) -> anyhow::Result<ZipfEngineRun> {
-    let server = RedisServer::start(RedisServer::free_port(), args);
-    let loads = Arc::new(AtomicUsize::new(0));
-    let mut engines = Vec::new();
-    for _ in 0..ZIPF_ENVIRONMENTS {
-        let l2 = l2_for(&server, Duration::from_millis(50)).await?;
-        engines.push(engine(l2, |o| {
-            o.ttl = CategoryTtls {
-                product: Ttl {
-                    fresh: ZIPF_FRESH,
-                    stale: ZIPF_STALE,
-                },
-                ..o.ttl
-            };
-        }));
-    }
-    let started = Instant::now();
-    let (known_reads, known_hits, unknown_reads) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let mut tasks = Vec::new();
-    for (e, engine) in engines.iter().enumerate() {
-        for c in 0..ZIPF_CONCURRENCY_PER_ENV {
-            let (engine, doc, loads) = (engine.clone(), doc.clone(), loads.clone());
-            let (known_reads, known_hits, unknown_reads) = (
-                known_reads.clone(),
-                known_hits.clone(),
-                unknown_reads.clone(),
-            );
-            let seed = (e * ZIPF_CONCURRENCY_PER_ENV + c) as u64;
-            tasks.push(tokio::spawn(async move {
-                let zipf = Zipf::new(ZIPF_KEYS as f64, 1.0).map_err(|e| anyhow::anyhow!("{e}"))?;
-                let mut rng = SmallRng::seed_from_u64(seed);
-                for _ in 0..ZIPF_READS / (ZIPF_ENVIRONMENTS * ZIPF_CONCURRENCY_PER_ENV) {
-                    if rng.random_bool(unknown) {
-                        let key = engine
-                            .keys()
-                            .product(&id(ZIPF_KEYS + 1 + rng.random_range(0..1_000_000_000)));
-                        let missing = loads.clone();
-                        engine
-                            .get_or_load(&key, move || async move {
-                                missing.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(DB_LATENCY).await;
-                                Ok(None::<Doc>)
-                            })
-                            .await?;
-                        unknown_reads.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    let key = engine.keys().product(&id(zipf.sample(&mut rng) as usize));
-                    let lookup = engine
-                        .get_or_load(&key, db_loader(&loads, doc.clone()))
-                        .await?;
-                    known_reads.fetch_add(1, Ordering::Relaxed);
-                    if matches!(lookup.source, Source::L1 | Source::L2 | Source::Stale) {
-                        known_hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(revalidation) = lookup.revalidation {
-                        // What the API does after responding.
-                        tokio::spawn(revalidation.run());
-                    }
-                }
-                anyhow::Ok(())
-            }));
-        }
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let run_s = started.elapsed().as_secs_f64();
-    let stats: HashMap<&str, u64> = engines
-        .iter()
-        .map(Cache::snapshot)
-        .fold(
-            catalog_core::cache::metrics::MetricsSnapshot::default(),
-            |mut acc, s| {
-                acc.add(&s);
-                acc
-            },
-        )
-        .fields()
+    buckets
         .into_iter()
-        .map(|(n, v, _)| (n, v))
-        .collect();
-    let known = known_reads.load(Ordering::Relaxed).max(1);
-    Ok(ZipfEngineRun {
-        run_s,
-        known_hit_pct: 100.0 * known_hits.load(Ordering::Relaxed) as f64 / known as f64,
-        loads: loads.load(Ordering::Relaxed),
-        l1_hits: stats["l1_hits"],
-        stale_serves: stats["stale_serves"],
-        unknown_reads: unknown_reads.load(Ordering::Relaxed),
-    })
+        .map(|(bucket, (mut latencies, failed))| {
+            let at = bucket as f64 / 10.0;
+            (
+                [at, millis(latencies.percentile(99.0))],
+                [at, failed as f64],
+            )
+        })
+        .unzip()
 }

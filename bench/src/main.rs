@@ -2,31 +2,36 @@
 //! or privately) and merges their figures into `bench/results/latest.json`.
 //!
 //! Usage: `bench [group...]` where a group is `cache`, `handler`, `api`, `refresh`, `expiry`, `views`,
-//! `sync`, `faults` or `binaries` (the arm64 builds of `make build`; default: all).
+//! `sync`, `faults`, `binaries` (the arm64 builds of `make build`), `cost` (priced from the counts
+//! the others measured) or `plots` (SVG charts of the report; default: all, in that order).
 //! Figures are ratios and counts where possible; latencies are from one run on a shared,
 //! noisy machine and are reported, never asserted.
 
 mod api;
 mod binaries;
 mod cache;
+mod cost;
 mod expiry;
 mod faults;
 mod fixtures;
 mod handler;
 mod load;
+mod plots;
 mod redis_raw;
 mod refresh;
 mod report;
 mod stats;
 mod sync;
 mod views;
+mod zipf;
 
 use std::path::PathBuf;
 
 use report::Report;
 
-const GROUPS: [&str; 9] = [
-    "cache", "handler", "api", "refresh", "expiry", "views", "sync", "faults", "binaries",
+const GROUPS: [&str; 11] = [
+    "cache", "handler", "api", "refresh", "expiry", "views", "sync", "faults", "binaries", "cost",
+    "plots",
 ];
 
 /// mimalloc: faster than the system allocator for this many small JSON allocations.
@@ -55,9 +60,12 @@ async fn main() -> anyhow::Result<()> {
             "sync" => sync::run(&mut report).await?,
             "faults" => faults::run(&mut report).await?,
             "binaries" => binaries::run(&mut report)?,
+            "cost" => cost::run(&mut report)?,
+            "plots" => plots::run(&report)?,
             // Parts of `cache` alone.
             "codec" => cache::compression(&mut report),
             "coherence" => cache::coherence(&mut report).await?,
+            "zipf" => zipf::run(&mut report).await?,
             "handler" => handler::run(&mut report).await?,
             other => anyhow::bail!("unknown benchmark group `{other}`; known: {GROUPS:?}"),
         }

@@ -8,6 +8,11 @@ use crate::stats::Samples;
 /// p50 of `GET` over `keys` in turn (each must exist), one at a time on one multiplexed
 /// connection (what the engine uses), after a warm-up pass.
 pub async fn get_p50(node: &str, keys: &[String]) -> anyhow::Result<Duration> {
+    Ok(get_samples(node, keys).await?.percentile(50.0))
+}
+
+/// The latencies behind [`get_p50`].
+pub async fn get_samples(node: &str, keys: &[String]) -> anyhow::Result<Samples> {
     anyhow::ensure!(!keys.is_empty(), "no keys to read");
     let client = redis::Client::open(format!("redis://{node}"))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -24,5 +29,5 @@ pub async fn get_p50(node: &str, keys: &[String]) -> anyhow::Result<Duration> {
         }
         anyhow::ensure!(value.is_some(), "{} is not in Redis", keys[i % keys.len()]);
     }
-    Ok(samples.percentile(50.0))
+    Ok(samples)
 }

@@ -37,6 +37,16 @@ impl Samples {
         let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
         self.0[rank.clamp(1, self.0.len()) - 1]
     }
+
+    /// The distribution for a plot: `[microseconds, percentile]` at every whole percentile
+    /// from 1 to 99, then 99.5 and 99.9.
+    pub fn cdf_us(&mut self) -> Vec<[f64; 2]> {
+        (1..100)
+            .map(f64::from)
+            .chain([99.5, 99.9])
+            .map(|p| [micros(self.percentile(p)), p])
+            .collect()
+    }
 }
 
 /// Microseconds as a float.
