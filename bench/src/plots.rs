@@ -127,8 +127,22 @@ fn latency(report: &Report, path: &Path) -> anyhow::Result<()> {
 /// The hit ratio of each half second of the Zipf run, plain cache-aside against ours.
 fn zipf_hit_ratio(report: &Report, path: &Path) -> anyhow::Result<()> {
     let lines = [
-        ("plain cache-aside", "zipf_hit_pct_over_time_plain"),
-        ("ours (8 environments, L1 + L2)", "zipf_hit_pct_over_time"),
+        (
+            "plain cache-aside, Redis holds 10%",
+            "zipf_hit_pct_over_time_plain",
+        ),
+        (
+            "ours (8 environments, L1 + L2), Redis holds 10%",
+            "zipf_hit_pct_over_time",
+        ),
+        (
+            "plain cache-aside, serverless-sized Redis",
+            "zipf_hit_pct_over_time_plain_serverless",
+        ),
+        (
+            "ours, serverless-sized Redis",
+            "zipf_hit_pct_over_time_serverless",
+        ),
     ];
     let data: Vec<_> = lines
         .iter()
@@ -141,7 +155,7 @@ fn zipf_hit_ratio(report: &Report, path: &Path) -> anyhow::Result<()> {
     let root = canvas(path, SIZE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Zipf workload: hit ratio over the run (1M reads, 100k keys, Redis holds 10%)",
+            "Zipf workload: hit ratio over the run (1M reads over 100k keys, fresh 5 s)",
             (FONT, 18),
         )
         .margin(12)
@@ -315,8 +329,10 @@ fn harness_rps(report: &Report, path: &Path) -> anyhow::Result<()> {
 fn cost(report: &Report, path: &Path) -> anyhow::Result<()> {
     let variants = [
         ("no cache", "nocache"),
-        ("plain cache-aside", "plain"),
-        ("ours", "ours"),
+        ("plain, 10% Redis", "plain"),
+        ("ours, 10% Redis", "ours"),
+        ("plain, serverless", "plain_serverless"),
+        ("ours, serverless", "ours_serverless"),
         ("DAX (modelled)", "dax"),
     ];
     let data: Vec<(&str, &[[f64; 2]])> = variants
@@ -327,8 +343,8 @@ fn cost(report: &Report, path: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|(_, parts)| parts.iter().map(|p| p[1]).sum::<f64>())
         .fold(0.0, f64::max)
-        * 1.15;
-    let root = canvas(path, SIZE)?;
+        * 1.5; // room for the legend above the bars
+    let root = canvas(path, (1040, 480))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "Cost of 1 million product reads (us-east-1, bench/prices.json)",
@@ -364,7 +380,7 @@ fn cost(report: &Report, path: &Path) -> anyhow::Result<()> {
                     ],
                     color.filled(),
                 );
-                bar.set_margin(0, 0, 30, 30);
+                bar.set_margin(0, 0, 16, 16);
                 bar
             }))?
             .label(*name)
