@@ -22,7 +22,7 @@ test: ## run every test: unit, integration against real Redis (standalone + clus
 	scripts/browser-test.sh
 	@$(MAKE) --no-print-directory validate
 
-bench: build ## run the benchmarks (after the arm64 build, whose sizes it reports); figures go to bench/results/latest.json and the README
+bench: build ## run the benchmarks (after the arm64 build, whose sizes it reports), then the cost model and the plots; figures go to bench/results/latest.json and the README, charts to bench/results/*.svg
 	$(CARGO) build --release -p api -p bench
 	scripts/with-services.sh $(CARGO) run --release -p bench --bin bench
 	python3 scripts/bench-readme.py
