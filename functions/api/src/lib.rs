@@ -14,6 +14,7 @@ pub mod deferred;
 mod error;
 mod extract;
 pub mod lambda;
+pub mod observe;
 pub mod openapi;
 mod respond;
 pub mod routes;
@@ -57,6 +58,11 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 /// The fallbacks and layers every route goes through.
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
+        // Per route template: only matched routes know theirs.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::layer,
+        ))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Inside the deferred-work layer: a panicking handler becomes a 500 and the layer

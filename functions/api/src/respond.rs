@@ -158,6 +158,10 @@ impl<T: Serialize> Cached<T> {
         let headers = response.headers_mut();
         headers.insert("x-cache", HeaderValue::from_static(x_cache(self.source)));
         headers.insert(header::AGE, HeaderValue::from(self.age_ms / 1000));
+        response
+            .extensions_mut()
+            .insert(crate::observe::ServedAge(self.age_ms));
+        let headers = response.headers_mut();
         if let Ok(etag) = HeaderValue::from_str(&self.etag) {
             headers.insert(header::ETAG, etag);
         }

@@ -1164,3 +1164,63 @@ async fn cache_stats_report_the_serverless_caches_status_and_limits() {
     assert!(stats["serverless_cache"].is_null(), "{stats}");
     assert!(stats["l1"]["max_bytes"].is_number());
 }
+
+#[tokio::test]
+async fn requests_are_counted_per_route_template_with_their_answers_latency_and_data_age() {
+    let app = TestApp::new();
+    app.seed_product("p1").await;
+    assert_eq!(header_of(&app.get("/products/p1").await, "x-cache"), "MISS");
+    app.clock.advance(Duration::from_secs(30));
+    // Past L1's poll bound, the second read is answered by Redis, 30 s old.
+    assert_eq!(
+        header_of(&app.get("/products/p1").await, "x-cache"),
+        "HIT-L2"
+    );
+    assert_eq!(
+        app.get("/products/nope").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/feed?kind=trending&per_page=5").await.status(),
+        StatusCode::OK
+    );
+    // Whatever a deferred flush took lands first; then the rest.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.state
+        .cache
+        .flush_counters(Duration::ZERO, None)
+        .await
+        .unwrap();
+    let stats = body(app.admin("GET", "/admin/cache/stats", None).await).await;
+    let routes = stats["routes"]["last_5m"].as_array().unwrap();
+    let product = routes
+        .iter()
+        .find(|r| r["route"] == "/products/{id}")
+        .unwrap_or_else(|| panic!("no /products/{{id}} in {routes:?}"));
+    assert_eq!(product["category"], "product");
+    assert_eq!(product["requests"], 3);
+    assert_eq!(
+        product["answers"],
+        json!({"loaded": 1, "l2": 1, "not_found": 1})
+    );
+    // Ages under the manual clock: 0 ms for the load, 30 s for the L2 hit (bucket bounds are
+    // at most 12.5% above the value).
+    let age_p99 = product["age_ms"]["p99"].as_u64().unwrap();
+    assert!((30_000..=33_750).contains(&age_p99), "{age_p99}");
+    assert_eq!(product["age_ms"]["p50"], 0);
+    assert!(product["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let feed = routes.iter().find(|r| r["route"] == "/feed").unwrap();
+    assert_eq!(feed["category"], "feed");
+    // The windows nest, and the breakdown adds up to the requests counted.
+    for route in routes {
+        let answers: u64 = route["answers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(answers, route["requests"].as_u64().unwrap(), "{route}");
+    }
+    assert_eq!(stats["routes"]["last_1h"], stats["routes"]["last_5m"]);
+    assert_eq!(stats["routes"]["last_24h"], stats["routes"]["last_5m"]);
+}

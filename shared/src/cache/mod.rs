@@ -18,6 +18,7 @@ pub mod l2;
 pub mod metrics;
 pub mod observe;
 mod read;
+pub mod traffic;
 mod undelivered;
 mod write;
 
@@ -240,6 +241,8 @@ struct Inner {
     probing: AtomicBool,
     /// When the counters were last flushed to Redis, and what they were then.
     flushed: std::sync::Mutex<(EpochMillis, MetricsSnapshot)>,
+    /// Requests per route, flushed with the counters (the API records them).
+    traffic: traffic::Traffic,
 }
 
 impl std::fmt::Debug for Cache {
@@ -282,6 +285,7 @@ impl Cache {
                 flights: Flights::new(),
                 probing: AtomicBool::new(false),
                 flushed: std::sync::Mutex::new((EpochMillis::MIN / 2, MetricsSnapshot::default())),
+                traffic: traffic::Traffic::default(),
                 options,
             }),
         }
@@ -320,6 +324,11 @@ impl Cache {
     /// The live counters.
     pub fn metrics(&self) -> &CacheMetrics {
         &self.inner.metrics
+    }
+
+    /// Where the API counts its requests per route (flushed with the counters).
+    pub fn traffic(&self) -> &traffic::Traffic {
+        &self.inner.traffic
     }
 
     /// A copy of the counters.

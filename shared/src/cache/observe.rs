@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Cache;
 use super::l2::ServerInfo;
 use super::metrics::MetricsSnapshot;
+use super::traffic::{self, RouteWindow};
 use crate::model::EpochMillis;
 
 const MINUTE_MS: i64 = 60_000;
@@ -40,6 +41,20 @@ pub struct History {
     pub previous_55m: Window,
     /// Oldest memory sample of the last hour, if any.
     pub memory_hour_ago: Option<u64>,
+    /// Requests per route over the last 5 minutes, hour and 24 hours.
+    pub routes: RoutesByWindow,
+}
+
+/// The per-route breakdown over the standard windows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoutesByWindow {
+    /// Last 5 minutes.
+    pub last_5m: Vec<RouteWindow>,
+    /// Last hour.
+    pub last_1h: Vec<RouteWindow>,
+    /// Last 24 hours.
+    pub last_24h: Vec<RouteWindow>,
 }
 
 impl Cache {
@@ -80,11 +95,14 @@ impl Cache {
             delta
         };
         let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
+        let traffic = self.traffic().take_fields();
         let increments: Vec<(String, i64)> = delta
             .fields()
             .into_iter()
             .filter(|(_, value, _)| *value > 0)
-            .map(|(name, value, _)| {
+            .map(|(name, value, _)| (name.to_owned(), value))
+            .chain(traffic.iter().cloned())
+            .map(|(name, value)| {
                 (
                     format!("{minute:02}:{name}"),
                     i64::try_from(value).unwrap_or(i64::MAX),
@@ -104,7 +122,13 @@ impl Cache {
                 &[("Function", function)],
                 now,
             );
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let routes = traffic::breakdown(traffic.iter().map(|(n, v)| (n.as_str(), *v)));
+            for route in &routes {
+                let line = route.emf_line(crate::jobs::metrics::NAMESPACE, function, now);
+                let _ = writeln!(out, "{line}");
+            }
         }
         Some(delta)
     }
@@ -160,7 +184,22 @@ impl Cache {
             .filter(|(ago, name, _)| *ago < 60 && name == MEMORY_SAMPLE)
             .max_by_key(|(ago, _, _)| *ago)
             .and_then(|(_, _, v)| u64::try_from(*v).ok());
+        let routes = |to: i64| -> Vec<RouteWindow> {
+            traffic::breakdown(
+                fields
+                    .iter()
+                    .filter(|(ago, name, _)| {
+                        (0..to).contains(ago) && name.starts_with(traffic::FIELD_PREFIX)
+                    })
+                    .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
+            )
+        };
         History {
+            routes: RoutesByWindow {
+                last_5m: routes(5),
+                last_1h: routes(60),
+                last_24h: routes(24 * 60),
+            },
             last_5m: window(0, 5),
             last_1h: window(0, 60),
             last_24h: window(0, 24 * 60),

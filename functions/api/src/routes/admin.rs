@@ -9,6 +9,7 @@ use catalog_core::cache::breaker::BreakerState;
 use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
 use catalog_core::cache::metrics::MetricsSnapshot;
+use catalog_core::cache::observe::RoutesByWindow;
 use catalog_core::elasticache::{ControlPlane, ServerlessCacheInfo};
 use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
 use catalog_core::jobs::{offer_expiry, refresh};
@@ -97,13 +98,16 @@ pub struct CacheStats {
     /// The ElastiCache Serverless cache's status and usage limits, from its control plane
     /// (`null` without `CACHE_NAME`, or if the control plane did not answer).
     pub serverless_cache: Option<ServerlessCacheInfo>,
+    /// Every environment's requests per route template and cache category over the same
+    /// windows: answers per source, handler latency (µs) and the age of the data served (ms).
+    pub routes: RoutesByWindow,
 }
 
 #[utoipa::path(
     get, path = "/admin/cache/stats", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])),
     responses((status = 200, body = CacheStats), (status = 401, body = ErrorBody))
 )]
-/// Hit ratios per tier over 5 min, 1 h and 24 h, Redis memory and keys, L1 size.
+/// Hit ratios per tier over 5 min, 1 h and 24 h, the same per route, Redis memory and keys, L1 size.
 pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<Json<CacheStats>> {
     let cache = &state.cache;
     let (history, redis, backlog, serverless_cache) = tokio::join!(
@@ -126,6 +130,7 @@ pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<J
         circuit: cache.breaker_state(),
         revalidation_backlog: backlog,
         serverless_cache,
+        routes: history.routes,
     }))
 }
 

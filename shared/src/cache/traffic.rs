@@ -1,0 +1,494 @@
+//! Traffic per route template and cache category: requests, answers per source, handler
+//! latency and the age of the data served.
+//!
+//! Counted in process with atomics and fixed-bucket histograms (no Redis call per request),
+//! then flushed with the cache counters into the same per-minute Redis buckets as plain
+//! counts (`r|<route>|<category>|<stat>`), so windows merge across environments by addition
+//! and percentiles come from the merged buckets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Prefix of every traffic field in a minute bucket.
+pub const FIELD_PREFIX: &str = "r|";
+
+/// Where an answer came from. `NotFound` is a 404 (from any tier); `Error` a 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// From this process's L1.
+    L1,
+    /// Fresh from Redis.
+    L2,
+    /// Stale while revalidating.
+    Stale,
+    /// Loaded from the database.
+    Loaded,
+    /// Redis skipped (circuit open or failing).
+    Bypass,
+    /// 404.
+    NotFound,
+    /// 5xx.
+    Error,
+    /// A route that does not read the cache (writes, admin).
+    Uncached,
+}
+
+impl Answer {
+    const ALL: [Answer; 8] = [
+        Answer::L1,
+        Answer::L2,
+        Answer::Stale,
+        Answer::Loaded,
+        Answer::Bypass,
+        Answer::NotFound,
+        Answer::Error,
+        Answer::Uncached,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Answer::L1 => "l1",
+            Answer::L2 => "l2",
+            Answer::Stale => "stale",
+            Answer::Loaded => "loaded",
+            Answer::Bypass => "bypass",
+            Answer::NotFound => "not_found",
+            Answer::Error => "error",
+            Answer::Uncached => "uncached",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Sub-buckets per power of two: values land in buckets at most 12.5% wide.
+const SUB_BITS: u32 = 3;
+/// Buckets cover 1 to 2^40 (µs: 12 days; ms: 34 years); larger values go to the last.
+const BUCKETS: usize = (40 << SUB_BITS) as usize;
+
+/// The bucket of a value: the power of two below it and the next `SUB_BITS` bits.
+fn bucket_of(value: u64) -> usize {
+    if value < (1 << SUB_BITS) {
+        return usize::try_from(value).unwrap_or(0);
+    }
+    let power = 63 - value.leading_zeros();
+    let sub = (value >> (power - SUB_BITS)) & ((1 << SUB_BITS) - 1);
+    let index = ((power - SUB_BITS + 1) << SUB_BITS) as u64 + sub;
+    usize::try_from(index)
+        .unwrap_or(BUCKETS - 1)
+        .min(BUCKETS - 1)
+}
+
+/// The largest value a bucket holds (what a percentile falling in it reports).
+fn bucket_upper(index: usize) -> u64 {
+    let index = index as u64;
+    if index < (1 << SUB_BITS) {
+        return index;
+    }
+    let power = (index >> SUB_BITS) + u64::from(SUB_BITS) - 1;
+    let sub = index & ((1 << SUB_BITS) - 1);
+    let low = (1u64 << power) + (sub << (power - u64::from(SUB_BITS)));
+    low + (1u64 << (power - u64::from(SUB_BITS))) - 1
+}
+
+/// Fixed-bucket histogram; recording is one atomic add.
+struct Histogram(Box<[AtomicU64]>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram((0..BUCKETS).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl Histogram {
+    fn record(&self, value: u64) {
+        self.0[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the counts and resets them: `(bucket, count)` of the non-empty buckets.
+    fn take(&self) -> Vec<(usize, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c.swap(0, Ordering::Relaxed) {
+                0 => None,
+                n => Some((i, n)),
+            })
+            .collect()
+    }
+}
+
+/// A cache category, from the route.
+pub fn category_of(route: &str) -> &'static str {
+    match route {
+        "/products/{id}" | "/products/batch" => "product",
+        "/products/{id}/stats" => "stats",
+        "/feed" => "feed",
+        _ => "none",
+    }
+}
+
+/// One route's live counts.
+struct RouteCounters {
+    requests: AtomicU64,
+    answers: [AtomicU64; 8],
+    /// Handler latency, microseconds.
+    latency_us: Histogram,
+    /// Age of the data served, milliseconds (cached answers only).
+    age_ms: Histogram,
+}
+
+impl Default for RouteCounters {
+    fn default() -> Self {
+        RouteCounters {
+            requests: AtomicU64::new(0),
+            answers: Default::default(),
+            latency_us: Histogram::default(),
+            age_ms: Histogram::default(),
+        }
+    }
+}
+
+/// Every route's counts in this process.
+#[derive(Default, Clone)]
+pub struct Traffic {
+    routes: Arc<RwLock<HashMap<String, Arc<RouteCounters>>>>,
+}
+
+impl Traffic {
+    /// Counts one request: its route template, its answer, how long the handler took and, for
+    /// a cached answer, how old the data was.
+    pub fn record(&self, route: &str, answer: Answer, latency: Duration, age: Option<Duration>) {
+        let counters = self.counters(route);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.answers[answer.index()].fetch_add(1, Ordering::Relaxed);
+        counters
+            .latency_us
+            .record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        if let Some(age) = age {
+            counters
+                .age_ms
+                .record(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        }
+    }
+
+    fn counters(&self, route: &str) -> Arc<RouteCounters> {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(counters) = routes.get(route) {
+            return counters.clone();
+        }
+        drop(routes);
+        self.routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(route.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Takes what was counted since the last call, as bucket fields
+    /// (`r|<route>|<category>|<stat>` to a count), and resets it.
+    pub fn take_fields(&self) -> Vec<(String, u64)> {
+        let routes: Vec<(String, Arc<RouteCounters>)> = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(r, c)| (r.clone(), c.clone()))
+            .collect();
+        let mut fields = Vec::new();
+        for (route, counters) in routes {
+            let field =
+                |stat: &str| format!("{FIELD_PREFIX}{route}|{}|{stat}", category_of(&route));
+            match counters.requests.swap(0, Ordering::Relaxed) {
+                0 => {}
+                n => fields.push((field("requests"), n)),
+            }
+            for answer in Answer::ALL {
+                match counters.answers[answer.index()].swap(0, Ordering::Relaxed) {
+                    0 => {}
+                    n => fields.push((field(&format!("a.{}", answer.name())), n)),
+                }
+            }
+            for (i, n) in counters.latency_us.take() {
+                fields.push((field(&format!("lat.{i}")), n));
+            }
+            for (i, n) in counters.age_ms.take() {
+                fields.push((field(&format!("age.{i}")), n));
+            }
+        }
+        fields
+    }
+}
+
+/// Percentiles of a merged histogram, in the histogram's unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<u64>,
+    /// 95th percentile.
+    pub p95: Option<u64>,
+    /// 99th percentile.
+    pub p99: Option<u64>,
+}
+
+fn percentiles(buckets: &BTreeMap<usize, u64>) -> Percentiles {
+    let total: u64 = buckets.values().sum();
+    let at = |p: f64| -> Option<u64> {
+        if total == 0 {
+            return None;
+        }
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let rank = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        buckets.iter().find_map(|(i, n)| {
+            seen += n;
+            (seen >= rank).then(|| bucket_upper(*i))
+        })
+    };
+    Percentiles {
+        p50: at(50.0),
+        p95: at(95.0),
+        p99: at(99.0),
+    }
+}
+
+/// One route over a window, every environment's counts merged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RouteWindow {
+    /// The route template, e.g. `/products/{id}`.
+    pub route: String,
+    /// The cache category it reads: `product`, `stats`, `feed` or `none`.
+    pub category: String,
+    /// Requests.
+    pub requests: u64,
+    /// Answers by where they came from: `l1`, `l2`, `stale`, `loaded`, `bypass`, `not_found`,
+    /// `error`, `uncached`.
+    pub answers: BTreeMap<String, u64>,
+    /// Handler latency in microseconds (bucket upper bounds, at most 12.5% above the truth).
+    pub latency_us: Percentiles,
+    /// Age of the data served in milliseconds (cached answers only), p50 and p99.
+    pub age_ms: Percentiles,
+}
+
+impl RouteWindow {
+    /// One CloudWatch Embedded Metric Format line for this route, with the `Function`, `Route`
+    /// and `Category` dimensions: requests, answers per source, latency and data age.
+    pub fn emf_line(&self, namespace: &str, function: &str, timestamp: i64) -> String {
+        let mut values: Vec<(String, u64, &str)> =
+            vec![("Requests".into(), self.requests, "Count")];
+        for (answer, count) in &self.answers {
+            values.push((format!("Answers_{answer}"), *count, "Count"));
+        }
+        for (name, value) in [
+            ("LatencyP50", self.latency_us.p50),
+            ("LatencyP95", self.latency_us.p95),
+            ("LatencyP99", self.latency_us.p99),
+        ] {
+            if let Some(value) = value {
+                values.push((name.into(), value, "Microseconds"));
+            }
+        }
+        for (name, value) in [
+            ("DataAgeP50", self.age_ms.p50),
+            ("DataAgeP99", self.age_ms.p99),
+        ] {
+            if let Some(value) = value {
+                values.push((name.into(), value, "Milliseconds"));
+            }
+        }
+        let metrics: Vec<_> = values
+            .iter()
+            .map(|(name, _, unit)| serde_json::json!({"Name": name, "Unit": unit}))
+            .collect();
+        let mut line = serde_json::json!({
+            "_aws": {
+                "Timestamp": timestamp,
+                "CloudWatchMetrics": [{
+                    "Namespace": namespace,
+                    "Dimensions": [["Function", "Route", "Category"]],
+                    "Metrics": metrics,
+                }],
+            },
+            "Function": function,
+            "Route": self.route,
+            "Category": self.category,
+        });
+        if let Some(object) = line.as_object_mut() {
+            for (name, value, _) in values {
+                object.insert(name, serde_json::Value::from(value));
+            }
+        }
+        line.to_string()
+    }
+}
+
+/// Builds the per-route breakdown from a window's summed fields (`r|...` names to counts;
+/// other names are ignored).
+pub fn breakdown<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<RouteWindow> {
+    #[derive(Default)]
+    struct Parts {
+        category: String,
+        requests: u64,
+        answers: BTreeMap<String, u64>,
+        latency: BTreeMap<usize, u64>,
+        age: BTreeMap<usize, u64>,
+    }
+    let mut routes: BTreeMap<String, Parts> = BTreeMap::new();
+    for (name, value) in fields {
+        let Some(rest) = name.strip_prefix(FIELD_PREFIX) else {
+            continue;
+        };
+        // The stat and category are the last two parts; the route is everything before.
+        let mut parts = rest.rsplitn(3, '|');
+        let (Some(stat), Some(category), Some(route)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let entry = routes.entry(route.to_owned()).or_default();
+        category.clone_into(&mut entry.category);
+        if stat == "requests" {
+            entry.requests += value;
+        } else if let Some(answer) = stat.strip_prefix("a.") {
+            *entry.answers.entry(answer.to_owned()).or_default() += value;
+        } else if let Some(Ok(i)) = stat.strip_prefix("lat.").map(str::parse) {
+            *entry.latency.entry(i).or_default() += value;
+        } else if let Some(Ok(i)) = stat.strip_prefix("age.").map(str::parse) {
+            *entry.age.entry(i).or_default() += value;
+        }
+    }
+    routes
+        .into_iter()
+        .map(|(route, parts)| {
+            let age = percentiles(&parts.age);
+            RouteWindow {
+                route,
+                category: parts.category,
+                requests: parts.requests,
+                answers: parts.answers,
+                latency_us: percentiles(&parts.latency),
+                age_ms: Percentiles { p95: None, ..age },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_ordered_and_hold_their_values() {
+        let mut last = 0;
+        for value in (0..20_000u64).chain([1 << 20, 123_456_789, u64::from(u32::MAX)]) {
+            let bucket = bucket_of(value);
+            assert!(
+                bucket >= last || value >= 20_000,
+                "buckets grow with values"
+            );
+            last = bucket;
+            assert!(bucket_upper(bucket) >= value, "{value} above its bucket");
+            if value >= 8 {
+                assert!(
+                    bucket_upper(bucket) - value <= value / 8,
+                    "{value}: bucket too wide"
+                );
+            }
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    fn fields_of(traffic: &Traffic) -> HashMap<String, u64> {
+        let mut merged = HashMap::new();
+        for (name, value) in traffic.take_fields() {
+            *merged.entry(name).or_default() += value;
+        }
+        merged
+    }
+
+    #[test]
+    fn the_breakdown_adds_up_to_the_totals() {
+        let traffic = Traffic::default();
+        let ms = Duration::from_millis;
+        for i in 0..100u64 {
+            let answer =
+                [Answer::L1, Answer::L2, Answer::Loaded, Answer::NotFound][(i % 4) as usize];
+            traffic.record("/products/{id}", answer, ms(i), Some(ms(1000)));
+        }
+        traffic.record("/feed", Answer::Stale, ms(3), Some(ms(20_000)));
+        traffic.record("/admin/jobs", Answer::Uncached, ms(1), None);
+        let fields = fields_of(&traffic);
+        let routes = breakdown(fields.iter().map(|(n, v)| (n.as_str(), *v)));
+        assert_eq!(routes.len(), 3);
+        let total: u64 = routes.iter().map(|r| r.requests).sum();
+        assert_eq!(total, 102);
+        for route in &routes {
+            assert_eq!(
+                route.answers.values().sum::<u64>(),
+                route.requests,
+                "{}",
+                route.route
+            );
+        }
+        let product = routes.iter().find(|r| r.route == "/products/{id}").unwrap();
+        assert_eq!(product.category, "product");
+        assert_eq!(product.answers["l1"], 25);
+        // 0..100 ms: the median is 49 or 50 ms, within a bucket's width above.
+        let p50 = product.latency_us.p50.unwrap();
+        assert!((49_000..=56_250).contains(&p50), "{p50}");
+        assert!(product.age_ms.p99.unwrap() >= 1000);
+        let admin = routes.iter().find(|r| r.route == "/admin/jobs").unwrap();
+        assert_eq!((admin.category.as_str(), admin.age_ms.p50), ("none", None));
+        // Taken once: a second take is empty.
+        assert!(traffic.take_fields().is_empty());
+    }
+
+    #[test]
+    fn histograms_merge_across_environments_by_addition() {
+        let (one, other, both) = (Traffic::default(), Traffic::default(), Traffic::default());
+        for i in 0..1000u64 {
+            let latency = Duration::from_micros(i * i);
+            let (environment, age) = if i % 3 == 0 {
+                (&one, 10)
+            } else {
+                (&other, 5000)
+            };
+            environment.record(
+                "/products/{id}",
+                Answer::L2,
+                latency,
+                Some(Duration::from_millis(age)),
+            );
+            both.record(
+                "/products/{id}",
+                Answer::L2,
+                latency,
+                Some(Duration::from_millis(age)),
+            );
+        }
+        let mut merged = fields_of(&one);
+        for (name, value) in fields_of(&other) {
+            *merged.entry(name).or_default() += value;
+        }
+        let from_two = breakdown(merged.iter().map(|(n, v)| (n.as_str(), *v)));
+        let single = fields_of(&both);
+        let from_one = breakdown(single.iter().map(|(n, v)| (n.as_str(), *v)));
+        assert_eq!(from_two, from_one);
+        assert_eq!(from_two[0].requests, 1000);
+    }
+}
