@@ -27,8 +27,13 @@ pids+=($!)
 chromedriver --port="$driver_port" --allowed-ips=127.0.0.1 >/dev/null 2>&1 &
 pids+=($!)
 up() { "$python_bin" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1" 2>/dev/null; }
-for _ in $(seq 1 240); do up "http://127.0.0.1:$port/openapi.json" && break; sleep 0.25; done
-for _ in $(seq 1 80); do up "http://127.0.0.1:$driver_port/status" && break; sleep 0.25; done
+wait_up() { # what, url, tries
+  for _ in $(seq 1 "$3"); do up "$2" && return 0; sleep 0.25; done
+  echo "browser-test: $1 did not come up at $2" >&2
+  return 1
+}
+wait_up "the dev server" "http://127.0.0.1:$port/openapi.json" 240
+wait_up "chromedriver" "http://127.0.0.1:$driver_port/status" 80
 # Some reads, so the hit ratios are not empty: a miss, then hits.
-for id in p-0001 p-0001 p-0002 p-0002 p-0003; do up "http://127.0.0.1:$port/products/$id"; done
+for id in p-0001 p-0001 p-0002 p-0002 p-0003; do up "http://127.0.0.1:$port/products/$id" || true; done
 "$python_bin" tests/browser/status_page.py "http://127.0.0.1:$port" "http://127.0.0.1:$driver_port" "$token"

@@ -181,6 +181,8 @@ struct Live {
     hits: AtomicU64,
     loads: AtomicU64,
     billed_ms: AtomicU64,
+    /// Revalidations spawned and not yet finished.
+    revalidating: AtomicU64,
 }
 
 impl Live {
@@ -419,11 +421,13 @@ async fn engine_run(args: &[&str], doc: &Arc<Doc>, unknown: f64) -> anyhow::Resu
                     live.read(hit, read.elapsed());
                     if let Some(revalidation) = lookup.revalidation {
                         let live = live.clone();
+                        live.revalidating.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(async move {
                             let work = Instant::now();
                             revalidation.run().await;
                             live.billed_ms
                                 .fetch_add(billed_ms(work.elapsed()), Ordering::Relaxed);
+                            live.revalidating.fetch_sub(1, Ordering::Relaxed);
                         });
                     }
                 }
@@ -434,6 +438,10 @@ async fn engine_run(args: &[&str], doc: &Arc<Doc>, unknown: f64) -> anyhow::Resu
     let mut distinct = HashSet::new();
     for task in tasks {
         distinct.extend(task.await??);
+    }
+    // The revalidations still running belong to this run's loads, time and Redis commands.
+    while live.revalidating.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let run_s = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
