@@ -35,6 +35,8 @@ fn default_var(name: &str) -> Option<String> {
         // Short enough to watch the jobs work while trying the API.
         "REFRESH_INTERVAL_SECS" => "30",
         "OFFER_EXPIRY_INTERVAL_SECS" => "10",
+        // The dev mapping's tumbling window (local/src/jobs.rs).
+        "VIEW_WINDOW_SECS" => "5",
         _ => return None,
     };
     Some(value.to_owned())

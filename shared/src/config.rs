@@ -45,6 +45,42 @@ pub struct Config {
     pub write_token: Option<SecretString>,
     /// Scheduled job settings.
     pub jobs: JobsConfig,
+    /// How old served data may be, per cache category, before health warns.
+    pub freshness: FreshnessObjectives,
+}
+
+/// The freshness objective of each cache category: health turns WARNING when the p99 age of
+/// the data a category served over the last 5 minutes exceeds it, and CRITICAL past twice it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshnessObjectives {
+    /// Product details and summaries (`FRESHNESS_OBJECTIVE_PRODUCT_SECS`, default 900).
+    pub product: Duration,
+    /// Product stats (`FRESHNESS_OBJECTIVE_STATS_SECS`, default 900).
+    pub stats: Duration,
+    /// Feed pages (`FRESHNESS_OBJECTIVE_FEED_SECS`, default 900).
+    pub feed: Duration,
+}
+
+impl Default for FreshnessObjectives {
+    fn default() -> Self {
+        let fifteen_minutes = Duration::from_secs(900);
+        FreshnessObjectives {
+            product: fifteen_minutes,
+            stats: fifteen_minutes,
+            feed: fifteen_minutes,
+        }
+    }
+}
+
+impl FreshnessObjectives {
+    /// `(category, objective)` pairs, as the traffic breakdown names the categories.
+    pub fn by_category(&self) -> [(&'static str, Duration); 3] {
+        [
+            ("product", self.product),
+            ("stats", self.stats),
+            ("feed", self.feed),
+        ]
+    }
 }
 
 /// Scheduled job settings.
@@ -69,6 +105,9 @@ pub struct JobsConfig {
     /// Products whose stats the view-aggregator recomputes after a window, most viewed first
     /// (`VIEW_STATS_REFRESH_MAX`, default 100; 0 leaves it to the refresh job).
     pub view_stats_refresh_max: usize,
+    /// The view-aggregator's tumbling window (`VIEW_WINDOW_SECS`, default 900, the template's
+    /// `TumblingWindowInSeconds`): when `/admin/jobs` expects its next window.
+    pub view_window: Duration,
 }
 
 impl Default for JobsConfig {
@@ -81,6 +120,7 @@ impl Default for JobsConfig {
             expiry_reconcile_interval: Duration::from_secs(3600),
             view_write_concurrency: 32,
             view_stats_refresh_max: 100,
+            view_window: Duration::from_secs(900),
         }
     }
 }
@@ -323,6 +363,27 @@ impl Config {
                         "VIEW_STATS_REFRESH_MAX",
                         defaults.view_stats_refresh_max,
                         0..=10_000,
+                    )?,
+                    view_window: env.secs_in("VIEW_WINDOW_SECS", defaults.view_window, 1..=900)?,
+                }
+            },
+            freshness: {
+                let defaults = FreshnessObjectives::default();
+                FreshnessObjectives {
+                    product: env.secs_in(
+                        "FRESHNESS_OBJECTIVE_PRODUCT_SECS",
+                        defaults.product,
+                        1..=604_800,
+                    )?,
+                    stats: env.secs_in(
+                        "FRESHNESS_OBJECTIVE_STATS_SECS",
+                        defaults.stats,
+                        1..=604_800,
+                    )?,
+                    feed: env.secs_in(
+                        "FRESHNESS_OBJECTIVE_FEED_SECS",
+                        defaults.feed,
+                        1..=604_800,
                     )?,
                 }
             },

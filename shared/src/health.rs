@@ -62,6 +62,37 @@ pub struct Figure {
     pub value: Option<f64>,
     /// Direction over the last hour.
     pub trend: Trend,
+    /// How much the figure moved: now minus its value over the baseline (the 55 minutes
+    /// before the last 5, or an hour ago for memory); `None` without both.
+    pub change: Option<f64>,
+}
+
+impl Figure {
+    /// A figure compared with its baseline; `tolerance` is the change still called stable.
+    fn compared(
+        name: &'static str,
+        value: Option<f64>,
+        baseline: Option<f64>,
+        tolerance: f64,
+        higher_is_better: bool,
+    ) -> Figure {
+        Figure {
+            name,
+            value,
+            trend: trend(value, baseline, tolerance, higher_is_better),
+            change: value.zip(baseline).map(|(v, b)| v - b),
+        }
+    }
+
+    /// A figure without a baseline.
+    fn now(name: &'static str, value: Option<f64>) -> Figure {
+        Figure {
+            name,
+            value,
+            trend: Trend::Unknown,
+            change: None,
+        }
+    }
 }
 
 /// The health report.
@@ -94,6 +125,12 @@ pub struct Thresholds {
     pub min_reads: u64,
     /// An offer-expiry lag above this warns (2 minutes).
     pub expiry_lag_warning_ms: u64,
+    /// L1 holding this share of `L1_MAX_BYTES` warns (0.95: full, so entries are evicted
+    /// before they expire); above the bound is critical.
+    pub l1_warning: f64,
+    /// Per cache category, how old its served data may be (p99 over 5 minutes) before a
+    /// warning; twice it is critical.
+    pub freshness: [(&'static str, Duration); 3],
 }
 
 impl Default for Thresholds {
@@ -107,6 +144,8 @@ impl Default for Thresholds {
             error_rate_critical: 0.05,
             min_reads: 100,
             expiry_lag_warning_ms: 120_000,
+            l1_warning: 0.95,
+            freshness: crate::config::FreshnessObjectives::default().by_category(),
         }
     }
 }
@@ -128,6 +167,8 @@ pub struct HealthInputs {
     pub expiry_runs: Vec<JobRun>,
     /// The offer-expiry job's schedule.
     pub expiry_interval: Duration,
+    /// This process's L1: bytes held and its bound.
+    pub l1: Option<(u64, u64)>,
     /// Now.
     pub now: EpochMillis,
 }
@@ -188,6 +229,31 @@ fn grade(value: f64, warning: f64, critical: f64, higher_is_worse: bool) -> Opti
         None
     }
 }
+
+/// The alert figure and the health figure of a category's freshness.
+fn freshness_names(category: &str) -> (&'static str, &'static str) {
+    match category {
+        "product" => ("freshness_product", "data_age_p99_s_product"),
+        "stats" => ("freshness_stats", "data_age_p99_s_stats"),
+        _ => ("freshness_feed", "data_age_p99_s_feed"),
+    }
+}
+
+/// The figures that can raise an alert, for the since-when bookkeeping.
+pub const ALERT_FIGURES: [&str; 12] = [
+    "hit_ratio",
+    "redis_error_rate",
+    "memory",
+    "redis",
+    "circuit",
+    "refresh",
+    "offer_expiry",
+    "offer_expiry_lag",
+    "l1_memory",
+    "freshness_product",
+    "freshness_stats",
+    "freshness_feed",
+];
 
 /// Evaluates health. `since` says since when each alert (by figure) has been active; alerts
 /// not in it are new and get `now`.
@@ -294,29 +360,84 @@ pub fn evaluate(
     }
 
     #[allow(clippy::cast_precision_loss)]
-    let memory_trend = trend(
+    let l1_share = inputs
+        .l1
+        .filter(|(_, max)| *max > 0)
+        .map(|(bytes, max)| bytes as f64 / max as f64);
+    if let Some(share) = l1_share {
+        if share > 1.0 {
+            alert(
+                "l1_memory",
+                Status::Critical,
+                format!(
+                    "L1 holds {:.0}% of L1_MAX_BYTES: above its bound",
+                    share * 100.0
+                ),
+            );
+        } else if share >= thresholds.l1_warning {
+            alert(
+                "l1_memory",
+                Status::Warning,
+                format!(
+                    "L1 holds {:.0}% of L1_MAX_BYTES: entries are evicted before they expire",
+                    share * 100.0
+                ),
+            );
+        }
+    }
+
+    let mut freshness_figures = Vec::new();
+    for (category, objective) in thresholds.freshness {
+        let (figure, name) = freshness_names(category);
+        #[allow(clippy::cast_precision_loss)]
+        let age_s = h.age_p99_5m.get(category).map(|ms| *ms as f64 / 1000.0);
+        freshness_figures.push(Figure::now(name, age_s));
+        let Some(age_s) = age_s else { continue };
+        let objective_s = objective.as_secs_f64();
+        if let Some(severity) = grade(age_s, objective_s, objective_s * 2.0, true) {
+            alert(
+                figure,
+                severity,
+                format!(
+                    "{category} data served over the last 5 minutes is up to {age_s:.0} s old (p99), \
+                     against an objective of {objective_s:.0} s"
+                ),
+            );
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    let used_memory = Figure::compared(
+        "used_memory_bytes",
         inputs.server.map(|s| s.used_memory as f64),
         h.memory_hour_ago.map(|m| m as f64),
         inputs.server.map_or(0.0, |s| s.used_memory as f64 * 0.05),
         false,
     );
-    let figures = vec![
+    let mut figures = vec![
+        Figure::compared(
+            "hit_ratio",
+            hit_ratio,
+            h.previous_55m.counters.hit_ratio(),
+            0.02,
+            true,
+        ),
+        Figure::compared(
+            "redis_error_rate",
+            errors,
+            error_rate(&h.previous_55m.counters),
+            0.005,
+            false,
+        ),
+        // The share of maxmemory moves as the bytes do.
         Figure {
-            name: "hit_ratio",
-            value: hit_ratio,
-            trend: trend(hit_ratio, h.previous_55m.counters.hit_ratio(), 0.02, true),
+            trend: used_memory.trend,
+            ..Figure::now("memory", memory)
         },
-        Figure {
-            name: "redis_error_rate",
-            value: errors,
-            trend: trend(errors, error_rate(&h.previous_55m.counters), 0.005, false),
-        },
-        Figure {
-            name: "memory",
-            value: memory,
-            trend: memory_trend,
-        },
+        used_memory,
+        Figure::now("l1_memory", l1_share),
     ];
+    figures.extend(freshness_figures);
     let status = alerts
         .iter()
         .map(|a| a.severity)
@@ -386,6 +507,7 @@ mod tests {
             refresh_interval: Duration::from_secs(900),
             expiry_runs: vec![expired(30, 5_000)],
             expiry_interval: Duration::from_secs(60),
+            l1: Some((10, 100)),
             now: NOW,
         }
     }
@@ -521,5 +643,110 @@ mod tests {
                 .message
                 .contains("never succeeded")
         );
+    }
+
+    fn figure<'a>(report: &'a HealthReport, name: &str) -> &'a Figure {
+        report.figures.iter().find(|f| f.name == name).unwrap()
+    }
+
+    #[test]
+    fn a_categorys_served_age_past_its_objective_warns_past_twice_is_critical_then_clears() {
+        let t = Thresholds::default(); // 15 minutes for every category
+        let mut i = inputs(counters(950, 50), counters(950, 50));
+        let evaluate_at = |i: &HealthInputs, stats_age_s: u64| {
+            let mut i = i.clone();
+            i.history
+                .age_p99_5m
+                .insert("stats".into(), stats_age_s * 1000);
+            i.history.age_p99_5m.insert("product".into(), 30_000);
+            evaluate(&i, &t, &HashMap::new())
+        };
+        let fine = evaluate_at(&i, 900);
+        assert_eq!(fine.status, Status::Healthy, "{fine:?}");
+        assert_eq!(figure(&fine, "data_age_p99_s_stats").value, Some(900.0));
+        assert_eq!(figure(&fine, "data_age_p99_s_product").value, Some(30.0));
+        assert_eq!(figure(&fine, "data_age_p99_s_feed").value, None);
+        let warned = evaluate_at(&i, 901);
+        assert_eq!(warned.status, Status::Warning);
+        assert_eq!(warned.alerts[0].figure, "freshness_stats");
+        assert!(warned.alerts[0].message.contains("901 s old"), "{warned:?}");
+        let critical = evaluate_at(&i, 1801);
+        assert_eq!(critical.status, Status::Critical);
+        assert_eq!(critical.alerts[0].figure, "freshness_stats");
+        // The objective comes from the thresholds (configuration), per category.
+        i.history.age_p99_5m.insert("feed".into(), 61_000);
+        let feed = evaluate(
+            &i,
+            &Thresholds {
+                freshness: [
+                    ("product", Duration::from_secs(900)),
+                    ("stats", Duration::from_secs(900)),
+                    ("feed", Duration::from_secs(60)),
+                ],
+                ..t
+            },
+            &HashMap::new(),
+        );
+        assert_eq!(feed.alerts[0].figure, "freshness_feed");
+        // Fresh again: the alert is gone.
+        i.history.age_p99_5m.clear();
+        assert_eq!(evaluate(&i, &t, &HashMap::new()).status, Status::Healthy);
+    }
+
+    #[test]
+    fn l1_at_its_bound_warns_and_above_it_is_critical() {
+        let t = Thresholds::default();
+        let mut i = inputs(counters(950, 50), counters(950, 50));
+        for (bytes, status) in [
+            (94, Status::Healthy),
+            (95, Status::Warning),
+            (100, Status::Warning),
+            (101, Status::Critical),
+        ] {
+            i.l1 = Some((bytes, 100));
+            let report = evaluate(&i, &t, &HashMap::new());
+            assert_eq!(report.status, status, "{bytes}: {report:?}");
+            assert_eq!(
+                figure(&report, "l1_memory").value,
+                Some(bytes as f64 / 100.0)
+            );
+            if status != Status::Healthy {
+                assert_eq!(report.alerts[0].figure, "l1_memory");
+            }
+        }
+    }
+
+    #[test]
+    fn trends_carry_their_size() {
+        let report = evaluate(
+            &inputs(counters(950, 50), counters(800, 200)),
+            &Thresholds::default(),
+            &HashMap::new(),
+        );
+        let hit_ratio = figure(&report, "hit_ratio");
+        assert_eq!(hit_ratio.trend, Trend::Improving);
+        let change = hit_ratio.change.unwrap();
+        assert!((change - 0.15).abs() < 1e-9, "{change}");
+        // No memory sample from an hour ago: a direction and a size are both unknown.
+        assert_eq!(figure(&report, "used_memory_bytes").change, None);
+        assert_eq!(figure(&report, "used_memory_bytes").trend, Trend::Unknown);
+    }
+
+    #[test]
+    fn every_alert_figure_is_in_the_bookkeeping_list() {
+        let mut i = inputs(counters(100, 900), counters(950, 50));
+        i.l1 = Some((200, 100));
+        i.server = None;
+        i.breaker = BreakerState::HalfOpen;
+        i.refresh_runs.clear();
+        i.expiry_runs = vec![expired(1_000, 1_000_000)];
+        for category in ["product", "stats", "feed"] {
+            i.history.age_p99_5m.insert(category.into(), 100_000_000);
+        }
+        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
+        assert!(report.alerts.len() >= 9, "{report:?}");
+        for alert in &report.alerts {
+            assert!(ALERT_FIGURES.contains(&alert.figure), "{}", alert.figure);
+        }
     }
 }

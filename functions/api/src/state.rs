@@ -34,6 +34,10 @@ pub struct AppState {
     pub refresh_interval: Duration,
     /// The offer-expiry job's schedule, for health.
     pub expiry_interval: Duration,
+    /// The view-aggregator's tumbling window (when `/admin/jobs` expects its next window).
+    pub view_window: Duration,
+    /// How old each cache category's served data may be before health warns.
+    pub freshness: catalog_core::config::FreshnessObjectives,
     /// How often this process adds its counters to the shared per-minute buckets.
     pub counters_flush_every: Duration,
     /// `Function` dimension of the EMF metric lines; `None` outside Lambda, where nobody
@@ -75,6 +79,8 @@ impl AppState {
             write_token: config.write_token.as_ref().map(BearerToken::new),
             refresh_interval: config.jobs.refresh_interval,
             expiry_interval: config.jobs.expiry_interval,
+            view_window: config.jobs.view_window,
+            freshness: config.freshness,
             counters_flush_every: Duration::from_secs(10),
             emf_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME")
                 .ok()

@@ -933,7 +933,10 @@ async fn the_openapi_document_describes_every_route_and_every_path_is_served() {
             let response = app.send(request).await;
             if path == "/status" {
                 assert_eq!(response.status(), StatusCode::OK);
-                assert_eq!(header_of(&response, "content-type"), "text/html; charset=utf-8");
+                assert_eq!(
+                    header_of(&response, "content-type"),
+                    "text/html; charset=utf-8"
+                );
                 continue;
             }
             let json = body(response).await;
@@ -1229,4 +1232,94 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     }
     assert_eq!(stats["routes"]["last_1h"], stats["routes"]["last_5m"]);
     assert_eq!(stats["routes"]["last_24h"], stats["routes"]["last_5m"]);
+}
+
+#[tokio::test]
+async fn a_category_serving_data_older_than_its_objective_makes_health_warn_until_it_is_fresh() {
+    let mut app = TestApp::new();
+    app.state.freshness.product = Duration::from_secs(20);
+    app.seed_product("p1").await;
+    app.get("/products/p1").await;
+    app.clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        header_of(&app.get("/products/p1").await, "x-cache"),
+        "HIT-L2"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.state.cache.flush_counters(Duration::ZERO, None).await;
+    let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    let alert = health["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["figure"] == "freshness_product")
+        .unwrap_or_else(|| panic!("no freshness alert in {health}"));
+    assert_eq!(alert["severity"], "WARNING");
+    let age = health["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "data_age_p99_s_product")
+        .unwrap();
+    assert!(
+        (30.0..=33.75).contains(&age["value"].as_f64().unwrap()),
+        "{age}"
+    );
+    // Five minutes on, the old reads have left the window: the alert clears.
+    app.clock.advance(Duration::from_secs(6 * 60));
+    let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    assert!(
+        !health["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["figure"] == "freshness_product"),
+        "{health}"
+    );
+}
+
+#[tokio::test]
+async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
+    let app = TestApp::new();
+    let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
+    let schedule = jobs["schedule"].as_array().unwrap();
+    assert_eq!(schedule.len(), 3, "{jobs}");
+    for job in schedule {
+        assert_eq!(job["overdue"], true, "never ran: {job}");
+        assert!(job["next_expected_at"].is_null());
+    }
+    let mut run = catalog_core::model::JobRun::new(
+        "offer-expiry",
+        NOW - 30_000,
+        catalog_core::model::RunOutcome::Succeeded,
+    );
+    run.duration_ms = 120;
+    run.lag_ms = Some(4_000);
+    catalog_core::jobs::metrics::record_run(app.store.as_ref(), &run)
+        .await
+        .unwrap();
+    let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
+    let expiry = jobs["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "offer-expiry")
+        .unwrap()
+        .clone();
+    assert_eq!(expiry["every_s"], 60);
+    assert_eq!(expiry["last_duration_ms"], 120);
+    assert_eq!(expiry["last_lag_ms"], 4_000);
+    assert_eq!(expiry["next_expected_at"], NOW + 30_000);
+    assert_eq!(expiry["overdue"], false);
+    // More than one interval past the expected time.
+    app.clock.advance(Duration::from_secs(91));
+    let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
+    let expiry = jobs["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "offer-expiry")
+        .unwrap()
+        .clone();
+    assert_eq!(expiry["overdue"], true);
 }

@@ -43,6 +43,8 @@ pub struct History {
     pub memory_hour_ago: Option<u64>,
     /// Requests per route over the last 5 minutes, hour and 24 hours.
     pub routes: RoutesByWindow,
+    /// The p99 age (ms) of the data each cache category served over the last 5 minutes.
+    pub age_p99_5m: std::collections::BTreeMap<String, u64>,
 }
 
 /// The per-route breakdown over the standard windows.
@@ -194,7 +196,16 @@ impl Cache {
                     .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
             )
         };
+        let age_p99_5m = traffic::age_p99_by_category(
+            fields
+                .iter()
+                .filter(|(ago, name, _)| {
+                    (0..5).contains(ago) && name.starts_with(traffic::FIELD_PREFIX)
+                })
+                .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
+        );
         History {
+            age_p99_5m,
             routes: RoutesByWindow {
                 last_5m: routes(5),
                 last_1h: routes(60),

@@ -388,6 +388,33 @@ pub fn breakdown<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<Ro
         .collect()
 }
 
+/// The p99 age (ms) of the data each category served, from a window's summed fields, every
+/// route of the category merged (a batch and a single read are both `product`).
+pub fn age_p99_by_category<'a>(
+    fields: impl IntoIterator<Item = (&'a str, u64)>,
+) -> BTreeMap<String, u64> {
+    let mut ages: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
+    for (name, value) in fields {
+        let Some(rest) = name.strip_prefix(FIELD_PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.rsplitn(3, '|');
+        let (Some(stat), Some(category)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Some(Ok(i)) = stat.strip_prefix("age.").map(str::parse) {
+            *ages
+                .entry(category.to_owned())
+                .or_default()
+                .entry(i)
+                .or_default() += value;
+        }
+    }
+    ages.into_iter()
+        .filter_map(|(category, buckets)| Some((category, percentiles(&buckets).p99?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +517,8 @@ mod tests {
         let from_one = breakdown(single.iter().map(|(n, v)| (n.as_str(), *v)));
         assert_eq!(from_two, from_one);
         assert_eq!(from_two[0].requests, 1000);
+        let ages = age_p99_by_category(merged.iter().map(|(n, v)| (n.as_str(), *v)));
+        // Two thirds of the reads served 5 s old data: the p99 is in 5 s's bucket.
+        assert!((5000..=5625).contains(&ages["product"]), "{ages:?}");
     }
 }

@@ -146,18 +146,6 @@ async fn describe_serverless_cache(
     }
 }
 
-/// Figures that can raise alerts, for the since-when bookkeeping.
-const ALERT_FIGURES: [&str; 8] = [
-    "hit_ratio",
-    "redis_error_rate",
-    "memory",
-    "redis",
-    "circuit",
-    "refresh",
-    "offer_expiry",
-    "offer_expiry_lag",
-];
-
 /// `GET /admin/cache/health`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthResponse {
@@ -194,12 +182,19 @@ pub async fn cache_health(
         refresh_interval: state.refresh_interval,
         expiry_runs,
         expiry_interval: state.expiry_interval,
+        l1: {
+            let (_, bytes) = cache.l1_usage();
+            Some((bytes, cache.options().l1_max_bytes))
+        },
         now,
     };
-    let thresholds = Thresholds::default();
+    let thresholds = Thresholds {
+        freshness: state.freshness.by_category(),
+        ..Thresholds::default()
+    };
     let first = health::evaluate(&inputs, &thresholds, &HashMap::new());
     let active: Vec<&str> = first.alerts.iter().map(|a| a.figure).collect();
-    let inactive: Vec<&str> = ALERT_FIGURES
+    let inactive: Vec<&str> = health::ALERT_FIGURES
         .into_iter()
         .filter(|f| !active.contains(f))
         .collect();
@@ -393,6 +388,53 @@ pub struct JobsResponse {
     pub jobs: Vec<JobRun>,
     /// Each job's most recent runs, newest first, skipped ones included.
     pub history: BTreeMap<String, Vec<JobRun>>,
+    /// Each job's last run and when the next is expected.
+    pub schedule: Vec<JobSchedule>,
+}
+
+/// When a job last ran and when it should run next.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobSchedule {
+    /// `refresh`, `offer-expiry` or `view-aggregator`.
+    pub job: String,
+    /// How often it runs, in seconds: its schedule, or the view-aggregator's tumbling window.
+    pub every_s: u64,
+    /// When its last run (or window report) started (epoch ms); `null` before the first.
+    pub last_started_at: Option<i64>,
+    /// How long the last run took.
+    pub last_duration_ms: Option<u64>,
+    /// How far behind the last run was, where the job measures it (offer-expiry: now minus
+    /// the oldest due expiry; view-aggregator: the report's time minus the window's end).
+    pub last_lag_ms: Option<u64>,
+    /// When the next run is expected (epoch ms): the last start plus the interval.
+    pub next_expected_at: Option<i64>,
+    /// True when the next run is more than one interval late (or none ever ran).
+    pub overdue: bool,
+}
+
+/// The schedule of each job, from its last run.
+fn schedule(state: &AppState, last_runs: &[JobRun], now: i64) -> Vec<JobSchedule> {
+    [
+        (refresh::JOB, state.refresh_interval),
+        (offer_expiry::JOB, state.expiry_interval),
+        (catalog_core::streams::views::JOB, state.view_window),
+    ]
+    .into_iter()
+    .map(|(job, every)| {
+        let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        let last = last_runs.iter().find(|r| r.job == job);
+        let next_expected_at = last.map(|r| r.started_at.saturating_add(every_ms));
+        JobSchedule {
+            job: job.to_owned(),
+            every_s: every.as_secs(),
+            last_started_at: last.map(|r| r.started_at),
+            last_duration_ms: last.map(|r| r.duration_ms),
+            last_lag_ms: last.and_then(|r| r.lag_ms),
+            next_expected_at,
+            overdue: next_expected_at.is_none_or(|next| now > next.saturating_add(every_ms)),
+        }
+    })
+    .collect()
 }
 
 /// Runs shown per job in `history`.
@@ -402,7 +444,7 @@ const HISTORY_SHOWN: usize = 5;
     get, path = "/admin/jobs", tag = "admin", security(("admin_token" = []), ("admin_token_header" = [])),
     responses((status = 200, body = JobsResponse), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
-/// The last run of each scheduled job, and each job's recent runs.
+/// The last run of each scheduled job, each job's recent runs, and when each should run next.
 pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<JobsResponse>> {
     let jobs = state.stats.last_runs().await?;
     let mut names: BTreeSet<String> = jobs.iter().map(|r| r.job.clone()).collect();
@@ -414,5 +456,10 @@ pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<Job
             history.insert(name, runs);
         }
     }
-    Ok(Json(JobsResponse { jobs, history }))
+    let schedule = schedule(&state, &jobs, state.clock.now_ms());
+    Ok(Json(JobsResponse {
+        jobs,
+        history,
+        schedule,
+    }))
 }
