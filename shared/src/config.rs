@@ -47,6 +47,9 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// How old served data may be, per cache category, before health warns.
     pub freshness: FreshnessObjectives,
+    /// How long raised and cleared alerts stay in the health report's history
+    /// (`ALERT_HISTORY_SECS`, default 86,400).
+    pub alert_history: Duration,
 }
 
 /// The freshness objective of each cache category: health turns WARNING when the p99 age of
@@ -367,6 +370,11 @@ impl Config {
                     view_window: env.secs_in("VIEW_WINDOW_SECS", defaults.view_window, 1..=900)?,
                 }
             },
+            alert_history: env.secs_in(
+                "ALERT_HISTORY_SECS",
+                Duration::from_secs(86_400),
+                60..=2_592_000,
+            )?,
             freshness: {
                 let defaults = FreshnessObjectives::default();
                 FreshnessObjectives {

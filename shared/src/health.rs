@@ -239,6 +239,51 @@ fn freshness_names(category: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// The alert history's events between the alerts active before (`previous`) and `report`'s:
+/// each alert new in the report is raised, each previous one no longer in it cleared, with the
+/// value of its figure.
+pub fn alert_events(
+    previous: &[String],
+    report: &HealthReport,
+    now: EpochMillis,
+) -> Vec<crate::cache::observe::AlertEvent> {
+    let value_of = |alert_figure: &str| -> Option<f64> {
+        let figure = match alert_figure {
+            "freshness_product" => "data_age_p99_s_product",
+            "freshness_stats" => "data_age_p99_s_stats",
+            "freshness_feed" => "data_age_p99_s_feed",
+            other => other,
+        };
+        report.figures.iter().find(|f| f.name == figure)?.value
+    };
+    let raised = report
+        .alerts
+        .iter()
+        .filter(|a| !previous.iter().any(|p| p == a.figure))
+        .map(|a| crate::cache::observe::AlertEvent {
+            at: now,
+            figure: a.figure.to_owned(),
+            event: "raised".into(),
+            severity: serde_json::to_value(a.severity)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned)),
+            value: value_of(a.figure),
+            message: Some(a.message.clone()),
+        });
+    let cleared = previous
+        .iter()
+        .filter(|p| !report.alerts.iter().any(|a| a.figure == p.as_str()))
+        .map(|figure| crate::cache::observe::AlertEvent {
+            at: now,
+            figure: figure.clone(),
+            event: "cleared".into(),
+            severity: None,
+            value: value_of(figure),
+            message: None,
+        });
+    raised.chain(cleared).collect()
+}
+
 /// The figures that can raise an alert, for the since-when bookkeeping.
 pub const ALERT_FIGURES: [&str; 12] = [
     "hit_ratio",

@@ -38,6 +38,8 @@ pub struct AppState {
     pub view_window: Duration,
     /// How old each cache category's served data may be before health warns.
     pub freshness: catalog_core::config::FreshnessObjectives,
+    /// How long the health report keeps raised and cleared alerts.
+    pub alert_history: Duration,
     /// How often this process adds its counters to the shared per-minute buckets.
     pub counters_flush_every: Duration,
     /// `Function` dimension of the EMF metric lines; `None` outside Lambda, where nobody
@@ -81,6 +83,7 @@ impl AppState {
             expiry_interval: config.jobs.expiry_interval,
             view_window: config.jobs.view_window,
             freshness: config.freshness,
+            alert_history: config.alert_history,
             counters_flush_every: Duration::from_secs(10),
             emf_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME")
                 .ok()

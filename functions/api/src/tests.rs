@@ -1238,6 +1238,7 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
 async fn a_category_serving_data_older_than_its_objective_makes_health_warn_until_it_is_fresh() {
     let mut app = TestApp::new();
     app.state.freshness.product = Duration::from_secs(20);
+    app.state.alert_history = Duration::from_secs(600);
     app.seed_product("p1").await;
     app.get("/products/p1").await;
     app.clock.advance(Duration::from_secs(30));
@@ -1265,7 +1266,24 @@ async fn a_category_serving_data_older_than_its_objective_makes_health_warn_unti
         (30.0..=33.75).contains(&age["value"].as_f64().unwrap()),
         "{age}"
     );
-    // Five minutes on, the old reads have left the window: the alert clears.
+    // The history says when it was raised, with the figure's value then.
+    let raised = health["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["figure"] == "freshness_product")
+        .unwrap_or_else(|| panic!("not in the history: {health}"))
+        .clone();
+    assert_eq!(
+        (raised["event"].as_str(), raised["severity"].as_str()),
+        (Some("raised"), Some("WARNING"))
+    );
+    assert_eq!(raised["value"], age["value"]);
+    // Asked again, nothing new is raised.
+    let again = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    assert_eq!(again["history"], health["history"]);
+    // Five minutes on, the old reads have left the window: the alert clears, and the history
+    // says so, newest first.
     app.clock.advance(Duration::from_secs(6 * 60));
     let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
     assert!(
@@ -1274,6 +1292,25 @@ async fn a_category_serving_data_older_than_its_objective_makes_health_warn_unti
             .unwrap()
             .iter()
             .any(|a| a["figure"] == "freshness_product"),
+        "{health}"
+    );
+    let history: Vec<&str> = health["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["figure"] == "freshness_product")
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["cleared", "raised"]);
+    // Past the history's window (10 minutes here), both events are gone.
+    app.clock.advance(Duration::from_secs(11 * 60));
+    let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    assert!(
+        !health["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["figure"] == "freshness_product"),
         "{health}"
     );
 }

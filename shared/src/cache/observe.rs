@@ -257,4 +257,70 @@ impl Cache {
         .await
         .unwrap_or_else(|_| active.iter().map(|a| ((*a).to_owned(), now)).collect())
     }
+
+    /// The alerts active before this evaluation (the shared since-when hash), to tell which
+    /// were raised and which cleared; `None` if Redis did not answer.
+    pub async fn active_alerts(&self) -> Option<Vec<String>> {
+        let key = format!("{}health:alerts", self.keys().prefix());
+        let mut hashes = self
+            .with_l2("HGETALL", self.single_deadline(), |l2| {
+                l2.hash_get_all(std::slice::from_ref(&key))
+            })
+            .await
+            .ok()?;
+        Some(hashes.pop().unwrap_or_default().into_keys().collect())
+    }
+
+    /// Adds `events` to the shared alert history, drops what is older than `keep`, and returns
+    /// the history, newest first (empty if Redis did not answer).
+    pub async fn alert_history(&self, events: &[AlertEvent], keep: Duration) -> Vec<AlertEvent> {
+        let now = self.now();
+        let key = format!("{}health:alert-history", self.keys().prefix());
+        let oldest = now - crate::clock::millis(keep);
+        let members: Vec<(String, i64)> = events
+            .iter()
+            .filter_map(|e| Some((serde_json::to_string(e).ok()?, e.at)))
+            .collect();
+        let history = self
+            .with_l2("ZADD", self.batch_deadline(), |l2| async move {
+                if !members.is_empty() {
+                    l2.zset_add(&key, &members, false).await?;
+                }
+                let expired = l2
+                    .zset_range_by_score(&key, i64::MIN, oldest - 1, 0, 10_000)
+                    .await?;
+                if !expired.is_empty() {
+                    let expired: Vec<String> = expired.into_iter().map(|(m, _)| m).collect();
+                    l2.zset_remove(&key, &expired).await?;
+                }
+                l2.zset_range_by_score(&key, oldest, i64::MAX, 0, 10_000)
+                    .await
+            })
+            .await
+            .unwrap_or_default();
+        let mut events: Vec<AlertEvent> = history
+            .iter()
+            .filter_map(|(member, _)| serde_json::from_str(member).ok())
+            .collect();
+        events.reverse();
+        events
+    }
+}
+
+/// One alert raised or cleared, as the alert history keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertEvent {
+    /// When (epoch ms).
+    pub at: EpochMillis,
+    /// The alert's figure, e.g. `hit_ratio`.
+    pub figure: String,
+    /// `raised` or `cleared`.
+    pub event: String,
+    /// The severity it was raised with (`WARNING` or `CRITICAL`); `null` when cleared.
+    pub severity: Option<String>,
+    /// The figure's value then, if it has one.
+    pub value: Option<f64>,
+    /// What was wrong, in words, when raised.
+    pub message: Option<String>,
 }

@@ -9,7 +9,7 @@ use catalog_core::cache::breaker::BreakerState;
 use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
 use catalog_core::cache::metrics::MetricsSnapshot;
-use catalog_core::cache::observe::RoutesByWindow;
+use catalog_core::cache::observe::{AlertEvent, RoutesByWindow};
 use catalog_core::elasticache::{ControlPlane, ServerlessCacheInfo};
 use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
 use catalog_core::jobs::{offer_expiry, refresh};
@@ -155,6 +155,9 @@ pub struct HealthResponse {
     pub report: HealthReport,
     /// When this was evaluated (epoch ms).
     pub checked_at: i64,
+    /// Alerts raised and cleared, with their figure's value then, newest first, over the last
+    /// `ALERT_HISTORY_SECS` (24 h by default).
+    pub history: Vec<AlertEvent>,
 }
 
 #[utoipa::path(
@@ -198,10 +201,18 @@ pub async fn cache_health(
         .into_iter()
         .filter(|f| !active.contains(f))
         .collect();
+    // What was active before, to record what this evaluation raised and cleared.
+    let previous = cache.active_alerts().await;
     let since = cache.alert_since(&active, &inactive).await;
+    let report = health::evaluate(&inputs, &thresholds, &since);
+    let events = previous
+        .map(|previous| health::alert_events(&previous, &report, now))
+        .unwrap_or_default();
+    let history = cache.alert_history(&events, state.alert_history).await;
     Ok(Json(HealthResponse {
-        report: health::evaluate(&inputs, &thresholds, &since),
+        report,
         checked_at: now,
+        history,
     }))
 }
 
