@@ -1232,6 +1232,17 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     }
     assert_eq!(stats["routes"]["last_1h"], stats["routes"]["last_5m"]);
     assert_eq!(stats["routes"]["last_24h"], stats["routes"]["last_5m"]);
+    // The cache's own operations, per tier: the miss loaded once and wrote to Redis; the
+    // reads asked Redis.
+    let operations = stats["operations"]["last_5m"].as_array().unwrap();
+    for name in ["l2_get", "l2_set", "load"] {
+        let operation = operations
+            .iter()
+            .find(|o| o["operation"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {operations:?}"));
+        assert!(operation["calls"].as_u64().unwrap() >= 1, "{operation}");
+        assert!(operation["latency_us"]["p50"].is_u64(), "{operation}");
+    }
 }
 
 #[tokio::test]

@@ -375,7 +375,16 @@ impl Cache {
             return Err(L2Fail::Unavailable);
         }
         CacheMetrics::incr(&inner.metrics.l2_calls);
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(deadline, call(l2)).await;
+        let operation = match op {
+            "GET" | "MGET" => Some(traffic::Operation::L2Get),
+            "EVALSHA" => Some(traffic::Operation::L2Set),
+            _ => None,
+        };
+        if let Some(operation) = operation {
+            inner.traffic.record_operation(operation, started.elapsed());
+        }
         let error = match outcome {
             Ok(Ok(value)) => {
                 inner.breaker.record_success();

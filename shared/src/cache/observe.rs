@@ -43,8 +43,22 @@ pub struct History {
     pub memory_hour_ago: Option<u64>,
     /// Requests per route over the last 5 minutes, hour and 24 hours.
     pub routes: RoutesByWindow,
+    /// The cache operations' latency per tier over the same windows.
+    pub operations: OperationsByWindow,
     /// The p99 age (ms) of the data each cache category served over the last 5 minutes.
     pub age_p99_5m: std::collections::BTreeMap<String, u64>,
+}
+
+/// The cache operations' latency (Redis reads and writes, loads) over the standard windows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OperationsByWindow {
+    /// Last 5 minutes.
+    pub last_5m: Vec<traffic::OperationWindow>,
+    /// Last hour.
+    pub last_1h: Vec<traffic::OperationWindow>,
+    /// Last 24 hours.
+    pub last_24h: Vec<traffic::OperationWindow>,
 }
 
 /// The per-route breakdown over the standard windows.
@@ -204,7 +218,22 @@ impl Cache {
                 })
                 .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
         );
+        let operations = |to: i64| -> Vec<traffic::OperationWindow> {
+            traffic::operations(
+                fields
+                    .iter()
+                    .filter(|(ago, name, _)| {
+                        (0..to).contains(ago) && name.starts_with(traffic::OPERATION_PREFIX)
+                    })
+                    .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
+            )
+        };
         History {
+            operations: OperationsByWindow {
+                last_5m: operations(5),
+                last_1h: operations(60),
+                last_24h: operations(24 * 60),
+            },
             age_p99_5m,
             routes: RoutesByWindow {
                 last_5m: routes(5),

@@ -752,12 +752,14 @@ impl Cache {
     /// refresh job, the revalidation drain, an admin warm) goes through this.
     pub async fn bounded_load<R>(&self, load: impl Future<Output = Result<R>>) -> Result<R> {
         let after = self.inner.options.load_timeout;
-        tokio::time::timeout(after, load)
-            .await
-            .map_err(|_| crate::Error::Timeout {
-                op: "cache load",
-                after,
-            })?
+        let started = std::time::Instant::now();
+        let loaded = tokio::time::timeout(after, load).await;
+        self.traffic()
+            .record_operation(super::traffic::Operation::Load, started.elapsed());
+        loaded.map_err(|_| crate::Error::Timeout {
+            op: "cache load",
+            after,
+        })?
     }
 
     /// Runs the loader and writes its answer (or "not found") to both tiers.

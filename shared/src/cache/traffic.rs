@@ -155,10 +155,54 @@ impl Default for RouteCounters {
     }
 }
 
-/// Every route's counts in this process.
-#[derive(Default, Clone)]
+/// Prefix of every cache-operation field in a minute bucket.
+pub const OPERATION_PREFIX: &str = "o|";
+
+/// A cache operation whose latency is recorded, so a slow Redis or database shows before it
+/// causes timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A Redis read (`GET`, `MGET`).
+    L2Get,
+    /// A Redis write (the guarded-set script).
+    L2Set,
+    /// A loader call (the database).
+    Load,
+}
+
+impl Operation {
+    const ALL: [Operation; 3] = [Operation::L2Get, Operation::L2Set, Operation::Load];
+
+    fn name(self) -> &'static str {
+        match self {
+            Operation::L2Get => "l2_get",
+            Operation::L2Set => "l2_set",
+            Operation::Load => "load",
+        }
+    }
+}
+
+/// One operation's live counts.
+#[derive(Default)]
+struct OperationCounters {
+    calls: AtomicU64,
+    latency_us: Histogram,
+}
+
+/// Every route's counts in this process, and the cache operations' latency.
+#[derive(Clone)]
 pub struct Traffic {
     routes: Arc<RwLock<HashMap<String, Arc<RouteCounters>>>>,
+    operations: Arc<[OperationCounters; 3]>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            routes: Arc::default(),
+            operations: Arc::new(std::array::from_fn(|_| OperationCounters::default())),
+        }
+    }
 }
 
 impl Traffic {
@@ -176,6 +220,15 @@ impl Traffic {
                 .age_ms
                 .record(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         }
+    }
+
+    /// Records how long one cache operation took (failed ones included: a timeout is slow).
+    pub fn record_operation(&self, operation: Operation, latency: Duration) {
+        let counters = &self.operations[operation as usize];
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        counters
+            .latency_us
+            .record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
     fn counters(&self, route: &str) -> Arc<RouteCounters> {
@@ -206,6 +259,17 @@ impl Traffic {
             .map(|(r, c)| (r.clone(), c.clone()))
             .collect();
         let mut fields = Vec::new();
+        for operation in Operation::ALL {
+            let counters = &self.operations[operation as usize];
+            let field = |stat: &str| format!("{OPERATION_PREFIX}{}|{stat}", operation.name());
+            match counters.calls.swap(0, Ordering::Relaxed) {
+                0 => {}
+                n => fields.push((field("calls"), n)),
+            }
+            for (i, n) in counters.latency_us.take() {
+                fields.push((field(&format!("lat.{i}")), n));
+            }
+        }
         for (route, counters) in routes {
             let field =
                 |stat: &str| format!("{FIELD_PREFIX}{route}|{}|{stat}", category_of(&route));
@@ -388,6 +452,45 @@ pub fn breakdown<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<Ro
         .collect()
 }
 
+/// One cache operation over a window, every environment's calls merged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OperationWindow {
+    /// `l2_get`, `l2_set` or `load`.
+    pub operation: String,
+    /// Calls.
+    pub calls: u64,
+    /// Latency in microseconds (bucket upper bounds).
+    pub latency_us: Percentiles,
+}
+
+/// The cache operations' latency from a window's summed fields (`o|...` names).
+pub fn operations<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<OperationWindow> {
+    let mut operations: BTreeMap<String, (u64, BTreeMap<usize, u64>)> = BTreeMap::new();
+    for (name, value) in fields {
+        let Some((operation, stat)) = name
+            .strip_prefix(OPERATION_PREFIX)
+            .and_then(|rest| rest.split_once('|'))
+        else {
+            continue;
+        };
+        let entry = operations.entry(operation.to_owned()).or_default();
+        if stat == "calls" {
+            entry.0 += value;
+        } else if let Some(Ok(i)) = stat.strip_prefix("lat.").map(str::parse) {
+            *entry.1.entry(i).or_default() += value;
+        }
+    }
+    operations
+        .into_iter()
+        .map(|(operation, (calls, latency))| OperationWindow {
+            operation,
+            calls,
+            latency_us: percentiles(&latency),
+        })
+        .collect()
+}
+
 /// The p99 age (ms) of the data each category served, from a window's summed fields, every
 /// route of the category merged (a batch and a single read are both `product`).
 pub fn age_p99_by_category<'a>(
@@ -483,6 +586,26 @@ mod tests {
         assert_eq!((admin.category.as_str(), admin.age_ms.p50), ("none", None));
         // Taken once: a second take is empty.
         assert!(traffic.take_fields().is_empty());
+    }
+
+    #[test]
+    fn operation_latency_is_recorded_per_tier() {
+        let traffic = Traffic::default();
+        for i in 1..=100u64 {
+            traffic.record_operation(Operation::L2Get, Duration::from_micros(i * 10));
+        }
+        traffic.record_operation(Operation::Load, Duration::from_millis(4));
+        let fields = fields_of(&traffic);
+        let ops = operations(fields.iter().map(|(n, v)| (n.as_str(), *v)));
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        let get = ops.iter().find(|o| o.operation == "l2_get").unwrap();
+        assert_eq!(get.calls, 100);
+        let p99 = get.latency_us.p99.unwrap();
+        assert!((990..=1125).contains(&p99), "{p99}");
+        let load = ops.iter().find(|o| o.operation == "load").unwrap();
+        assert!((4000..=4500).contains(&load.latency_us.p50.unwrap()));
+        // Operations are not routes.
+        assert!(breakdown(fields.iter().map(|(n, v)| (n.as_str(), *v))).is_empty());
     }
 
     #[test]

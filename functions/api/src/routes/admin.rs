@@ -9,7 +9,7 @@ use catalog_core::cache::breaker::BreakerState;
 use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
 use catalog_core::cache::metrics::MetricsSnapshot;
-use catalog_core::cache::observe::{AlertEvent, RoutesByWindow};
+use catalog_core::cache::observe::{AlertEvent, OperationsByWindow, RoutesByWindow};
 use catalog_core::elasticache::{ControlPlane, ServerlessCacheInfo};
 use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
 use catalog_core::jobs::{offer_expiry, refresh};
@@ -101,6 +101,9 @@ pub struct CacheStats {
     /// Every environment's requests per route template and cache category over the same
     /// windows: answers per source, handler latency (µs) and the age of the data served (ms).
     pub routes: RoutesByWindow,
+    /// Every environment's cache operations over the same windows: calls and latency (µs) of
+    /// Redis reads (`l2_get`), Redis writes (`l2_set`) and loads (`load`).
+    pub operations: OperationsByWindow,
 }
 
 #[utoipa::path(
@@ -131,6 +134,7 @@ pub async fn cache_stats(_: Admin, State(state): State<AppState>) -> ApiResult<J
         revalidation_backlog: backlog,
         serverless_cache,
         routes: history.routes,
+        operations: history.operations,
     }))
 }
 
