@@ -165,8 +165,8 @@ A tour (run each twice and watch X-Cache go MISS -> HIT-L1):
   sleep 1; curl -s {base}/products/p-0002         # cache-sync already followed the stream
   curl -s -X POST {base}/products/p-0001/views {json} -d '{{"event_id": "my-first-view"}}'
   sleep 6; curl -s {base}/products/p-0001/stats   # views_1h went up by one
-  curl -s {base}/admin/cache/stats {admin}
-  curl -s {base}/admin/cache/health {admin}
+  curl -s {base}/admin/cache/stats {admin}    # per tier, per route and per cache operation, over 5 min, 1 h, 24 h
+  curl -s {base}/admin/cache/health {admin}   # alerts (with their history), figures with trend and change
   curl -s {base}/admin/jobs {admin}
   curl -s {base}/openapi.json
   open {base}/status in a browser: the live status page (type the admin token, dev-admin-token)

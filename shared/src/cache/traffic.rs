@@ -589,6 +589,36 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_emf_line_has_the_route_and_category_dimensions_and_its_figures() {
+        let traffic = Traffic::default();
+        traffic.record(
+            "/feed",
+            Answer::L2,
+            Duration::from_micros(300),
+            Some(Duration::from_secs(2)),
+        );
+        let fields = fields_of(&traffic);
+        let routes = breakdown(fields.iter().map(|(n, v)| (n.as_str(), *v)));
+        let line: serde_json::Value =
+            serde_json::from_str(&routes[0].emf_line("CatalogCache", "api", 1_000)).unwrap();
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(
+            directive["Dimensions"][0],
+            serde_json::json!(["Function", "Route", "Category"])
+        );
+        assert_eq!(
+            (line["Route"].as_str(), line["Category"].as_str()),
+            (Some("/feed"), Some("feed"))
+        );
+        assert_eq!(line["Requests"], 1);
+        assert_eq!(line["Answers_l2"], 1);
+        // Every metric declared has a value on the line.
+        for metric in directive["Metrics"].as_array().unwrap() {
+            assert!(line[metric["Name"].as_str().unwrap()].is_u64(), "{metric}");
+        }
+    }
+
+    #[test]
     fn operation_latency_is_recorded_per_tier() {
         let traffic = Traffic::default();
         for i in 1..=100u64 {
