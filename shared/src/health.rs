@@ -131,6 +131,8 @@ pub struct Thresholds {
     /// Per cache category, how old its served data may be (p99 over 5 minutes) before a
     /// warning; twice it is critical.
     pub freshness: [(&'static str, Duration); 3],
+    /// Fewer cached answers than this in 5 minutes make a category's age too noisy to alert on.
+    pub min_age_answers: u64,
 }
 
 impl Default for Thresholds {
@@ -146,6 +148,7 @@ impl Default for Thresholds {
             expiry_lag_warning_ms: 120_000,
             l1_warning: 0.95,
             freshness: crate::config::FreshnessObjectives::default().by_category(),
+            min_age_answers: 20,
         }
     }
 }
@@ -434,10 +437,16 @@ pub fn evaluate(
     let mut freshness_figures = Vec::new();
     for (category, objective) in thresholds.freshness {
         let (figure, name) = freshness_names(category);
+        let age = h.age_p99_5m.get(category);
         #[allow(clippy::cast_precision_loss)]
-        let age_s = h.age_p99_5m.get(category).map(|ms| *ms as f64 / 1000.0);
+        let age_s = age.map(|a| a.at_least_ms as f64 / 1000.0);
         freshness_figures.push(Figure::now(name, age_s));
-        let Some(age_s) = age_s else { continue };
+        // Too few answers make a p99 of one stale read: no alert on them.
+        let Some(age_s) =
+            age_s.filter(|_| age.is_some_and(|a| a.answers >= thresholds.min_age_answers))
+        else {
+            continue;
+        };
         let objective_s = objective.as_secs_f64();
         if let Some(severity) = grade(age_s, objective_s, objective_s * 2.0, true) {
             alert(
@@ -499,6 +508,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::cache::observe::Window;
+    use crate::cache::traffic::AgeP99;
     use crate::model::RunOutcome;
 
     const NOW: i64 = 1_800_000_000_000;
@@ -690,6 +700,13 @@ mod tests {
         );
     }
 
+    fn age(at_least_ms: u64) -> AgeP99 {
+        AgeP99 {
+            at_least_ms,
+            answers: 100,
+        }
+    }
+
     fn figure<'a>(report: &'a HealthReport, name: &str) -> &'a Figure {
         report.figures.iter().find(|f| f.name == name).unwrap()
     }
@@ -702,8 +719,8 @@ mod tests {
             let mut i = i.clone();
             i.history
                 .age_p99_5m
-                .insert("stats".into(), stats_age_s * 1000);
-            i.history.age_p99_5m.insert("product".into(), 30_000);
+                .insert("stats".into(), age(stats_age_s * 1000));
+            i.history.age_p99_5m.insert("product".into(), age(30_000));
             evaluate(&i, &t, &HashMap::new())
         };
         let fine = evaluate_at(&i, 900);
@@ -719,7 +736,15 @@ mod tests {
         assert_eq!(critical.status, Status::Critical);
         assert_eq!(critical.alerts[0].figure, "freshness_stats");
         // The objective comes from the thresholds (configuration), per category.
-        i.history.age_p99_5m.insert("feed".into(), 61_000);
+        i.history.age_p99_5m.insert("feed".into(), age(61_000));
+        // Too few answers to judge: no alert.
+        let few = AgeP99 {
+            answers: 19,
+            ..age(10_000_000)
+        };
+        i.history.age_p99_5m.insert("product".into(), few);
+        assert_eq!(evaluate(&i, &t, &HashMap::new()).alerts.len(), 0);
+        i.history.age_p99_5m.remove("product");
         let feed = evaluate(
             &i,
             &Thresholds {
@@ -786,7 +811,9 @@ mod tests {
         i.refresh_runs.clear();
         i.expiry_runs = vec![expired(1_000, 1_000_000)];
         for category in ["product", "stats", "feed"] {
-            i.history.age_p99_5m.insert(category.into(), 100_000_000);
+            i.history
+                .age_p99_5m
+                .insert(category.into(), age(100_000_000));
         }
         let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
         assert!(report.alerts.len() >= 9, "{report:?}");

@@ -1,4 +1,5 @@
-//! Counts every routed request per route template (`/products/{id}`, not the raw path): its
+//! Counts every routed request per method and route template (`GET /products/{id}`, not the
+//! raw path): its
 //! answer (from `X-Cache` and the status), the handler's latency and the age of the data it
 //! served. In process, atomics only; the counts reach Redis with the cache counters' flush.
 
@@ -18,10 +19,11 @@ pub struct ServedAge(pub u64);
 
 /// Middleware on the matched routes (so the route template is known).
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // The method too: a write to a route shares its template with the read.
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(|p| format!("{} {}", request.method(), p.as_str()));
     let started = Instant::now();
     let response = next.run(request).await;
     if let Some(route) = route {

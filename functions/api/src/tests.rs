@@ -1204,8 +1204,8 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     let routes = stats["routes"]["last_5m"].as_array().unwrap();
     let product = routes
         .iter()
-        .find(|r| r["route"] == "/products/{id}")
-        .unwrap_or_else(|| panic!("no /products/{{id}} in {routes:?}"));
+        .find(|r| r["route"] == "GET /products/{id}")
+        .unwrap_or_else(|| panic!("no GET /products/{{id}} in {routes:?}"));
     assert_eq!(product["category"], "product");
     assert_eq!(product["requests"], 3);
     assert_eq!(
@@ -1218,7 +1218,7 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     assert!((30_000..=33_750).contains(&age_p99), "{age_p99}");
     assert_eq!(product["age_ms"]["p50"], 0);
     assert!(product["latency_us"]["p99"].as_u64().unwrap() > 0);
-    let feed = routes.iter().find(|r| r["route"] == "/feed").unwrap();
+    let feed = routes.iter().find(|r| r["route"] == "GET /feed").unwrap();
     assert_eq!(feed["category"], "feed");
     // The windows nest, and the breakdown adds up to the requests counted.
     for route in routes {
@@ -1257,6 +1257,10 @@ async fn a_category_serving_data_older_than_its_objective_makes_health_warn_unti
         header_of(&app.get("/products/p1").await, "x-cache"),
         "HIT-L2"
     );
+    // Enough answers for the p99 to be judged (health ignores fewer than 20).
+    for _ in 0..20 {
+        app.get("/products/p1").await;
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     app.state.cache.flush_counters(Duration::ZERO, None).await;
     let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
@@ -1274,7 +1278,7 @@ async fn a_category_serving_data_older_than_its_objective_makes_health_warn_unti
         .find(|f| f["name"] == "data_age_p99_s_product")
         .unwrap();
     assert!(
-        (30.0..=33.75).contains(&age["value"].as_f64().unwrap()),
+        (28.0..=30.0).contains(&age["value"].as_f64().unwrap()),
         "{age}"
     );
     // The history says when it was raised, with the figure's value then.

@@ -135,6 +135,19 @@ impl KeySpace {
         format!("{}{{counters}}:h{epoch_hour}", self.prefix)
     }
 
+    /// Per-minute traffic (per route and per cache operation) for one hour, kept apart from
+    /// the counters so the 24 h window never reads minute-resolution route fields:
+    /// `<prefix>{counters}:t<epoch hour>`.
+    pub fn traffic_hour(&self, epoch_hour: i64) -> String {
+        format!("{}{{counters}}:t{epoch_hour}", self.prefix)
+    }
+
+    /// The same traffic summed over one hour, for the 24 h window:
+    /// `<prefix>{counters}:d<epoch hour>`.
+    pub fn traffic_rollup(&self, epoch_hour: i64) -> String {
+        format!("{}{{counters}}:d{epoch_hour}", self.prefix)
+    }
+
     /// Recovers what a key refers to, for keys this key space built.
     pub fn parse(&self, full: &str) -> Option<KeyTarget> {
         let rest = full.strip_prefix(&self.prefix)?;

@@ -16,6 +16,8 @@ const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 /// Buckets live a little longer than the longest window (24 h).
 const BUCKET_TTL: Duration = Duration::from_secs(26 * 3600);
+/// Minute-resolution traffic serves the 5 min and 1 h windows only.
+const TRAFFIC_MINUTES_TTL: Duration = Duration::from_secs(3 * 3600);
 /// Field of a minute bucket holding a memory sample (a gauge, first sample of the minute wins).
 const MEMORY_SAMPLE: &str = "used_memory_sample";
 
@@ -45,8 +47,8 @@ pub struct History {
     pub routes: RoutesByWindow,
     /// The cache operations' latency per tier over the same windows.
     pub operations: OperationsByWindow,
-    /// The p99 age (ms) of the data each cache category served over the last 5 minutes.
-    pub age_p99_5m: std::collections::BTreeMap<String, u64>,
+    /// The p99 age of the data each cache category served over the last 5 minutes.
+    pub age_p99_5m: std::collections::BTreeMap<String, traffic::AgeP99>,
 }
 
 /// The cache operations' latency (Redis reads and writes, loads) over the standard windows.
@@ -96,7 +98,7 @@ impl Cache {
         emf_function: Option<&str>,
     ) -> Option<MetricsSnapshot> {
         let now = self.now();
-        let delta = {
+        let (previous, delta) = {
             let mut last = self
                 .inner
                 .flushed
@@ -107,30 +109,49 @@ impl Cache {
             }
             let current = self.snapshot();
             let delta = current.delta_since(&last.1);
+            let previous = last.1;
             *last = (now, current);
-            delta
+            (previous, delta)
         };
         let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
-        let traffic = self.traffic().take_fields();
-        let increments: Vec<(String, i64)> = delta
-            .fields()
-            .into_iter()
-            .filter(|(_, value, _)| *value > 0)
-            .map(|(name, value, _)| (name.to_owned(), value))
-            .chain(traffic.iter().cloned())
-            .map(|(name, value)| {
-                (
-                    format!("{minute:02}:{name}"),
-                    i64::try_from(value).unwrap_or(i64::MAX),
-                )
-            })
-            .collect();
-        let key = self.keys().counters_hour(now.div_euclid(HOUR_MS));
-        let _ = self
+        let hour = now.div_euclid(HOUR_MS);
+        let in_minute = |fields: &mut dyn Iterator<Item = (String, u64)>| -> Vec<(String, i64)> {
+            fields
+                .map(|(name, value)| {
+                    (
+                        format!("{minute:02}:{name}"),
+                        i64::try_from(value).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect()
+        };
+        let counters = in_minute(
+            &mut delta
+                .fields()
+                .into_iter()
+                .filter(|(_, value, _)| *value > 0)
+                .map(|(name, value, _)| (name.to_owned(), value)),
+        );
+        let key = self.keys().counters_hour(hour);
+        let written = self
             .with_l2("HINCRBY", self.single_deadline(), |l2| {
-                l2.hash_add(&key, &increments, BUCKET_TTL)
+                l2.hash_add(&key, &counters, BUCKET_TTL)
             })
             .await;
+        if written.is_err() {
+            // Not lost: the next flush sends this delta again.
+            let mut last = self
+                .inner
+                .flushed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            last.1 = previous;
+        }
+        let traffic = self.traffic().take_fields();
+        if !traffic.is_empty() {
+            self.flush_traffic(&traffic, in_minute(&mut traffic.iter().cloned()), hour)
+                .await;
+        }
         if let Some(function) = emf_function {
             // EMF lines must be the whole log line, so they go straight to stdout.
             let line = delta.emf_line(
@@ -149,16 +170,55 @@ impl Cache {
         Some(delta)
     }
 
+    /// Adds the traffic taken from [`traffic::Traffic`] to the hour's rollup (the 24 h window),
+    /// then to its minute (the 5 min and 1 h windows). If the rollup cannot be written nothing
+    /// was, and the counts go back to be sent with the next flush; if only the minute fails,
+    /// they stay in the 24 h window and are missing from the shorter ones (never counted twice).
+    async fn flush_traffic(
+        &self,
+        traffic: &[(String, u64)],
+        by_minute: Vec<(String, i64)>,
+        hour: i64,
+    ) {
+        let rollup: Vec<(String, i64)> = traffic
+            .iter()
+            .map(|(name, value)| (name.clone(), i64::try_from(*value).unwrap_or(i64::MAX)))
+            .collect();
+        let rollup_key = self.keys().traffic_rollup(hour);
+        let rolled_up = self
+            .with_l2("HINCRBY", self.single_deadline(), |l2| {
+                l2.hash_add(&rollup_key, &rollup, BUCKET_TTL)
+            })
+            .await;
+        if rolled_up.is_err() {
+            self.traffic().restore(traffic);
+            return;
+        }
+        let minute_key = self.keys().traffic_hour(hour);
+        let _ = self
+            .with_l2("HINCRBY", self.single_deadline(), |l2| {
+                l2.hash_add(&minute_key, &by_minute, TRAFFIC_MINUTES_TTL)
+            })
+            .await;
+    }
+
     /// The shared counters over the standard windows, and the memory trend samples.
     /// Empty without Redis.
     pub async fn history(&self) -> History {
         let now = self.now();
         let first_hour = (now - 24 * HOUR_MS).div_euclid(HOUR_MS);
         let last_hour = now.div_euclid(HOUR_MS);
-        let keys: Vec<String> = (first_hour..=last_hour)
+        let hours = first_hour..=last_hour;
+        // One pipeline (every key shares the {counters} hash tag): the counters by minute for
+        // 24 h, the traffic by minute for the last two hours, the traffic rollups for 24 h.
+        let minute_hours = last_hour - 1..=last_hour;
+        let keys: Vec<String> = hours
+            .clone()
             .map(|h| self.keys().counters_hour(h))
+            .chain(minute_hours.clone().map(|h| self.keys().traffic_hour(h)))
+            .chain(hours.clone().map(|h| self.keys().traffic_rollup(h)))
             .collect();
-        let Ok(hashes) = self
+        let Ok(mut hashes) = self
             .with_l2("HGETALL", self.batch_deadline(), |l2| {
                 l2.hash_get_all(&keys)
             })
@@ -166,19 +226,33 @@ impl Cache {
         else {
             return History::default();
         };
+        let rollups = hashes.split_off(hours.clone().count() + minute_hours.clone().count());
+        let traffic_minutes = hashes.split_off(hours.clone().count());
         let current_minute = now.div_euclid(MINUTE_MS);
-        // (minutes ago, counter name, value) of every bucket field.
-        let mut fields = Vec::new();
-        for (hour, hash) in (first_hour..=last_hour).zip(hashes) {
-            for (field, value) in hash {
-                let Some((minute, name)) = field.split_once(':') else {
-                    continue;
-                };
-                let Ok(minute) = minute.parse::<i64>() else {
-                    continue;
-                };
-                let ago = current_minute - (hour * 60 + minute);
-                fields.push((ago, name.to_owned(), value));
+        // (minutes ago, name, value) of every minute field.
+        let by_minute = |hours: &mut dyn Iterator<Item = (i64, HashMap<String, i64>)>| {
+            let mut fields = Vec::new();
+            for (hour, hash) in hours {
+                for (field, value) in hash {
+                    let Some((minute, name)) = field.split_once(':') else {
+                        continue;
+                    };
+                    let Ok(minute) = minute.parse::<i64>() else {
+                        continue;
+                    };
+                    let ago = current_minute - (hour * 60 + minute);
+                    fields.push((ago, name.to_owned(), value));
+                }
+            }
+            fields
+        };
+        let fields = by_minute(&mut hours.clone().zip(hashes));
+        let traffic_fields = by_minute(&mut minute_hours.zip(traffic_minutes));
+        // The 24 h traffic: whole hours, the current one included (24 to 25 hours).
+        let mut day: HashMap<String, u64> = HashMap::new();
+        for hash in rollups {
+            for (name, value) in hash {
+                *day.entry(name).or_default() += u64::try_from(value).unwrap_or(0);
             }
         }
         let window = |from: i64, to: i64| -> Window {
@@ -200,45 +274,30 @@ impl Cache {
             .filter(|(ago, name, _)| *ago < 60 && name == MEMORY_SAMPLE)
             .max_by_key(|(ago, _, _)| *ago)
             .and_then(|(_, _, v)| u64::try_from(*v).ok());
-        let routes = |to: i64| -> Vec<RouteWindow> {
-            traffic::breakdown(
-                fields
-                    .iter()
-                    .filter(|(ago, name, _)| {
-                        (0..to).contains(ago) && name.starts_with(traffic::FIELD_PREFIX)
-                    })
-                    .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
-            )
-        };
-        let age_p99_5m = traffic::age_p99_by_category(
-            fields
+        let recent = |to: i64, prefix: &'static str| {
+            traffic_fields
                 .iter()
-                .filter(|(ago, name, _)| {
-                    (0..5).contains(ago) && name.starts_with(traffic::FIELD_PREFIX)
-                })
-                .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
-        );
-        let operations = |to: i64| -> Vec<traffic::OperationWindow> {
-            traffic::operations(
-                fields
-                    .iter()
-                    .filter(|(ago, name, _)| {
-                        (0..to).contains(ago) && name.starts_with(traffic::OPERATION_PREFIX)
-                    })
-                    .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0))),
-            )
+                .filter(move |(ago, name, _)| (0..to).contains(ago) && name.starts_with(prefix))
+                .map(|(_, name, value)| (name.as_str(), u64::try_from(*value).unwrap_or(0)))
         };
+        let whole_day = |prefix: &'static str| {
+            day.iter()
+                .filter(move |(name, _)| name.starts_with(prefix))
+                .map(|(name, value)| (name.as_str(), *value))
+        };
+        let (routes, operations) = (traffic::FIELD_PREFIX, traffic::OPERATION_PREFIX);
+        let age_p99_5m = traffic::age_p99_by_category(recent(5, routes));
         History {
             operations: OperationsByWindow {
-                last_5m: operations(5),
-                last_1h: operations(60),
-                last_24h: operations(24 * 60),
+                last_5m: traffic::operations(recent(5, operations)),
+                last_1h: traffic::operations(recent(60, operations)),
+                last_24h: traffic::operations(whole_day(operations)),
             },
             age_p99_5m,
             routes: RoutesByWindow {
-                last_5m: routes(5),
-                last_1h: routes(60),
-                last_24h: routes(24 * 60),
+                last_5m: traffic::breakdown(recent(5, routes)),
+                last_1h: traffic::breakdown(recent(60, routes)),
+                last_24h: traffic::breakdown(whole_day(routes)),
             },
             last_5m: window(0, 5),
             last_1h: window(0, 60),

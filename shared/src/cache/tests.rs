@@ -1312,3 +1312,41 @@ async fn a_revalidation_slower_than_the_lock_ttl_keeps_its_lock() {
     let lock = a.keys().lock(&k);
     assert_eq!(f.l2.get(&lock).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn traffic_and_counters_a_failed_flush_could_not_deliver_are_sent_with_the_next() {
+    use crate::cache::traffic::Answer;
+    let f = Fixture::new();
+    let cache = f.engine();
+    for _ in 0..3 {
+        cache.traffic().record(
+            "/products/{id}",
+            Answer::L2,
+            Duration::from_micros(100),
+            Some(Duration::from_secs(1)),
+        );
+    }
+    cache
+        .get_or_load(
+            &key(&cache, "a"),
+            f.loader(Some(item("a", 1)), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    f.l2.set_failing(true);
+    assert!(cache.flush_counters(Duration::ZERO, None).await.is_some());
+    f.l2.set_failing(false);
+    // The breaker may have opened on the failures: let its cool-down pass.
+    f.clock.advance(Duration::from_secs(60));
+    assert!(cache.history().await.routes.last_5m.is_empty());
+    cache.flush_counters(Duration::ZERO, None).await.unwrap();
+    let history = cache.history().await;
+    let routes = &history.routes.last_5m;
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].requests, 3, "sent once, after the failure");
+    assert_eq!(history.routes.last_24h, history.routes.last_5m);
+    assert_eq!(history.last_5m.counters.loads, 1, "the counters too");
+    // A further flush sends nothing twice.
+    cache.flush_counters(Duration::ZERO, None).await.unwrap();
+    assert_eq!(cache.history().await.routes.last_5m[0].requests, 3);
+}
