@@ -242,9 +242,10 @@ fn freshness_names(category: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// The alert history's events between the alerts active before (`previous`) and `report`'s:
-/// each alert new in the report is raised, each previous one no longer in it cleared, with the
-/// value of its figure.
+/// The alert history's events between the alerts active before (`previous`) and `report`'s,
+/// with the value of each one's figure: an alert whose shared "since" is this evaluation's
+/// `now` was raised by it (the shared `HSETNX` lets one evaluation win, so two environments
+/// evaluating at once do not both record it); each previous one no longer active is cleared.
 pub fn alert_events(
     previous: &[String],
     report: &HealthReport,
@@ -259,11 +260,8 @@ pub fn alert_events(
         };
         report.figures.iter().find(|f| f.name == figure)?.value
     };
-    let raised = report
-        .alerts
-        .iter()
-        .filter(|a| !previous.iter().any(|p| p == a.figure))
-        .map(|a| crate::cache::observe::AlertEvent {
+    let raised = report.alerts.iter().filter(|a| a.since == now).map(|a| {
+        crate::cache::observe::AlertEvent {
             at: now,
             figure: a.figure.to_owned(),
             event: "raised".into(),
@@ -272,7 +270,8 @@ pub fn alert_events(
                 .and_then(|v| v.as_str().map(str::to_owned)),
             value: value_of(a.figure),
             message: Some(a.message.clone()),
-        });
+        }
+    });
     let cleared = previous
         .iter()
         .filter(|p| !report.alerts.iter().any(|a| a.figure == p.as_str()))
@@ -820,5 +819,33 @@ mod tests {
         for alert in &report.alerts {
             assert!(ALERT_FIGURES.contains(&alert.figure), "{}", alert.figure);
         }
+    }
+
+    #[test]
+    fn an_alert_is_raised_once_by_the_evaluation_that_set_it_and_cleared_when_gone() {
+        let mut i = inputs(counters(950, 50), counters(950, 50));
+        i.l1 = Some((99, 100));
+        // This evaluation set the shared "since": it raised the alert.
+        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
+        let events = alert_events(&[], &report, NOW);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].event.as_str(), events[0].figure.as_str()),
+            ("raised", "l1_memory")
+        );
+        assert_eq!(events[0].value, Some(0.99));
+        // Another environment set it a moment earlier: nothing to record here.
+        let since = HashMap::from([("l1_memory".to_owned(), NOW - 5)]);
+        let report = evaluate(&i, &Thresholds::default(), &since);
+        assert!(alert_events(&["l1_memory".to_owned()], &report, NOW).is_empty());
+        // Gone: cleared, with the figure's value now.
+        i.l1 = Some((10, 100));
+        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
+        let events = alert_events(&["l1_memory".to_owned()], &report, NOW);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].event.as_str(), events[0].value),
+            ("cleared", Some(0.1))
+        );
     }
 }
