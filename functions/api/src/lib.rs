@@ -58,11 +58,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 /// The fallbacks and layers every route goes through.
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        // Per route template: only matched routes know theirs.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::layer,
-        ))
+        // Only matched routes know their template: they name it for the counting layer.
+        .route_layer(axum::middleware::from_fn(observe::name_route))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Inside the deferred-work layer: a panicking handler becomes a 500 and the layer
@@ -76,6 +73,11 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
             deferred::layer,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost: every request is counted, unmatched ones and panics included.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::layer,
+        ))
         .with_state(state)
 }
 

@@ -1375,3 +1375,37 @@ async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
         .clone();
     assert_eq!(expiry["overdue"], true);
 }
+
+#[tokio::test]
+async fn unmatched_requests_and_panicking_handlers_are_counted_too() {
+    let app = TestApp::new();
+    let routes = axum::Router::new().route(
+        "/boom/{id}",
+        axum::routing::get(|| async {
+            #[allow(clippy::panic)]
+            if true {
+                panic!("handler bug");
+            }
+            "unreachable"
+        }),
+    );
+    let router = crate::with_layers(routes, app.state.clone());
+    for uri in ["/boom/1", "/boom/2", "/nowhere"] {
+        router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.state.cache.flush_counters(Duration::ZERO, None).await;
+    let routes = app.state.cache.history().await.routes.last_5m;
+    let boom = routes.iter().find(|r| r.route == "GET /boom/{id}").unwrap();
+    assert_eq!((boom.requests, boom.answers["error"]), (2, 2), "{routes:?}");
+    let unmatched = routes
+        .iter()
+        .find(|r| r.route == crate::observe::UNMATCHED)
+        .unwrap();
+    assert_eq!((unmatched.requests, unmatched.answers["not_found"]), (1, 1));
+    assert_eq!(unmatched.category, "none");
+}
