@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentedCoord;
-use plotters::coord::types::RangedCoordusize;
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -16,6 +16,8 @@ use crate::cost::PARTS;
 use crate::report::Report;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+/// A series with the label it is drawn under.
+type Labelled<'a> = (&'a str, &'a [[f64; 2]]);
 /// Draws one chart from the report into the file at the path.
 type Chart = fn(&Report, &Path) -> anyhow::Result<()>;
 
@@ -76,6 +78,43 @@ fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
+/// `(label, series name)` pairs read from the report, each required.
+fn labelled_series<'a>(
+    report: &'a Report,
+    lines: &[(&'a str, &str)],
+) -> anyhow::Result<Vec<Labelled<'a>>> {
+    lines
+        .iter()
+        .map(|(label, name)| Ok((*label, series(report, name)?)))
+        .collect()
+}
+
+/// Draws each series as a line in its colour, with a legend in the lower right.
+fn draw_lines<'b, X>(
+    chart: &mut ChartContext<'b, SVGBackend<'b>, Cartesian2d<X, RangedCoordf64>>,
+    data: &[Labelled<'_>],
+) -> anyhow::Result<()>
+where
+    X: Ranged<ValueType = f64>,
+{
+    for (i, (label, points)) in data.iter().enumerate() {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p[0], p[1])),
+                COLORS[i].stroke_width(2),
+            ))?
+            .label(*label)
+            .legend(legend_line(COLORS[i]));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Latency per tier as distributions (x log scale), with the raw Redis GET of the same keys.
 fn latency(report: &Report, path: &Path) -> anyhow::Result<()> {
     let lines = [
@@ -84,10 +123,7 @@ fn latency(report: &Report, path: &Path) -> anyhow::Result<()> {
         ("raw Redis GET, same keys", "latency_cdf_redis_raw_get"),
         ("miss: DynamoDB shim + store", "latency_cdf_miss_loaded"),
     ];
-    let data: Vec<_> = lines
-        .iter()
-        .map(|(label, name)| Ok((*label, series(report, name)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let data = labelled_series(report, &lines)?;
     let low = data
         .iter()
         .flat_map(|(_, p)| p.iter().map(|p| p[0]))
@@ -112,21 +148,7 @@ fn latency(report: &Report, path: &Path) -> anyhow::Result<()> {
         .x_desc("latency (µs, log scale)")
         .y_desc("percentile")
         .draw()?;
-    for (i, (label, points)) in data.iter().enumerate() {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p[0], p[1])),
-                COLORS[i].stroke_width(2),
-            ))?
-            .label(*label)
-            .legend(legend_line(COLORS[i]));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(&mut chart, &data)?;
     root.present()?;
     Ok(())
 }
@@ -151,10 +173,7 @@ fn zipf_hit_ratio(report: &Report, path: &Path) -> anyhow::Result<()> {
             "zipf_hit_pct_over_time_serverless",
         ),
     ];
-    let data: Vec<_> = lines
-        .iter()
-        .map(|(label, name)| Ok((*label, series(report, name)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let data = labelled_series(report, &lines)?;
     let end = data
         .iter()
         .map(|(_, p)| max_of(p.iter(), 0))
@@ -174,21 +193,7 @@ fn zipf_hit_ratio(report: &Report, path: &Path) -> anyhow::Result<()> {
         .x_desc("seconds into the run")
         .y_desc("hit ratio over the last 0.5 s (%)")
         .draw()?;
-    for (i, (label, points)) in data.iter().enumerate() {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p[0], p[1])),
-                COLORS[i].stroke_width(2),
-            ))?
-            .label(*label)
-            .legend(legend_line(COLORS[i]));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(&mut chart, &data)?;
     root.present()?;
     Ok(())
 }

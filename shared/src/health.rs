@@ -233,13 +233,20 @@ fn grade(value: f64, warning: f64, critical: f64, higher_is_worse: bool) -> Opti
     }
 }
 
+/// Per cache category: the alert figure of its freshness, and the health figure it grades.
+const FRESHNESS_NAMES: [(&str, &str, &str); 3] = [
+    ("product", "freshness_product", "data_age_p99_s_product"),
+    ("stats", "freshness_stats", "data_age_p99_s_stats"),
+    ("feed", "freshness_feed", "data_age_p99_s_feed"),
+];
+
 /// The alert figure and the health figure of a category's freshness.
 fn freshness_names(category: &str) -> (&'static str, &'static str) {
-    match category {
-        "product" => ("freshness_product", "data_age_p99_s_product"),
-        "stats" => ("freshness_stats", "data_age_p99_s_stats"),
-        _ => ("freshness_feed", "data_age_p99_s_feed"),
-    }
+    let (_, alert, figure) = FRESHNESS_NAMES
+        .iter()
+        .find(|(c, _, _)| *c == category)
+        .unwrap_or(&FRESHNESS_NAMES[2]);
+    (alert, figure)
 }
 
 /// The alert history's events between the alerts active before (`previous`) and `report`'s,
@@ -252,12 +259,11 @@ pub fn alert_events(
     now: EpochMillis,
 ) -> Vec<crate::cache::observe::AlertEvent> {
     let value_of = |alert_figure: &str| -> Option<f64> {
-        let figure = match alert_figure {
-            "freshness_product" => "data_age_p99_s_product",
-            "freshness_stats" => "data_age_p99_s_stats",
-            "freshness_feed" => "data_age_p99_s_feed",
-            other => other,
-        };
+        // An alert's figure has its name, but for freshness, which grades the age figure.
+        let figure = FRESHNESS_NAMES
+            .iter()
+            .find(|(_, alert, _)| *alert == alert_figure)
+            .map_or(alert_figure, |(_, _, figure)| figure);
         report.figures.iter().find(|f| f.name == figure)?.value
     };
     let raised = report.alerts.iter().filter(|a| a.since == now).map(|a| {

@@ -150,6 +150,16 @@ async fn body(response: Response) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The element of a JSON array whose `key` is `value` (panics, showing the array, if none is).
+fn element<'a>(array: &'a Value, key: &str, value: &str) -> &'a Value {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array}"))
+        .iter()
+        .find(|e| e[key] == value)
+        .unwrap_or_else(|| panic!("no {key} = {value} in {array}"))
+}
+
 fn header_of<'a>(response: &'a Response, name: &str) -> &'a str {
     response
         .headers()
@@ -1202,10 +1212,7 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
         .unwrap();
     let stats = body(app.admin("GET", "/admin/cache/stats", None).await).await;
     let routes = stats["routes"]["last_5m"].as_array().unwrap();
-    let product = routes
-        .iter()
-        .find(|r| r["route"] == "GET /products/{id}")
-        .unwrap_or_else(|| panic!("no GET /products/{{id}} in {routes:?}"));
+    let product = element(&stats["routes"]["last_5m"], "route", "GET /products/{id}");
     assert_eq!(product["category"], "product");
     assert_eq!(product["requests"], 3);
     assert_eq!(
@@ -1218,7 +1225,7 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     assert!((30_000..=33_750).contains(&age_p99), "{age_p99}");
     assert_eq!(product["age_ms"]["p50"], 0);
     assert!(product["latency_us"]["p99"].as_u64().unwrap() > 0);
-    let feed = routes.iter().find(|r| r["route"] == "GET /feed").unwrap();
+    let feed = element(&stats["routes"]["last_5m"], "route", "GET /feed");
     assert_eq!(feed["category"], "feed");
     // The windows nest, and the breakdown adds up to the requests counted.
     for route in routes {
@@ -1234,12 +1241,8 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     assert_eq!(stats["routes"]["last_24h"], stats["routes"]["last_5m"]);
     // The cache's own operations, per tier: the miss loaded once and wrote to Redis; the
     // reads asked Redis.
-    let operations = stats["operations"]["last_5m"].as_array().unwrap();
     for name in ["l2_get", "l2_set", "load"] {
-        let operation = operations
-            .iter()
-            .find(|o| o["operation"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {operations:?}"));
+        let operation = element(&stats["operations"]["last_5m"], "operation", name);
         assert!(operation["calls"].as_u64().unwrap() >= 1, "{operation}");
         assert!(operation["latency_us"]["p50"].is_u64(), "{operation}");
     }
@@ -1264,31 +1267,15 @@ async fn a_category_serving_data_older_than_its_objective_makes_health_warn_unti
     tokio::time::sleep(Duration::from_millis(50)).await;
     app.state.cache.flush_counters(Duration::ZERO, None).await;
     let health = body(app.admin("GET", "/admin/cache/health", None).await).await;
-    let alert = health["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["figure"] == "freshness_product")
-        .unwrap_or_else(|| panic!("no freshness alert in {health}"));
+    let alert = element(&health["alerts"], "figure", "freshness_product");
     assert_eq!(alert["severity"], "WARNING");
-    let age = health["figures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "data_age_p99_s_product")
-        .unwrap();
+    let age = element(&health["figures"], "name", "data_age_p99_s_product");
     assert!(
         (28.0..=30.0).contains(&age["value"].as_f64().unwrap()),
         "{age}"
     );
     // The history says when it was raised, with the figure's value then.
-    let raised = health["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["figure"] == "freshness_product")
-        .unwrap_or_else(|| panic!("not in the history: {health}"))
-        .clone();
+    let raised = element(&health["history"], "figure", "freshness_product").clone();
     assert_eq!(
         (raised["event"].as_str(), raised["severity"].as_str()),
         (Some("raised"), Some("WARNING"))
@@ -1351,13 +1338,7 @@ async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
         .await
         .unwrap();
     let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
-    let expiry = jobs["schedule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job"] == "offer-expiry")
-        .unwrap()
-        .clone();
+    let expiry = element(&jobs["schedule"], "job", "offer-expiry").clone();
     assert_eq!(expiry["every_s"], 60);
     assert_eq!(expiry["last_duration_ms"], 120);
     assert_eq!(expiry["last_lag_ms"], 4_000);
@@ -1366,13 +1347,7 @@ async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
     // More than one interval past the expected time.
     app.clock.advance(Duration::from_secs(91));
     let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
-    let expiry = jobs["schedule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job"] == "offer-expiry")
-        .unwrap()
-        .clone();
+    let expiry = element(&jobs["schedule"], "job", "offer-expiry").clone();
     assert_eq!(expiry["overdue"], true);
 }
 

@@ -243,6 +243,8 @@ struct Inner {
     flushed: std::sync::Mutex<(EpochMillis, MetricsSnapshot)>,
     /// Requests per route, flushed with the counters (the API records them).
     traffic: traffic::Traffic,
+    /// What a failed flush could not write to Redis, sent with the next one.
+    unsent: std::sync::Mutex<observe::Unsent>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -286,6 +288,7 @@ impl Cache {
                 probing: AtomicBool::new(false),
                 flushed: std::sync::Mutex::new((EpochMillis::MIN / 2, MetricsSnapshot::default())),
                 traffic: traffic::Traffic::default(),
+                unsent: std::sync::Mutex::default(),
                 options,
             }),
         }

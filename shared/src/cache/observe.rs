@@ -2,7 +2,7 @@
 //! per-minute buckets in Redis, so the admin endpoints see every environment's traffic
 //! over the last 5 minutes, hour or day; plus alert bookkeeping and CloudWatch EMF lines.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::Duration;
 
@@ -98,7 +98,7 @@ impl Cache {
         emf_function: Option<&str>,
     ) -> Option<MetricsSnapshot> {
         let now = self.now();
-        let (previous, delta) = {
+        let delta = {
             let mut last = self
                 .inner
                 .flushed
@@ -109,48 +109,43 @@ impl Cache {
             }
             let current = self.snapshot();
             let delta = current.delta_since(&last.1);
-            let previous = last.1;
             *last = (now, current);
-            (previous, delta)
+            delta
+        };
+        let traffic = self.traffic().take_fields();
+        // What goes to Redis: this flush's counts plus what earlier flushes could not send.
+        // (The EMF lines below carry this flush's counts only: CloudWatch got the rest.)
+        let (counters, traffic_to_send) = {
+            let mut unsent = self.unsent();
+            let mut counters = std::mem::take(&mut unsent.counters);
+            counters.add(&delta);
+            let mut fields = std::mem::take(&mut unsent.traffic);
+            for (name, value) in &traffic {
+                *fields.entry(name.clone()).or_default() += value;
+            }
+            (counters, fields)
         };
         let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
         let hour = now.div_euclid(HOUR_MS);
-        let in_minute = |fields: &mut dyn Iterator<Item = (String, u64)>| -> Vec<(String, i64)> {
-            fields
-                .map(|(name, value)| {
-                    (
-                        format!("{minute:02}:{name}"),
-                        i64::try_from(value).unwrap_or(i64::MAX),
-                    )
-                })
-                .collect()
-        };
-        let counters = in_minute(
-            &mut delta
+        let key = self.keys().counters_hour(hour);
+        let increments = increments(
+            counters
                 .fields()
                 .into_iter()
                 .filter(|(_, value, _)| *value > 0)
-                .map(|(name, value, _)| (name.to_owned(), value)),
+                .map(|(name, value, _)| (name, value)),
+            Some(minute),
         );
-        let key = self.keys().counters_hour(hour);
         let written = self
             .with_l2("HINCRBY", self.single_deadline(), |l2| {
-                l2.hash_add(&key, &counters, BUCKET_TTL)
+                l2.hash_add(&key, &increments, BUCKET_TTL)
             })
             .await;
         if written.is_err() {
-            // Not lost: the next flush sends this delta again.
-            let mut last = self
-                .inner
-                .flushed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            last.1 = previous;
+            self.unsent().counters.add(&counters);
         }
-        let traffic = self.traffic().take_fields();
-        if !traffic.is_empty() {
-            self.flush_traffic(&traffic, in_minute(&mut traffic.iter().cloned()), hour)
-                .await;
+        if !traffic_to_send.is_empty() {
+            self.flush_traffic(traffic_to_send, minute, hour).await;
         }
         if let Some(function) = emf_function {
             // EMF lines must be the whole log line, so they go straight to stdout.
@@ -170,36 +165,39 @@ impl Cache {
         Some(delta)
     }
 
-    /// Adds the traffic taken from [`traffic::Traffic`] to the hour's rollup (the 24 h window),
-    /// then to its minute (the 5 min and 1 h windows). If the rollup cannot be written nothing
-    /// was, and the counts go back to be sent with the next flush; if only the minute fails,
-    /// they stay in the 24 h window and are missing from the shorter ones (never counted twice).
-    async fn flush_traffic(
-        &self,
-        traffic: &[(String, u64)],
-        by_minute: Vec<(String, i64)>,
-        hour: i64,
-    ) {
-        let rollup: Vec<(String, i64)> = traffic
-            .iter()
-            .map(|(name, value)| (name.clone(), i64::try_from(*value).unwrap_or(i64::MAX)))
-            .collect();
+    /// Adds traffic fields to the hour's rollup (the 24 h window), then to its minute (the
+    /// 5 min and 1 h windows). If the rollup cannot be written nothing was, and the fields wait
+    /// for the next flush; if only the minute fails, they stay in the 24 h window and are
+    /// missing from the shorter ones (never counted twice).
+    async fn flush_traffic(&self, fields: BTreeMap<String, u64>, minute: i64, hour: i64) {
         let rollup_key = self.keys().traffic_rollup(hour);
+        let rollup = increments(fields.iter().map(|(n, v)| (n.as_str(), *v)), None);
         let rolled_up = self
             .with_l2("HINCRBY", self.single_deadline(), |l2| {
                 l2.hash_add(&rollup_key, &rollup, BUCKET_TTL)
             })
             .await;
         if rolled_up.is_err() {
-            self.traffic().restore(traffic);
+            let mut unsent = self.unsent();
+            for (name, value) in fields {
+                *unsent.traffic.entry(name).or_default() += value;
+            }
             return;
         }
         let minute_key = self.keys().traffic_hour(hour);
+        let by_minute = increments(fields.iter().map(|(n, v)| (n.as_str(), *v)), Some(minute));
         let _ = self
             .with_l2("HINCRBY", self.single_deadline(), |l2| {
                 l2.hash_add(&minute_key, &by_minute, TRAFFIC_MINUTES_TTL)
             })
             .await;
+    }
+
+    fn unsent(&self) -> std::sync::MutexGuard<'_, Unsent> {
+        self.inner
+            .unsent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The shared counters over the standard windows, and the memory trend samples.
@@ -411,4 +409,29 @@ pub struct AlertEvent {
     pub value: Option<f64>,
     /// What was wrong, in words, when raised.
     pub message: Option<String>,
+}
+
+/// Counts a failed flush could not write to Redis, merged by name until a flush succeeds.
+#[derive(Debug, Default)]
+pub(crate) struct Unsent {
+    counters: MetricsSnapshot,
+    traffic: BTreeMap<String, u64>,
+}
+
+/// `HINCRBY` increments of counts, under their minute's field (`MM:<name>`) or, without a
+/// minute, under their name.
+fn increments<'a>(
+    counts: impl IntoIterator<Item = (&'a str, u64)>,
+    minute: Option<i64>,
+) -> Vec<(String, i64)> {
+    counts
+        .into_iter()
+        .map(|(name, value)| {
+            let field = match minute {
+                Some(minute) => format!("{minute:02}:{name}"),
+                None => name.to_owned(),
+            };
+            (field, i64::try_from(value).unwrap_or(i64::MAX))
+        })
+        .collect()
 }

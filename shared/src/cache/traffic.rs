@@ -111,13 +111,6 @@ impl Histogram {
         self.0[bucket_of(value)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds `count` to a bucket (counts given back after a failed flush).
-    fn add(&self, bucket: usize, count: u64) {
-        if let Some(counter) = self.0.get(bucket) {
-            counter.fetch_add(count, Ordering::Relaxed);
-        }
-    }
-
     /// Takes the counts and resets them: `(bucket, count)` of the non-empty buckets.
     fn take(&self) -> Vec<(usize, u64)> {
         self.0
@@ -128,6 +121,71 @@ impl Histogram {
                 n => Some((i, n)),
             })
             .collect()
+    }
+}
+
+/// A traffic field's name, parsed: the inverse of the names [`Traffic::take_fields`] writes
+/// (`r|<route>|<category>|<stat>` and `o|<operation>|<stat>`).
+enum Field<'a> {
+    Route {
+        route: &'a str,
+        category: &'a str,
+        stat: Stat,
+    },
+    Operation {
+        operation: &'a str,
+        stat: Stat,
+    },
+}
+
+/// What a field counts.
+enum Stat {
+    Requests,
+    Calls,
+    Answer(Answer),
+    Latency(usize),
+    Age(usize),
+}
+
+impl Field<'_> {
+    fn parse(name: &str) -> Option<Field<'_>> {
+        if let Some(rest) = name.strip_prefix(FIELD_PREFIX) {
+            // The stat and category are the last two parts; the route is everything before.
+            let mut parts = rest.rsplitn(3, '|');
+            let (stat, category, route) = (parts.next()?, parts.next()?, parts.next()?);
+            return Some(Field::Route {
+                route,
+                category,
+                stat: Stat::parse(stat)?,
+            });
+        }
+        let (operation, stat) = name.strip_prefix(OPERATION_PREFIX)?.split_once('|')?;
+        Some(Field::Operation {
+            operation,
+            stat: Stat::parse(stat)?,
+        })
+    }
+}
+
+impl Stat {
+    fn parse(stat: &str) -> Option<Stat> {
+        let bucket = |prefix: &str| stat.strip_prefix(prefix)?.parse().ok();
+        match stat {
+            "requests" => Some(Stat::Requests),
+            "calls" => Some(Stat::Calls),
+            _ => {
+                if let Some(answer) = stat.strip_prefix("a.") {
+                    Answer::ALL
+                        .into_iter()
+                        .find(|a| a.name() == answer)
+                        .map(Stat::Answer)
+                } else if let Some(i) = bucket("lat.") {
+                    Some(Stat::Latency(i))
+                } else {
+                    bucket("age.").map(Stat::Age)
+                }
+            }
+        }
     }
 }
 
@@ -238,46 +296,6 @@ impl Traffic {
         counters
             .latency_us
             .record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
-    }
-
-    /// Adds back fields taken by [`Traffic::take_fields`] that could not be delivered, so the
-    /// next flush sends them.
-    pub fn restore(&self, fields: &[(String, u64)]) {
-        for (name, value) in fields {
-            if let Some(rest) = name.strip_prefix(OPERATION_PREFIX) {
-                let Some((operation, stat)) = rest.split_once('|') else {
-                    continue;
-                };
-                let Some(operation) = Operation::ALL.into_iter().find(|o| o.name() == operation)
-                else {
-                    continue;
-                };
-                let counters = &self.operations[operation as usize];
-                if stat == "calls" {
-                    counters.calls.fetch_add(*value, Ordering::Relaxed);
-                } else if let Some(Ok(i)) = stat.strip_prefix("lat.").map(str::parse::<usize>) {
-                    counters.latency_us.add(i, *value);
-                }
-            } else if let Some(rest) = name.strip_prefix(FIELD_PREFIX) {
-                let mut parts = rest.rsplitn(3, '|');
-                let (Some(stat), Some(_), Some(route)) = (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                let counters = self.counters(route);
-                if stat == "requests" {
-                    counters.requests.fetch_add(*value, Ordering::Relaxed);
-                } else if let Some(answer) = stat.strip_prefix("a.") {
-                    if let Some(a) = Answer::ALL.into_iter().find(|a| a.name() == answer) {
-                        counters.answers[a.index()].fetch_add(*value, Ordering::Relaxed);
-                    }
-                } else if let Some(Ok(i)) = stat.strip_prefix("lat.").map(str::parse::<usize>) {
-                    counters.latency_us.add(i, *value);
-                } else if let Some(Ok(i)) = stat.strip_prefix("age.").map(str::parse::<usize>) {
-                    counters.age_ms.add(i, *value);
-                }
-            }
-        }
     }
 
     fn counters(&self, route: &str) -> Arc<RouteCounters> {
@@ -464,25 +482,24 @@ pub fn breakdown<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<Ro
     }
     let mut routes: BTreeMap<String, Parts> = BTreeMap::new();
     for (name, value) in fields {
-        let Some(rest) = name.strip_prefix(FIELD_PREFIX) else {
-            continue;
-        };
-        // The stat and category are the last two parts; the route is everything before.
-        let mut parts = rest.rsplitn(3, '|');
-        let (Some(stat), Some(category), Some(route)) = (parts.next(), parts.next(), parts.next())
+        let Some(Field::Route {
+            route,
+            category,
+            stat,
+        }) = Field::parse(name)
         else {
             continue;
         };
         let entry = routes.entry(route.to_owned()).or_default();
         category.clone_into(&mut entry.category);
-        if stat == "requests" {
-            entry.requests += value;
-        } else if let Some(answer) = stat.strip_prefix("a.") {
-            *entry.answers.entry(answer.to_owned()).or_default() += value;
-        } else if let Some(Ok(i)) = stat.strip_prefix("lat.").map(str::parse) {
-            *entry.latency.entry(i).or_default() += value;
-        } else if let Some(Ok(i)) = stat.strip_prefix("age.").map(str::parse) {
-            *entry.age.entry(i).or_default() += value;
+        match stat {
+            Stat::Requests => entry.requests += value,
+            Stat::Answer(answer) => {
+                *entry.answers.entry(answer.name().to_owned()).or_default() += value;
+            }
+            Stat::Latency(i) => *entry.latency.entry(i).or_default() += value,
+            Stat::Age(i) => *entry.age.entry(i).or_default() += value,
+            Stat::Calls => {}
         }
     }
     routes
@@ -517,17 +534,14 @@ pub struct OperationWindow {
 pub fn operations<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<OperationWindow> {
     let mut operations: BTreeMap<String, (u64, BTreeMap<usize, u64>)> = BTreeMap::new();
     for (name, value) in fields {
-        let Some((operation, stat)) = name
-            .strip_prefix(OPERATION_PREFIX)
-            .and_then(|rest| rest.split_once('|'))
-        else {
+        let Some(Field::Operation { operation, stat }) = Field::parse(name) else {
             continue;
         };
         let entry = operations.entry(operation.to_owned()).or_default();
-        if stat == "calls" {
-            entry.0 += value;
-        } else if let Some(Ok(i)) = stat.strip_prefix("lat.").map(str::parse) {
-            *entry.1.entry(i).or_default() += value;
+        match stat {
+            Stat::Calls => entry.0 += value,
+            Stat::Latency(i) => *entry.1.entry(i).or_default() += value,
+            _ => {}
         }
     }
     operations
@@ -547,14 +561,12 @@ pub fn age_p99_by_category<'a>(
 ) -> BTreeMap<String, AgeP99> {
     let mut ages: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
     for (name, value) in fields {
-        let Some(rest) = name.strip_prefix(FIELD_PREFIX) else {
-            continue;
-        };
-        let mut parts = rest.rsplitn(3, '|');
-        let (Some(stat), Some(category)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if let Some(Ok(i)) = stat.strip_prefix("age.").map(str::parse) {
+        if let Some(Field::Route {
+            category,
+            stat: Stat::Age(i),
+            ..
+        }) = Field::parse(name)
+        {
             *ages
                 .entry(category.to_owned())
                 .or_default()
