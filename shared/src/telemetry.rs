@@ -52,3 +52,19 @@ pub fn init() {
         builder.compact().finish().with(filter).try_init()
     };
 }
+
+/// The Lambda function's name (`AWS_LAMBDA_FUNCTION_NAME`), the `Function` dimension of the
+/// EMF metric lines; `None` outside Lambda, where nobody collects them.
+pub fn lambda_function_name() -> Option<String> {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok()
+}
+
+/// The Lambda function's memory in bytes (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, in MiB); `None`
+/// outside Lambda.
+pub fn lambda_memory_bytes() -> Option<u64> {
+    let mib: u64 = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(mib << 20)
+}

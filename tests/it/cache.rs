@@ -623,6 +623,56 @@ async fn the_change_log_trims_behind_a_floor_and_reports_loss(config: RedisConfi
     assert_eq!(l2.read_changes(&log, start + 4, 100).await.unwrap(), None);
 }
 
+/// Eight environments evaluating health at once: each change of an alert (raised, escalated,
+/// cleared) is in the shared history once, whichever environment made it, and the history
+/// key expires with its window.
+async fn alert_changes_are_recorded_once_however_many_environments_evaluate(config: RedisConfig) {
+    use catalog_core::health::book::BookUpdates;
+    use catalog_core::health::{Alert, HealthReport, Status};
+    let clock = ManualClock::at(SystemClock.now_ms());
+    let env = Env::with_clock(config, clock.clone()).await;
+    let engines: Vec<Cache> = (0..8).map(|_| env.engine()).collect();
+    let keep = Duration::from_secs(600);
+    for severity in [Some(Status::Warning), Some(Status::Critical), None] {
+        clock.advance(Duration::from_secs(1));
+        let now = clock.now_ms();
+        let report = HealthReport {
+            status: severity.unwrap_or(Status::Healthy),
+            alerts: severity
+                .map(|severity| Alert {
+                    figure: "hit_ratio",
+                    severity,
+                    message: "hit ratio low".into(),
+                    since: now,
+                })
+                .into_iter()
+                .collect(),
+            figures: Vec::new(),
+        };
+        futures::future::join_all(engines.iter().map(|engine| {
+            let report = report.clone();
+            async move {
+                let updates = BookUpdates::for_alerts(&report.alerts, &["hit_ratio"], now);
+                let outcome = engine.update_alert_book(&updates).await;
+                assert!(outcome.shared.is_some(), "Redis answered");
+                let events = outcome.events(&updates, &report, now, engine.environment());
+                engine.alert_history(events, keep).await;
+            }
+        }))
+        .await;
+    }
+    let history = engines[0].alert_history(Vec::new(), keep).await;
+    let changes: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(changes, ["cleared", "escalated", "raised"], "{history:?}");
+    let ttl: i64 = env
+        .raw()
+        .await
+        .pttl(format!("{}health:alert-history", env.prefix))
+        .await
+        .unwrap();
+    assert!((1..=600_000).contains(&ttl), "{ttl}");
+}
+
 macro_rules! on_both_topologies {
     ($($test:ident),* $(,)?) => {
         mod standalone {
@@ -647,6 +697,7 @@ on_both_topologies!(
     a_product_and_its_stats_are_one_round_trip,
     a_write_leaves_every_environments_l1_within_the_bound,
     the_change_log_trims_behind_a_floor_and_reports_loss,
+    alert_changes_are_recorded_once_however_many_environments_evaluate,
 );
 
 #[tokio::test]

@@ -45,6 +45,8 @@ pub struct AppState {
     /// `Function` dimension of the EMF metric lines; `None` outside Lambda, where nobody
     /// collects them.
     pub emf_function: Option<Arc<str>>,
+    /// The function's memory, which `L1_MAX_BYTES` must leave room in; `None` outside Lambda.
+    pub function_memory_bytes: Option<u64>,
     /// Where post-response work goes.
     pub after_response: AfterResponse,
     /// The ElastiCache control plane of `CACHE_NAME`, for the cache's status and limits.
@@ -85,9 +87,8 @@ impl AppState {
             freshness: config.freshness,
             alert_history: config.alert_history,
             counters_flush_every: Duration::from_secs(10),
-            emf_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME")
-                .ok()
-                .map(Into::into),
+            emf_function: catalog_core::telemetry::lambda_function_name().map(Into::into),
+            function_memory_bytes: catalog_core::telemetry::lambda_memory_bytes(),
             after_response: AfterResponse::Spawn,
             control_plane: None,
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::envelope::EntryMeta;
+use super::metrics::CacheMetrics;
 use crate::model::EpochMillis;
 
 /// A decoded value of any cacheable type.
@@ -49,8 +50,10 @@ pub(crate) struct L1 {
 }
 
 impl L1 {
-    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
-        let cache = moka::sync::Cache::builder()
+    /// With `metrics`, counts the entries evicted to stay within `max_bytes`
+    /// (`l1_evictions`): a sign the bound is smaller than what is read.
+    pub fn new(max_bytes: u64, ttl: Duration, metrics: Option<Arc<CacheMetrics>>) -> Self {
+        let mut builder = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &L1Entry| {
                 u32::try_from(key.capacity())
@@ -58,9 +61,17 @@ impl L1 {
                     .saturating_add(ENTRY_OVERHEAD)
                     .saturating_add(entry.weight)
             })
-            .time_to_live(ttl.max(Duration::from_millis(1)))
-            .build();
-        L1 { cache }
+            .time_to_live(ttl.max(Duration::from_millis(1)));
+        if let Some(metrics) = metrics {
+            builder = builder.eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    CacheMetrics::incr(&metrics.l1_evictions);
+                }
+            });
+        }
+        L1 {
+            cache: builder.build(),
+        }
     }
 
     /// The entry for `key` if it may still be served at `now`.

@@ -102,6 +102,11 @@ counters! {
     /// L1 entries not served because no poll of the change log vouched for them (after a
     /// freeze, or with polls failing): read from L2 instead.
     l1_unchecked: "Count",
+    /// Values put in L1.
+    l1_inserts: "Count",
+    /// L1 entries evicted before they expired, to keep L1 within `L1_MAX_BYTES` (or not
+    /// admitted for it): L1 is smaller than what is read.
+    l1_evictions: "Count",
     /// Payload bytes written before compression.
     bytes_raw: "Bytes",
     /// Bytes written to Redis after compression, headers included.

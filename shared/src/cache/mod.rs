@@ -234,7 +234,8 @@ struct Inner {
     generations: moka::sync::Cache<String, (u64, EpochMillis)>,
     l2: Option<Arc<dyn L2Store>>,
     breaker: CircuitBreaker,
-    metrics: CacheMetrics,
+    /// Shared with L1's eviction listener.
+    metrics: Arc<CacheMetrics>,
     clock: Arc<dyn Clock>,
     flights: Flights<LoadResult>,
     /// A background task is probing Redis while the circuit is open.
@@ -245,6 +246,10 @@ struct Inner {
     traffic: traffic::Traffic,
     /// What a failed flush could not write to Redis, sent with the next one.
     unsent: std::sync::Mutex<observe::Unsent>,
+    /// This process's alert bookkeeping, and alert events the history has not taken yet.
+    alerts: std::sync::Mutex<observe::ProcessAlerts>,
+    /// This execution environment's name (its log stream in Lambda), for its own alerts.
+    environment: String,
 }
 
 impl std::fmt::Debug for Cache {
@@ -267,6 +272,7 @@ impl Cache {
             .max_capacity(100_000)
             .time_to_live(options.tombstone_ttl())
             .build();
+        let metrics = Arc::new(CacheMetrics::default());
         Cache {
             inner: Arc::new(Inner {
                 invalidated,
@@ -277,18 +283,21 @@ impl Cache {
                     options.tombstone_ttl(),
                 ),
                 keys: KeySpace::new(options.key_prefix.clone()),
-                l1: L1::new(options.l1_max_bytes, options.l1_ttl),
-                negatives: L1::new(NEGATIVE_L1_BYTES, options.l1_ttl),
+                l1: L1::new(options.l1_max_bytes, options.l1_ttl, Some(metrics.clone())),
+                negatives: L1::new(NEGATIVE_L1_BYTES, options.l1_ttl, None),
                 generations,
                 breaker: CircuitBreaker::new(options.breaker_threshold, options.breaker_cooldown),
                 l2,
-                metrics: CacheMetrics::default(),
+                metrics,
                 clock,
                 flights: Flights::new(),
                 probing: AtomicBool::new(false),
                 flushed: std::sync::Mutex::new((EpochMillis::MIN / 2, MetricsSnapshot::default())),
                 traffic: traffic::Traffic::default(),
                 unsent: std::sync::Mutex::default(),
+                alerts: std::sync::Mutex::default(),
+                environment: std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
+                    .unwrap_or_else(|_| format!("process-{}", std::process::id())),
                 options,
             }),
         }

@@ -7,9 +7,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::Cache;
-use super::l2::ServerInfo;
+use super::l2::{HashUpdate, ServerInfo};
 use super::metrics::MetricsSnapshot;
 use super::traffic::{self, RouteWindow};
+use crate::health::book::{AlertEvent, BookOutcome, BookUpdates};
 use crate::model::EpochMillis;
 
 const MINUTE_MS: i64 = 60_000;
@@ -326,89 +327,86 @@ impl Cache {
         Some(info)
     }
 
-    /// Records which alerts are active now and returns since when each has been active
-    /// (shared by every process, so "since" survives across requests and environments).
-    pub async fn alert_since(
-        &self,
-        active: &[&str],
-        inactive: &[&str],
-    ) -> HashMap<String, EpochMillis> {
-        let now = self.now();
+    /// Applies an evaluation's bookkeeping updates: the shared one to Redis (one pipeline),
+    /// this process's here. What each did tells since when every alert is active and which
+    /// changes this evaluation made.
+    pub async fn update_alert_book(&self, updates: &BookUpdates) -> BookOutcome {
         let key = format!("{}health:alerts", self.keys().prefix());
-        let set: Vec<(String, i64)> = active.iter().map(|a| ((*a).to_owned(), now)).collect();
-        let delete: Vec<String> = inactive.iter().map(|a| (*a).to_owned()).collect();
-        self.with_l2("HSETNX", self.single_deadline(), |l2| {
-            l2.hash_update(&key, &set, &delete)
-        })
-        .await
-        .unwrap_or_else(|_| active.iter().map(|a| ((*a).to_owned(), now)).collect())
-    }
-
-    /// The alerts active before this evaluation (the shared since-when hash), to tell which
-    /// were raised and which cleared; `None` if Redis did not answer.
-    pub async fn active_alerts(&self) -> Option<Vec<String>> {
-        let key = format!("{}health:alerts", self.keys().prefix());
-        let mut hashes = self
-            .with_l2("HGETALL", self.single_deadline(), |l2| {
-                l2.hash_get_all(std::slice::from_ref(&key))
+        let shared = self
+            .with_l2("HSETNX", self.single_deadline(), |l2| {
+                l2.hash_update(&key, &updates.shared.set_if_absent, &updates.shared.delete)
             })
             .await
-            .ok()?;
-        Some(hashes.pop().unwrap_or_default().into_keys().collect())
+            .ok();
+        let process = HashUpdate::apply(
+            &mut self.process_alerts().book,
+            &updates.process.set_if_absent,
+            &updates.process.delete,
+        );
+        BookOutcome { shared, process }
+    }
+
+    /// This execution environment's name, for the events of its own alerts.
+    pub fn environment(&self) -> &str {
+        &self.inner.environment
     }
 
     /// Adds `events` to the shared alert history, drops what is older than `keep`, and returns
-    /// the history, newest first (empty if Redis did not answer).
-    pub async fn alert_history(&self, events: &[AlertEvent], keep: Duration) -> Vec<AlertEvent> {
+    /// the history, newest first. Events Redis does not take are kept (the latest
+    /// [`PENDING_ALERT_EVENTS`]) and added with the next call; without Redis the history
+    /// shown is those.
+    pub async fn alert_history(&self, events: Vec<AlertEvent>, keep: Duration) -> Vec<AlertEvent> {
         let now = self.now();
         let key = format!("{}health:alert-history", self.keys().prefix());
-        let oldest = now - crate::clock::millis(keep);
+        let mut events = {
+            let mut pending = std::mem::take(&mut self.process_alerts().pending);
+            pending.extend(events);
+            pending
+        };
         let members: Vec<(String, i64)> = events
             .iter()
             .filter_map(|e| Some((serde_json::to_string(e).ok()?, e.at)))
             .collect();
+        let keep_from = now - crate::clock::millis(keep);
         let history = self
-            .with_l2("ZADD", self.batch_deadline(), |l2| async move {
-                if !members.is_empty() {
-                    l2.zset_add(&key, &members, false).await?;
-                }
-                let expired = l2
-                    .zset_range_by_score(&key, i64::MIN, oldest - 1, 0, 10_000)
-                    .await?;
-                if !expired.is_empty() {
-                    let expired: Vec<String> = expired.into_iter().map(|(m, _)| m).collect();
-                    l2.zset_remove(&key, &expired).await?;
-                }
-                l2.zset_range_by_score(&key, oldest, i64::MAX, 0, 10_000)
-                    .await
+            .with_l2("ZADD", self.batch_deadline(), |l2| {
+                l2.log_append(&key, &members, keep_from, keep, ALERT_HISTORY_SHOWN)
             })
-            .await
-            .unwrap_or_default();
-        let mut events: Vec<AlertEvent> = history
-            .iter()
-            .filter_map(|(member, _)| serde_json::from_str(member).ok())
-            .collect();
-        events.reverse();
-        events
+            .await;
+        match history {
+            Ok(history) => history
+                .iter()
+                .filter_map(|(member, _)| serde_json::from_str(member).ok())
+                .collect(),
+            Err(_) => {
+                let excess = events.len().saturating_sub(PENDING_ALERT_EVENTS);
+                events.drain(..excess);
+                self.process_alerts().pending.clone_from(&events);
+                events.reverse();
+                events
+            }
+        }
+    }
+
+    fn process_alerts(&self) -> std::sync::MutexGuard<'_, ProcessAlerts> {
+        self.inner
+            .alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// One alert raised or cleared, as the alert history keeps it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct AlertEvent {
-    /// When (epoch ms).
-    pub at: EpochMillis,
-    /// The alert's figure, e.g. `hit_ratio`.
-    pub figure: String,
-    /// `raised` or `cleared`.
-    pub event: String,
-    /// The severity it was raised with (`WARNING` or `CRITICAL`); `null` when cleared.
-    pub severity: Option<String>,
-    /// The figure's value then, if it has one.
-    pub value: Option<f64>,
-    /// What was wrong, in words, when raised.
-    pub message: Option<String>,
+/// Alert events shown at most.
+const ALERT_HISTORY_SHOWN: usize = 1000;
+/// Alert events a process keeps while Redis does not take them.
+pub const PENDING_ALERT_EVENTS: usize = 100;
+
+/// This process's alert bookkeeping (see [`crate::health::book`]) and the events the shared
+/// history has not taken yet.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessAlerts {
+    book: HashMap<String, EpochMillis>,
+    pending: Vec<AlertEvent>,
 }
 
 /// Counts a failed flush could not write to Redis, merged by name until a flush succeeds.

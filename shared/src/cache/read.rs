@@ -610,6 +610,7 @@ impl Cache {
         let tier = if value.is_some() {
             // An entity that exists now: forget that it once did not.
             self.inner.negatives.remove(key);
+            CacheMetrics::incr(&self.inner.metrics.l1_inserts);
             &self.inner.l1
         } else {
             &self.inner.negatives

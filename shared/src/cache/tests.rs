@@ -694,6 +694,34 @@ async fn a_slow_load_racing_an_invalidation_is_not_cached() {
 }
 
 #[tokio::test]
+async fn an_l1_smaller_than_what_is_read_counts_what_it_evicts() {
+    let f = Fixture::new();
+    // Room for a handful of entries only, next to one with room for all.
+    let small = f.engine_with(|o| o.l1_max_bytes = 4 * 1024);
+    let roomy = f.engine();
+    for n in 0..200 {
+        for cache in [&small, &roomy] {
+            cache
+                .get_or_load(
+                    &key(cache, &format!("p{n}")),
+                    f.loader(Some(item("kettle", 1)), Duration::ZERO),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Reading the usage lets moka apply its pending evictions.
+    let (_, bytes) = small.l1_usage();
+    assert!(bytes <= 4 * 1024, "{bytes}");
+    let m = small.snapshot();
+    assert_eq!(m.l1_inserts, 200);
+    assert!(m.l1_evictions >= 180, "evicted {} of 200", m.l1_evictions);
+    roomy.l1_usage();
+    let m = roomy.snapshot();
+    assert_eq!((m.l1_inserts, m.l1_evictions), (200, 0));
+}
+
+#[tokio::test]
 async fn a_burst_of_unknown_ids_stays_out_of_redis_and_out_of_the_hot_keys_way() {
     let f = Fixture::new();
     let cache = f.engine();

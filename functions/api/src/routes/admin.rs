@@ -9,8 +9,9 @@ use catalog_core::cache::breaker::BreakerState;
 use catalog_core::cache::key::KeyTarget;
 use catalog_core::cache::l2::ServerInfo;
 use catalog_core::cache::metrics::MetricsSnapshot;
-use catalog_core::cache::observe::{AlertEvent, OperationsByWindow, RoutesByWindow};
+use catalog_core::cache::observe::{OperationsByWindow, RoutesByWindow};
 use catalog_core::elasticache::{ControlPlane, ServerlessCacheInfo};
+use catalog_core::health::book::{AlertEvent, BookUpdates};
 use catalog_core::health::{self, HealthInputs, HealthReport, Thresholds};
 use catalog_core::jobs::{offer_expiry, refresh};
 use catalog_core::model::{FeedKind, JobRun, ProductId};
@@ -189,30 +190,25 @@ pub async fn cache_health(
         refresh_interval: state.refresh_interval,
         expiry_runs,
         expiry_interval: state.expiry_interval,
-        l1: {
-            let (_, bytes) = cache.l1_usage();
-            Some((bytes, cache.options().l1_max_bytes))
-        },
+        l1: Some(health::L1Memory {
+            bytes: cache.l1_usage().1,
+            max_bytes: cache.options().l1_max_bytes,
+            function_memory_bytes: state.function_memory_bytes,
+        }),
         now,
     };
     let thresholds = Thresholds {
         freshness: state.freshness.by_category(),
         ..Thresholds::default()
     };
+    // Evaluated twice: first to know which alerts are active, then with since when each
+    // has been, from the bookkeeping that first result updates.
     let first = health::evaluate(&inputs, &thresholds, &HashMap::new());
-    let active: Vec<&str> = first.alerts.iter().map(|a| a.figure).collect();
-    let inactive: Vec<&str> = health::ALERT_FIGURES
-        .into_iter()
-        .filter(|f| !active.contains(f))
-        .collect();
-    // What was active before, to record what this evaluation raised and cleared.
-    let previous = cache.active_alerts().await;
-    let since = cache.alert_since(&active, &inactive).await;
-    let report = health::evaluate(&inputs, &thresholds, &since);
-    let events = previous
-        .map(|previous| health::alert_events(&previous, &report, now))
-        .unwrap_or_default();
-    let history = cache.alert_history(&events, state.alert_history).await;
+    let updates = BookUpdates::for_alerts(&first.alerts, &health::ALERT_FIGURES, now);
+    let outcome = cache.update_alert_book(&updates).await;
+    let report = health::evaluate(&inputs, &thresholds, &outcome.since());
+    let events = outcome.events(&updates, &report, now, cache.environment());
+    let history = cache.alert_history(events, state.alert_history).await;
     Ok(Json(HealthResponse {
         report,
         checked_at: now,

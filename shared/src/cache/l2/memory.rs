@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{CHANGE_LOG_FLOOR, L2Store, L2Write, ServerInfo, WriteOutcome};
+use super::{CHANGE_LOG_FLOOR, HashUpdate, L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::envelope;
 use crate::error::{Error, Result};
 
@@ -506,7 +506,7 @@ impl L2Store for MemoryL2 {
         key: &str,
         set_if_absent: &[(String, i64)],
         delete: &[String],
-    ) -> Result<HashMap<String, i64>> {
+    ) -> Result<HashUpdate> {
         let mut entries = self.call("HSETNX")?;
         let entry = entries.entry(key.to_owned()).or_insert(Entry {
             value: Value::Hash(HashMap::new()),
@@ -515,13 +515,34 @@ impl L2Store for MemoryL2 {
         let Value::Hash(fields) = &mut entry.value else {
             return Err(wrong_type("HSETNX"));
         };
-        for (field, value) in set_if_absent {
-            fields.entry(field.clone()).or_insert(*value);
+        Ok(HashUpdate::apply(fields, set_if_absent, delete))
+    }
+
+    async fn log_append(
+        &self,
+        key: &str,
+        members: &[(String, i64)],
+        keep_from: i64,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let mut entries = self.call("ZADD")?;
+        let entry = entries.entry(key.to_owned()).or_insert(Entry {
+            value: Value::Queue(BTreeMap::new()),
+            expires_at: None,
+        });
+        entry.expires_at = Some(Instant::now() + ttl);
+        let Value::Queue(set) = &mut entry.value else {
+            return Err(wrong_type("ZADD"));
+        };
+        for (member, score) in members {
+            set.insert(member.clone(), *score);
         }
-        for field in delete {
-            fields.remove(field);
-        }
-        Ok(fields.clone())
+        set.retain(|_, score| *score >= keep_from);
+        let mut kept: Vec<(String, i64)> = set.iter().map(|(m, s)| (m.clone(), *s)).collect();
+        kept.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
+        kept.truncate(limit);
+        Ok(kept)
     }
 
     async fn server_info(&self) -> Result<ServerInfo> {

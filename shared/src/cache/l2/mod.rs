@@ -37,6 +37,48 @@ pub const CHANGE_LOG_FLOOR: &str = "~floor";
 /// changed (too many failed publications): every reader clears its L1.
 pub const CHANGE_LOG_CLEAR: &str = "~clear";
 
+/// What [`L2Store::hash_update`] did. Redis answers `HSETNX` and `HDEL` with 1 to one caller
+/// only, so each field set or deleted is reported by exactly one of several racing updates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashUpdate {
+    /// Per field of `set_if_absent`: whether this update set it.
+    pub set: Vec<bool>,
+    /// Per field of `delete`: whether this update deleted it.
+    pub deleted: Vec<bool>,
+    /// The hash afterwards (integer fields).
+    pub hash: HashMap<String, i64>,
+}
+
+impl HashUpdate {
+    /// The same update on a hash held in memory (the in-memory L2, or bookkeeping a process
+    /// keeps for itself).
+    pub fn apply(
+        fields: &mut HashMap<String, i64>,
+        set_if_absent: &[(String, i64)],
+        delete: &[String],
+    ) -> HashUpdate {
+        let set = set_if_absent
+            .iter()
+            .map(|(field, value)| match fields.entry(field.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(*value);
+                    true
+                }
+            })
+            .collect();
+        let deleted = delete
+            .iter()
+            .map(|field| fields.remove(field).is_some())
+            .collect();
+        HashUpdate {
+            set,
+            deleted,
+            hash: fields.clone(),
+        }
+    }
+}
+
 /// What happened to a guarded write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -148,13 +190,25 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     async fn hash_get_all(&self, keys: &[String]) -> Result<Vec<HashMap<String, i64>>>;
 
     /// Sets fields that are not set yet (`HSETNX`) and deletes others (`HDEL`), in one pipeline;
-    /// returns the hash afterwards.
+    /// returns which of them this call set and deleted, and the hash afterwards.
     async fn hash_update(
         &self,
         key: &str,
         set_if_absent: &[(String, i64)],
         delete: &[String],
-    ) -> Result<HashMap<String, i64>>;
+    ) -> Result<HashUpdate>;
+
+    /// Appends time-scored members to a sorted set used as a log, drops those scored before
+    /// `keep_from`, sets the key's time to live and returns what remains, newest first (at most
+    /// `limit`), in one pipeline.
+    async fn log_append(
+        &self,
+        key: &str,
+        members: &[(String, i64)],
+        keep_from: i64,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>>;
 
     /// Memory and key figures of the server (summed over primaries on a cluster).
     async fn server_info(&self) -> Result<ServerInfo>;

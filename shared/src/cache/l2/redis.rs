@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use redis::{Pipeline, Script};
 
 use super::slots::SlotOwners;
-use super::{L2Store, L2Write, ServerInfo, WriteOutcome};
+use super::{HashUpdate, L2Store, L2Write, ServerInfo, WriteOutcome};
 use crate::cache::key::hash_slot;
 use crate::config::{RedisConfig, RedisMode};
 use crate::elasticache::ControlPlane;
@@ -816,20 +816,80 @@ impl L2Store for RedisL2 {
         key: &str,
         set_if_absent: &[(String, i64)],
         delete: &[String],
-    ) -> Result<HashMap<String, i64>> {
+    ) -> Result<HashUpdate> {
         let mut pipe = redis::pipe();
         for (field, value) in set_if_absent {
-            pipe.cmd("HSETNX").arg(key).arg(field).arg(*value).ignore();
+            pipe.cmd("HSETNX").arg(key).arg(field).arg(*value);
         }
-        if !delete.is_empty() {
-            pipe.cmd("HDEL").arg(key).arg(delete).ignore();
+        // One HDEL per field: its 1 or 0 says whether this call deleted that field.
+        for field in delete {
+            pipe.cmd("HDEL").arg(key).arg(field);
         }
         pipe.cmd("HGETALL").arg(key);
-        let (hash,): (HashMap<String, String>,) = pipe
+        let failed = |e: redis::RedisError| Error::redis("HSETNX", e);
+        let mut replies: Vec<redis::Value> =
+            pipe.query_async(&mut self.trip()?).await.map_err(failed)?;
+        let hash = replies
+            .pop()
+            .map(redis::from_redis_value::<HashMap<String, String>>)
+            .transpose()
+            .map_err(|e| failed(e.into()))?
+            .unwrap_or_default();
+        let mut done = replies
+            .into_iter()
+            .map(|reply| redis::from_redis_value::<i64>(reply).map(|n| n == 1))
+            .collect::<std::result::Result<Vec<bool>, _>>()
+            .map_err(|e| failed(e.into()))?;
+        let deleted = done.split_off(set_if_absent.len().min(done.len()));
+        Ok(HashUpdate {
+            set: done,
+            deleted,
+            hash: numeric_fields(hash),
+        })
+    }
+
+    async fn log_append(
+        &self,
+        key: &str,
+        members: &[(String, i64)],
+        keep_from: i64,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let mut pipe = redis::pipe();
+        if !members.is_empty() {
+            let add = pipe.cmd("ZADD").arg(key);
+            for (member, score) in members {
+                add.arg(*score).arg(member);
+            }
+            add.ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(format!("({keep_from}"))
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(key)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .ignore();
+        pipe.cmd("ZRANGE")
+            .arg(key)
+            .arg("+inf")
+            .arg(keep_from)
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES");
+        let (kept,): (Vec<(String, f64)>,) = pipe
             .query_async(&mut self.trip()?)
             .await
-            .map_err(|e| Error::redis("HSETNX", e))?;
-        Ok(numeric_fields(hash))
+            .map_err(|e| Error::redis("ZADD", e))?;
+        // Scores are doubles; epoch milliseconds (below 2^53) round-trip exactly.
+        #[allow(clippy::cast_possible_truncation)]
+        Ok(kept.into_iter().map(|(m, s)| (m, s as i64)).collect())
     }
 
     async fn server_info(&self) -> Result<ServerInfo> {

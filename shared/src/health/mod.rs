@@ -3,6 +3,8 @@
 //!
 //! Pure: the caller gathers the inputs, so every threshold is unit-tested.
 
+pub mod book;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -125,9 +127,14 @@ pub struct Thresholds {
     pub min_reads: u64,
     /// An offer-expiry lag above this warns (2 minutes).
     pub expiry_lag_warning_ms: u64,
-    /// L1 holding this share of `L1_MAX_BYTES` warns (0.95: full, so entries are evicted
-    /// before they expire); above the bound is critical.
-    pub l1_warning: f64,
+    /// L1 evicting this share of the entries it took over 5 minutes before they expired
+    /// warns (0.10): `L1_MAX_BYTES` is smaller than what is read.
+    pub l1_eviction_warning: f64,
+    /// Fewer L1 inserts than this in 5 minutes make the eviction share too noisy to alert on.
+    pub min_l1_inserts: u64,
+    /// `L1_MAX_BYTES` above this share of the function's memory is critical (0.5): a full L1
+    /// plus the runtime and a response can run the function out of memory.
+    pub l1_function_share_critical: f64,
     /// Per cache category, how old its served data may be (p99 over 5 minutes) before a
     /// warning; twice it is critical.
     pub freshness: [(&'static str, Duration); 3],
@@ -146,7 +153,9 @@ impl Default for Thresholds {
             error_rate_critical: 0.05,
             min_reads: 100,
             expiry_lag_warning_ms: 120_000,
-            l1_warning: 0.95,
+            l1_eviction_warning: 0.10,
+            min_l1_inserts: 100,
+            l1_function_share_critical: 0.5,
             freshness: crate::config::FreshnessObjectives::default().by_category(),
             min_age_answers: 20,
         }
@@ -170,10 +179,21 @@ pub struct HealthInputs {
     pub expiry_runs: Vec<JobRun>,
     /// The offer-expiry job's schedule.
     pub expiry_interval: Duration,
-    /// This process's L1: bytes held and its bound.
-    pub l1: Option<(u64, u64)>,
+    /// This process's L1.
+    pub l1: Option<L1Memory>,
     /// Now.
     pub now: EpochMillis,
+}
+
+/// This process's L1 and what bounds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L1Memory {
+    /// Bytes its entries hold now.
+    pub bytes: u64,
+    /// `L1_MAX_BYTES`.
+    pub max_bytes: u64,
+    /// The function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), when known.
+    pub function_memory_bytes: Option<u64>,
 }
 
 /// Redis calls that failed over all Redis calls.
@@ -249,47 +269,17 @@ fn freshness_names(category: &str) -> (&'static str, &'static str) {
     (alert, figure)
 }
 
-/// The alert history's events between the alerts active before (`previous`) and `report`'s,
-/// with the value of each one's figure: an alert whose shared "since" is this evaluation's
-/// `now` was raised by it (the shared `HSETNX` lets one evaluation win, so two environments
-/// evaluating at once do not both record it); each previous one no longer active is cleared.
-pub fn alert_events(
-    previous: &[String],
-    report: &HealthReport,
-    now: EpochMillis,
-) -> Vec<crate::cache::observe::AlertEvent> {
-    let value_of = |alert_figure: &str| -> Option<f64> {
-        // An alert's figure has its name, but for freshness, which grades the age figure.
-        let figure = FRESHNESS_NAMES
+/// The value of an alert's figure in `report`: its own figure, but for freshness, which
+/// grades the category's age figure, and L1, whose warning is about evictions.
+fn alert_value(report: &HealthReport, alert_figure: &str) -> Option<f64> {
+    let figure = match alert_figure {
+        "l1_memory" => "l1_evicted_ratio",
+        _ => FRESHNESS_NAMES
             .iter()
             .find(|(_, alert, _)| *alert == alert_figure)
-            .map_or(alert_figure, |(_, _, figure)| figure);
-        report.figures.iter().find(|f| f.name == figure)?.value
+            .map_or(alert_figure, |(_, _, figure)| figure),
     };
-    let raised = report.alerts.iter().filter(|a| a.since == now).map(|a| {
-        crate::cache::observe::AlertEvent {
-            at: now,
-            figure: a.figure.to_owned(),
-            event: "raised".into(),
-            severity: serde_json::to_value(a.severity)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned)),
-            value: value_of(a.figure),
-            message: Some(a.message.clone()),
-        }
-    });
-    let cleared = previous
-        .iter()
-        .filter(|p| !report.alerts.iter().any(|a| a.figure == p.as_str()))
-        .map(|figure| crate::cache::observe::AlertEvent {
-            at: now,
-            figure: figure.clone(),
-            event: "cleared".into(),
-            severity: None,
-            value: value_of(figure),
-            message: None,
-        });
-    raised.chain(cleared).collect()
+    report.figures.iter().find(|f| f.name == figure)?.value
 }
 
 /// The figures that can raise an alert, for the since-when bookkeeping.
@@ -415,28 +405,45 @@ pub fn evaluate(
     #[allow(clippy::cast_precision_loss)]
     let l1_share = inputs
         .l1
-        .filter(|(_, max)| *max > 0)
-        .map(|(bytes, max)| bytes as f64 / max as f64);
-    if let Some(share) = l1_share {
-        if share > 1.0 {
+        .filter(|l1| l1.max_bytes > 0)
+        .map(|l1| l1.bytes as f64 / l1.max_bytes as f64);
+    let recent = &h.last_5m.counters;
+    #[allow(clippy::cast_precision_loss)]
+    let l1_evicted = (recent.l1_inserts >= thresholds.min_l1_inserts)
+        .then(|| recent.l1_evictions as f64 / recent.l1_inserts as f64);
+    #[allow(clippy::cast_precision_loss)]
+    let l1_of_function = inputs.l1.and_then(|l1| {
+        let memory = l1.function_memory_bytes.filter(|m| *m > 0)?;
+        Some((l1.max_bytes as f64 / memory as f64, memory))
+    });
+    const MIB: f64 = 1024.0 * 1024.0;
+    match (l1_of_function, l1_evicted) {
+        (Some((share, memory)), _) if share > thresholds.l1_function_share_critical => {
+            #[allow(clippy::cast_precision_loss)]
+            let (bound, memory) = (
+                inputs.l1.map_or(0.0, |l1| l1.max_bytes as f64) / MIB,
+                memory as f64 / MIB,
+            );
             alert(
                 "l1_memory",
                 Status::Critical,
                 format!(
-                    "L1 holds {:.0}% of L1_MAX_BYTES: above its bound",
-                    share * 100.0
-                ),
-            );
-        } else if share >= thresholds.l1_warning {
-            alert(
-                "l1_memory",
-                Status::Warning,
-                format!(
-                    "L1 holds {:.0}% of L1_MAX_BYTES: entries are evicted before they expire",
+                    "L1_MAX_BYTES is {bound:.0} MiB, {:.0}% of the function's {memory:.0} MiB: \
+                     a full L1 can run it out of memory",
                     share * 100.0
                 ),
             );
         }
+        (_, Some(evicted)) if evicted >= thresholds.l1_eviction_warning => alert(
+            "l1_memory",
+            Status::Warning,
+            format!(
+                "L1 evicted {:.0}% of the entries it took over the last 5 minutes before they \
+                 expired: L1_MAX_BYTES is smaller than what is read",
+                evicted * 100.0
+            ),
+        ),
+        _ => {}
     }
 
     let mut freshness_figures = Vec::new();
@@ -495,6 +502,7 @@ pub fn evaluate(
         },
         used_memory,
         Figure::now("l1_memory", l1_share),
+        Figure::now("l1_evicted_ratio", l1_evicted),
     ];
     figures.extend(freshness_figures);
     let status = alerts
@@ -567,7 +575,7 @@ mod tests {
             refresh_interval: Duration::from_secs(900),
             expiry_runs: vec![expired(30, 5_000)],
             expiry_interval: Duration::from_secs(60),
-            l1: Some((10, 100)),
+            l1: l1(10, 100, None),
             now: NOW,
         }
     }
@@ -768,25 +776,62 @@ mod tests {
         assert_eq!(evaluate(&i, &t, &HashMap::new()).status, Status::Healthy);
     }
 
+    fn l1(bytes: u64, max_bytes: u64, function_mib: Option<u64>) -> Option<L1Memory> {
+        Some(L1Memory {
+            bytes,
+            max_bytes,
+            function_memory_bytes: function_mib.map(|m| m << 20),
+        })
+    }
+
     #[test]
-    fn l1_at_its_bound_warns_and_above_it_is_critical() {
+    fn l1_evicting_what_it_takes_warns_and_a_bound_the_function_cannot_hold_is_critical() {
         let t = Thresholds::default();
         let mut i = inputs(counters(950, 50), counters(950, 50));
-        for (bytes, status) in [
-            (94, Status::Healthy),
-            (95, Status::Warning),
-            (100, Status::Warning),
-            (101, Status::Critical),
+        // Full is not a problem by itself: a warm L1 is full.
+        i.l1 = l1(100, 100, Some(1024));
+        for (inserts, evictions, status) in [
+            (1000, 99, Status::Healthy),
+            (1000, 100, Status::Warning),
+            (1000, 900, Status::Warning),
+            // Too few inserts to judge.
+            (99, 99, Status::Healthy),
         ] {
-            i.l1 = Some((bytes, 100));
+            i.history.last_5m.counters.l1_inserts = inserts;
+            i.history.last_5m.counters.l1_evictions = evictions;
             let report = evaluate(&i, &t, &HashMap::new());
-            assert_eq!(report.status, status, "{bytes}: {report:?}");
-            assert_eq!(
-                figure(&report, "l1_memory").value,
-                Some(bytes as f64 / 100.0)
-            );
-            if status != Status::Healthy {
+            assert_eq!(report.status, status, "{inserts}/{evictions}: {report:?}");
+            assert_eq!(figure(&report, "l1_memory").value, Some(1.0));
+            if status == Status::Warning {
                 assert_eq!(report.alerts[0].figure, "l1_memory");
+                assert!(report.alerts[0].message.contains("evicted"), "{report:?}");
+                assert_eq!(
+                    figure(&report, "l1_evicted_ratio").value,
+                    Some(evictions as f64 / inserts as f64)
+                );
+            }
+        }
+        // A bound over half the function's memory is critical, evicting or not.
+        for (max_mib, function_mib, status) in [
+            (512, 1024, Status::Healthy),
+            (513, 1024, Status::Critical),
+            // Unknown function memory (not in Lambda): not judged.
+            (4096, 0, Status::Healthy),
+        ] {
+            i.history.last_5m.counters.l1_evictions = 0;
+            i.l1 = l1(0, max_mib << 20, Some(function_mib));
+            let report = evaluate(&i, &t, &HashMap::new());
+            assert_eq!(
+                report.status, status,
+                "{max_mib}/{function_mib}: {report:?}"
+            );
+            if status == Status::Critical {
+                assert!(
+                    report.alerts[0]
+                        .message
+                        .contains("513 MiB, 50% of the function's 1024 MiB"),
+                    "{report:?}"
+                );
             }
         }
     }
@@ -810,7 +855,7 @@ mod tests {
     #[test]
     fn every_alert_figure_is_in_the_bookkeeping_list() {
         let mut i = inputs(counters(100, 900), counters(950, 50));
-        i.l1 = Some((200, 100));
+        i.l1 = l1(200, 100, Some(100));
         i.server = None;
         i.breaker = BreakerState::HalfOpen;
         i.refresh_runs.clear();
@@ -825,33 +870,5 @@ mod tests {
         for alert in &report.alerts {
             assert!(ALERT_FIGURES.contains(&alert.figure), "{}", alert.figure);
         }
-    }
-
-    #[test]
-    fn an_alert_is_raised_once_by_the_evaluation_that_set_it_and_cleared_when_gone() {
-        let mut i = inputs(counters(950, 50), counters(950, 50));
-        i.l1 = Some((99, 100));
-        // This evaluation set the shared "since": it raised the alert.
-        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
-        let events = alert_events(&[], &report, NOW);
-        assert_eq!(events.len(), 1);
-        assert_eq!(
-            (events[0].event.as_str(), events[0].figure.as_str()),
-            ("raised", "l1_memory")
-        );
-        assert_eq!(events[0].value, Some(0.99));
-        // Another environment set it a moment earlier: nothing to record here.
-        let since = HashMap::from([("l1_memory".to_owned(), NOW - 5)]);
-        let report = evaluate(&i, &Thresholds::default(), &since);
-        assert!(alert_events(&["l1_memory".to_owned()], &report, NOW).is_empty());
-        // Gone: cleared, with the figure's value now.
-        i.l1 = Some((10, 100));
-        let report = evaluate(&i, &Thresholds::default(), &HashMap::new());
-        let events = alert_events(&["l1_memory".to_owned()], &report, NOW);
-        assert_eq!(events.len(), 1);
-        assert_eq!(
-            (events[0].event.as_str(), events[0].value),
-            ("cleared", Some(0.1))
-        );
     }
 }
