@@ -1189,6 +1189,8 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     let app = TestApp::new();
     app.seed_product("p1").await;
     assert_eq!(header_of(&app.get("/products/p1").await, "x-cache"), "MISS");
+    let batch = app.json("POST", "/products/batch", json!({"ids": ["p1"]}));
+    assert_eq!(batch.await.status(), StatusCode::OK);
     app.clock.advance(Duration::from_secs(30));
     // Past L1's poll bound, the second read is answered by Redis, 30 s old.
     assert_eq!(
@@ -1203,6 +1205,12 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
         app.get("/feed?kind=trending&per_page=5").await.status(),
         StatusCode::OK
     );
+    // A batch of a fresh load and the 30 s old p1 counts the age of its oldest item.
+    app.seed_product("p2").await;
+    let batch = app
+        .json("POST", "/products/batch", json!({"ids": ["p1", "p2"]}))
+        .await;
+    assert_eq!(batch.status(), StatusCode::OK);
     // Whatever a deferred flush took lands first; then the rest.
     tokio::time::sleep(Duration::from_millis(50)).await;
     app.state
@@ -1225,6 +1233,10 @@ async fn requests_are_counted_per_route_template_with_their_answers_latency_and_
     assert!((30_000..=33_750).contains(&age_p99), "{age_p99}");
     assert_eq!(product["age_ms"]["p50"], 0);
     assert!(product["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let batch = element(&stats["routes"]["last_5m"], "route", "POST /products/batch");
+    assert_eq!(batch["age_ms"]["p50"], 0, "{batch}");
+    let age_p99 = batch["age_ms"]["p99"].as_u64().unwrap();
+    assert!((30_000..=33_750).contains(&age_p99), "{batch}");
     let feed = element(&stats["routes"]["last_5m"], "route", "GET /feed");
     assert_eq!(feed["category"], "feed");
     // The windows nest, and the breakdown adds up to the requests counted.

@@ -12,7 +12,10 @@ pub async fn handle(
     payload: RawEvent,
     cache: &Cache,
 ) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
-    match cache_sync::handle(payload, cache).await {
+    let outcome = cache_sync::handle(payload, cache).await;
+    // Before Lambda freezes the environment: what this batch counted.
+    cache.flush_invocation().await;
+    match outcome {
         Ok((response, _)) => Ok(response),
         Err(e) => {
             tracing::error!(error.message = %e, "cache-sync invocation failed; Lambda retries it");

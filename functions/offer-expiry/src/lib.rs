@@ -38,7 +38,10 @@ pub async fn handle(
     };
     tracing::info!(?trigger, "offer-expiry starting");
     let deadline = deadline_instant(deadline_ms);
-    Outcome::Ran(expire_once(deps, options, clock.now_ms(), deadline).await)
+    let report = expire_once(deps, options, clock.now_ms(), deadline).await;
+    // Before Lambda freezes the environment: what this run counted.
+    deps.cache.flush_invocation().await;
+    Outcome::Ran(report)
 }
 
 #[cfg(test)]

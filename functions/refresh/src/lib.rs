@@ -38,7 +38,10 @@ pub async fn handle(
     };
     tracing::info!(?trigger, "refresh starting");
     let deadline = deadline_instant(deadline_ms);
-    Outcome::Ran(refresh_once(deps, options, clock.now_ms(), deadline).await)
+    let report = refresh_once(deps, options, clock.now_ms(), deadline).await;
+    // Before Lambda freezes the environment: what this run counted.
+    deps.cache.flush_invocation().await;
+    Outcome::Ran(report)
 }
 
 #[cfg(test)]
@@ -62,7 +65,11 @@ mod tests {
         let deps = RefreshDeps {
             catalog: store.clone(),
             stats: store.clone(),
-            cache: Cache::new(CacheOptions::default(), None, clock.clone()),
+            cache: Cache::new(
+                CacheOptions::default(),
+                Some(Arc::new(catalog_core::cache::l2::memory::MemoryL2::new())),
+                clock.clone(),
+            ),
         };
         let event: Value = serde_json::from_str(SCHEDULED).unwrap();
         let outcome = handle(
@@ -78,6 +85,16 @@ mod tests {
         };
         assert_eq!(report.errors, 0);
         assert_eq!(store.last_runs().await.unwrap()[0].job, "refresh");
+        // What the run counted reached the shared windows before the handler returned.
+        let history = deps.cache.history().await;
+        assert!(history.last_5m.counters.l2_calls > 0, "{history:?}");
+        let writes = history
+            .operations
+            .last_5m
+            .iter()
+            .find(|o| o.operation == "l2_set")
+            .map(|o| o.calls);
+        assert!(writes > Some(0), "{history:?}");
 
         let ignored = handle(
             &json!({"unexpected": true}),

@@ -14,10 +14,11 @@ pub async fn handle(
     deps: &ViewAggDeps,
     options: &ViewAggOptions,
 ) -> Result<TimeWindowEventResponse, lambda_runtime::Error> {
-    views::handle(payload, deps, options, SystemClock.now_ms())
-        .await
-        .map_err(|e| {
-            tracing::error!(error.message = %e, "view-aggregator invocation failed; Lambda retries it");
-            lambda_runtime::Error::from(e.to_string())
-        })
+    let outcome = views::handle(payload, deps, options, SystemClock.now_ms()).await;
+    // Before Lambda freezes the environment: what this invocation counted.
+    deps.cache.flush_invocation().await;
+    outcome.map_err(|e| {
+        tracing::error!(error.message = %e, "view-aggregator invocation failed; Lambda retries it");
+        lambda_runtime::Error::from(e.to_string())
+    })
 }

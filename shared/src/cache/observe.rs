@@ -201,6 +201,16 @@ impl Cache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// At the end of an invocation of a job or stream function, before Lambda freezes the
+    /// environment: what it counted (cache counters, operation timings) goes to the shared
+    /// windows, with an EMF line in Lambda. These functions serve no requests to flush after,
+    /// and run about once a minute or once a batch, so each invocation flushes.
+    pub async fn flush_invocation(&self) {
+        let function = crate::telemetry::lambda_function_name();
+        self.flush_counters(Duration::ZERO, function.as_deref())
+            .await;
+    }
+
     /// The shared counters over the standard windows, and the memory trend samples.
     /// Empty without Redis.
     pub async fn history(&self) -> History {

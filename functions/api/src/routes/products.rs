@@ -206,6 +206,8 @@ pub async fn batch(
         stale: 0,
         loaded: 0,
     };
+    // The batch is as fresh as its oldest item: that is the age its route is counted with.
+    let oldest_ms = lookup.items.iter().map(|l| l.age_ms).max().unwrap_or(0);
     let mut products = Vec::with_capacity(ids.len());
     let mut not_found = Vec::new();
     for (id, item) in ids.into_iter().zip(lookup.items) {
@@ -233,6 +235,9 @@ pub async fn batch(
         "x-cache",
         axum::http::HeaderValue::from_static(crate::respond::x_cache(source)),
     );
+    response
+        .extensions_mut()
+        .insert(crate::observe::ServedAge(oldest_ms));
     Ok(response)
 }
 
