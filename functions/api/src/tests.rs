@@ -1336,8 +1336,11 @@ async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
     let schedule = jobs["schedule"].as_array().unwrap();
     assert_eq!(schedule.len(), 3, "{jobs}");
     for job in schedule {
-        assert_eq!(job["overdue"], true, "never ran: {job}");
         assert!(job["next_expected_at"].is_null());
+        // The scheduled jobs should have run; the view-aggregator has had nothing to do.
+        let aggregator = job["job"] == "view-aggregator";
+        assert_eq!(job["overdue"], !aggregator, "never ran: {job}");
+        assert_eq!(job["idle"], aggregator, "{job}");
     }
     let mut run = catalog_core::model::JobRun::new(
         "offer-expiry",
@@ -1361,6 +1364,56 @@ async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
     let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
     let expiry = element(&jobs["schedule"], "job", "offer-expiry").clone();
     assert_eq!(expiry["overdue"], true);
+}
+
+#[tokio::test]
+async fn the_view_aggregator_is_expected_only_once_views_were_accepted_after_its_last_window() {
+    let app = TestApp::new();
+    let aggregator = |jobs: &Value| element(&jobs["schedule"], "job", "view-aggregator").clone();
+    let window_ms = app.state.view_window.as_millis() as i64;
+    app.seed_product("p1").await;
+    let view = app
+        .json("POST", "/products/p1/views", json!({"event_id": "evt-1"}))
+        .await;
+    assert_eq!(view.status(), StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.state.cache.flush_counters(Duration::ZERO, None).await;
+    // A view in the minute from NOW: its window closes by the minute's end plus a window.
+    let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
+    let pending = aggregator(&jobs);
+    assert_eq!(pending["idle"], false, "{pending}");
+    assert_eq!(pending["next_expected_at"], NOW + 60_000 + window_ms);
+    assert_eq!(pending["overdue"], false);
+    // No report more than a window after that: overdue.
+    app.clock
+        .advance(Duration::from_millis((60_000 + 2 * window_ms + 1) as u64));
+    assert_eq!(
+        aggregator(&body(app.admin("GET", "/admin/jobs", None).await).await)["overdue"],
+        true
+    );
+    // The window's report arrives: nothing pending, so neither expected nor overdue however
+    // long the stream stays quiet.
+    let mut run = catalog_core::model::JobRun::new(
+        "view-aggregator",
+        catalog_core::clock::Clock::now_ms(app.clock.as_ref()),
+        catalog_core::model::RunOutcome::Succeeded,
+    );
+    run.duration_ms = 15;
+    catalog_core::jobs::metrics::record_run(app.store.as_ref(), &run)
+        .await
+        .unwrap();
+    app.clock.advance(Duration::from_secs(3600));
+    let quiet = aggregator(&body(app.admin("GET", "/admin/jobs", None).await).await);
+    assert_eq!(
+        (
+            &quiet["idle"],
+            &quiet["overdue"],
+            &quiet["next_expected_at"]
+        ),
+        (&json!(true), &json!(false), &Value::Null),
+        "{quiet}"
+    );
+    assert_eq!(quiet["last_duration_ms"], 15);
 }
 
 #[tokio::test]

@@ -50,6 +50,20 @@ pub struct History {
     pub operations: OperationsByWindow,
     /// The p99 age of the data each cache category served over the last 5 minutes.
     pub age_p99_5m: std::collections::BTreeMap<String, traffic::AgeP99>,
+    /// Per-minute traffic of the last two hours: `(minute's start, field, count)`.
+    traffic_minutes: Vec<(EpochMillis, String, u64)>,
+}
+
+impl History {
+    /// The start of the latest minute of the last two hours in which `route` served a
+    /// request (answers other than errors), in any environment; `None` if it served none.
+    pub fn last_served_minute(&self, route: &str) -> Option<EpochMillis> {
+        self.traffic_minutes
+            .iter()
+            .filter(|(_, name, count)| *count > 0 && traffic::is_served_answer(name, route))
+            .map(|(minute, _, _)| *minute)
+            .max()
+    }
 }
 
 /// The cache operations' latency (Redis reads and writes, loads) over the standard windows.
@@ -308,6 +322,16 @@ impl Cache {
                 last_1h: traffic::breakdown(recent(60, routes)),
                 last_24h: traffic::breakdown(whole_day(routes)),
             },
+            traffic_minutes: traffic_fields
+                .iter()
+                .map(|(ago, name, value)| {
+                    (
+                        (current_minute - ago) * MINUTE_MS,
+                        name.clone(),
+                        u64::try_from(*value).unwrap_or(0),
+                    )
+                })
+                .collect(),
             last_5m: window(0, 5),
             last_1h: window(0, 60),
             last_24h: window(0, 24 * 60),

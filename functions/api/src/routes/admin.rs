@@ -417,24 +417,33 @@ pub struct JobSchedule {
     /// How far behind the last run was, where the job measures it (offer-expiry: now minus
     /// the oldest due expiry; view-aggregator: the report's time minus the window's end).
     pub last_lag_ms: Option<u64>,
-    /// When the next run is expected (epoch ms): the last start plus the interval.
+    /// When the next run is expected (epoch ms): the last start plus the interval; for the
+    /// view-aggregator, the end of the window holding the first view accepted since its last
+    /// report. `null` before the first run, or while there is nothing to aggregate.
     pub next_expected_at: Option<i64>,
-    /// True when the next run is more than one interval late (or none ever ran).
+    /// True when the next run is more than one interval late (or a scheduled job never ran).
     pub overdue: bool,
+    /// The view-aggregator only: no view was accepted since its last window report, so no
+    /// window is due (Lambda invokes it only for windows with records). Always false for the
+    /// scheduled jobs.
+    pub idle: bool,
 }
 
-/// The schedule of each job, from its last run.
-fn schedule(state: &AppState, last_runs: &[JobRun], now: i64) -> Vec<JobSchedule> {
-    [
-        (refresh::JOB, state.refresh_interval),
-        (offer_expiry::JOB, state.expiry_interval),
-        (catalog_core::streams::views::JOB, state.view_window),
-    ]
-    .into_iter()
-    .map(|(job, every)| {
-        let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+/// The route whose answers are views accepted for the view-aggregator.
+const VIEWS_ROUTE: &str = "POST /products/{id}/views";
+
+/// The schedule of each job, from its last run; the view-aggregator's also from the last
+/// minute in which a view was accepted (from the shared traffic counts).
+fn schedule(
+    state: &AppState,
+    last_runs: &[JobRun],
+    views_minute: Option<i64>,
+    now: i64,
+) -> Vec<JobSchedule> {
+    let millis = |every: std::time::Duration| i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+    let scheduled = |job: &str, every: std::time::Duration| {
         let last = last_runs.iter().find(|r| r.job == job);
-        let next_expected_at = last.map(|r| r.started_at.saturating_add(every_ms));
+        let next_expected_at = last.map(|r| r.started_at.saturating_add(millis(every)));
         JobSchedule {
             job: job.to_owned(),
             every_s: every.as_secs(),
@@ -442,10 +451,28 @@ fn schedule(state: &AppState, last_runs: &[JobRun], now: i64) -> Vec<JobSchedule
             last_duration_ms: last.map(|r| r.duration_ms),
             last_lag_ms: last.and_then(|r| r.lag_ms),
             next_expected_at,
-            overdue: next_expected_at.is_none_or(|next| now > next.saturating_add(every_ms)),
+            overdue: next_expected_at.is_none_or(|next| now > next.saturating_add(millis(every))),
+            idle: false,
         }
-    })
-    .collect()
+    };
+    let mut views = scheduled(catalog_core::streams::views::JOB, state.view_window);
+    // Event-driven: a window is due only once a view arrived after the last report. Known to
+    // the minute: views in the minute of the report may have been in its window, and are not
+    // counted as pending (no false "overdue").
+    let pending =
+        views_minute.filter(|minute| views.last_started_at.is_none_or(|last| *minute > last));
+    views.idle = pending.is_none();
+    // The window holding a view of that minute closes at most a window after the minute.
+    views.next_expected_at =
+        pending.map(|minute| minute.saturating_add(60_000 + millis(state.view_window)));
+    views.overdue = views
+        .next_expected_at
+        .is_some_and(|next| now > next.saturating_add(millis(state.view_window)));
+    vec![
+        scheduled(refresh::JOB, state.refresh_interval),
+        scheduled(offer_expiry::JOB, state.expiry_interval),
+        views,
+    ]
 }
 
 /// Runs shown per job in `history`.
@@ -467,7 +494,8 @@ pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<Job
             history.insert(name, runs);
         }
     }
-    let schedule = schedule(&state, &jobs, state.clock.now_ms());
+    let views_minute = state.cache.history().await.last_served_minute(VIEWS_ROUTE);
+    let schedule = schedule(&state, &jobs, views_minute, state.clock.now_ms());
     Ok(Json(JobsResponse {
         jobs,
         history,
