@@ -51,7 +51,7 @@ pub struct History {
     /// The p99 age of the data each cache category served over the last 5 minutes.
     pub age_p99_5m: std::collections::BTreeMap<String, traffic::AgeP99>,
     /// Per-minute traffic of the last two hours: `(minute's start, field, count)`.
-    traffic_minutes: Vec<(EpochMillis, String, u64)>,
+    pub(crate) traffic_minutes: Vec<(EpochMillis, String, u64)>,
 }
 
 impl History {
