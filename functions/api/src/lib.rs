@@ -59,7 +59,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
         // Only matched routes know their template: they name it for the counting layer.
-        .route_layer(axum::middleware::from_fn(observe::name_route))
+        .route_layer(observe::NameRouteLayer)
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Inside the deferred-work layer: a panicking handler becomes a 500 and the layer
@@ -74,10 +74,7 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Outermost: every request is counted, unmatched ones and panics included.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::layer,
-        ))
+        .layer(observe::CountLayer::new(state.cache.clone()))
         .with_state(state)
 }
 
