@@ -415,32 +415,57 @@ pub struct RouteWindow {
     pub latency_us: Percentiles,
     /// Age of the data served in milliseconds (cached answers only), p50 and p99.
     pub age_ms: Percentiles,
+    /// The latency histogram the percentiles come from, for EMF.
+    #[serde(skip)]
+    latency_buckets: BTreeMap<usize, u64>,
+    /// The age histogram, for EMF.
+    #[serde(skip)]
+    age_buckets: BTreeMap<usize, u64>,
+}
+
+/// Distinct values CloudWatch takes in one EMF metric.
+const EMF_MAX_VALUES: usize = 100;
+
+/// A histogram as an EMF distribution (`{"Values": [...], "Counts": [...]}`, each value a
+/// bucket's upper bound), which CloudWatch merges with every other environment's to compute
+/// percentiles over all of them. Past [`EMF_MAX_VALUES`] buckets, neighbours are merged (the
+/// value stays a bound on what each holds, only coarser).
+fn emf_distribution(buckets: &BTreeMap<usize, u64>) -> Option<serde_json::Value> {
+    let mut shift = 0;
+    loop {
+        let mut merged: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        for (index, count) in buckets.iter().filter(|(_, c)| **c > 0) {
+            let (upper, total) = merged.entry(index >> shift).or_default();
+            *upper = (*upper).max(bucket_upper(*index));
+            *total += count;
+        }
+        if merged.is_empty() {
+            return None;
+        }
+        if merged.len() <= EMF_MAX_VALUES {
+            let (values, counts): (Vec<u64>, Vec<u64>) = merged.into_values().unzip();
+            return Some(serde_json::json!({"Values": values, "Counts": counts}));
+        }
+        shift += 1;
+    }
 }
 
 impl RouteWindow {
     /// One CloudWatch Embedded Metric Format line for this route, with the `Function`, `Route`
-    /// and `Category` dimensions: requests, answers per source, latency and data age.
+    /// and `Category` dimensions: requests, answers per source, and the latency and data-age
+    /// distributions (values and counts, so CloudWatch's percentiles merge environments).
     pub fn emf_line(&self, namespace: &str, function: &str, timestamp: i64) -> String {
-        let mut values: Vec<(String, u64, &str)> =
-            vec![("Requests".into(), self.requests, "Count")];
+        let mut values: Vec<(String, serde_json::Value, &str)> =
+            vec![("Requests".into(), self.requests.into(), "Count")];
         for (answer, count) in &self.answers {
-            values.push((format!("Answers_{answer}"), *count, "Count"));
+            values.push((format!("Answers_{answer}"), (*count).into(), "Count"));
         }
-        for (name, value) in [
-            ("LatencyP50", self.latency_us.p50),
-            ("LatencyP95", self.latency_us.p95),
-            ("LatencyP99", self.latency_us.p99),
+        for (name, buckets, unit) in [
+            ("Latency", &self.latency_buckets, "Microseconds"),
+            ("DataAge", &self.age_buckets, "Milliseconds"),
         ] {
-            if let Some(value) = value {
-                values.push((name.into(), value, "Microseconds"));
-            }
-        }
-        for (name, value) in [
-            ("DataAgeP50", self.age_ms.p50),
-            ("DataAgeP99", self.age_ms.p99),
-        ] {
-            if let Some(value) = value {
-                values.push((name.into(), value, "Milliseconds"));
+            if let Some(distribution) = emf_distribution(buckets) {
+                values.push((name.into(), distribution, unit));
             }
         }
         let metrics: Vec<_> = values
@@ -462,7 +487,7 @@ impl RouteWindow {
         });
         if let Some(object) = line.as_object_mut() {
             for (name, value, _) in values {
-                object.insert(name, serde_json::Value::from(value));
+                object.insert(name, value);
             }
         }
         line.to_string()
@@ -513,6 +538,8 @@ pub fn breakdown<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<Ro
                 answers: parts.answers,
                 latency_us: percentiles(&parts.latency),
                 age_ms: Percentiles { p95: None, ..age },
+                latency_buckets: parts.latency,
+                age_buckets: parts.age,
             }
         })
         .collect()
@@ -716,10 +743,45 @@ mod tests {
         );
         assert_eq!(line["Requests"], 1);
         assert_eq!(line["Answers_l2"], 1);
+        // Latency and age are distributions: CloudWatch merges them across environments.
+        assert_eq!(
+            line["Latency"],
+            serde_json::json!({"Values": [319], "Counts": [1]})
+        );
+        assert_eq!(
+            line["DataAge"],
+            serde_json::json!({"Values": [2047], "Counts": [1]})
+        );
         // Every metric declared has a value on the line.
         for metric in directive["Metrics"].as_array().unwrap() {
-            assert!(line[metric["Name"].as_str().unwrap()].is_u64(), "{metric}");
+            let value = &line[metric["Name"].as_str().unwrap()];
+            assert!(value.is_u64() || value["Values"].is_array(), "{metric}");
         }
+    }
+
+    #[test]
+    fn an_emf_distribution_keeps_within_cloudwatchs_100_values_and_its_counts() {
+        let traffic = Traffic::default();
+        // Latencies from 1 µs to about 17 minutes: far more than 100 buckets.
+        for power in 0..30u32 {
+            for step in 0..8u64 {
+                let micros = (1u64 << power) + step * (1u64 << power) / 8;
+                traffic.record("GET /feed", Answer::L1, Duration::from_micros(micros), None);
+            }
+        }
+        let fields = fields_of(&traffic);
+        let routes = breakdown(fields.iter().map(|(n, v)| (n.as_str(), *v)));
+        let line: serde_json::Value =
+            serde_json::from_str(&routes[0].emf_line("CatalogCache", "api", 1_000)).unwrap();
+        let values = line["Latency"]["Values"].as_array().unwrap();
+        let counts = line["Latency"]["Counts"].as_array().unwrap();
+        assert!(values.len() <= 100 && values.len() > 50, "{}", values.len());
+        assert_eq!(values.len(), counts.len());
+        assert_eq!(counts.iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 240);
+        // Each value still bounds what it stands for: the largest bounds the largest latency.
+        let largest = values.last().unwrap().as_u64().unwrap();
+        assert!(largest >= (1 << 29) + 7 * (1 << 29) / 8, "{largest}");
+        assert!(line.get("DataAge").is_none(), "no ages recorded");
     }
 
     #[test]
