@@ -1330,6 +1330,47 @@ async fn a_category_serving_data_older_than_its_objective_makes_health_warn_unti
 }
 
 #[tokio::test]
+async fn a_redis_outage_is_in_the_alert_history_once_redis_is_back() {
+    let app = TestApp::new();
+    let history_of = |health: &Value, figure: &str| -> Vec<(String, Value)> {
+        health["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["figure"] == figure)
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_owned(),
+                    e["environment"].clone(),
+                )
+            })
+            .collect()
+    };
+    app.l2.set_failing(true);
+    let down = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    let alert = element(&down["alerts"], "figure", "redis");
+    assert_eq!(alert["severity"], "CRITICAL");
+    // Kept by this environment while Redis cannot take it.
+    assert_eq!(history_of(&down, "redis").len(), 1, "{down}");
+    app.l2.set_failing(false);
+    app.clock.advance(Duration::from_secs(60));
+    let back = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    let events = history_of(&back, "redis");
+    let environment = json!(app.state.cache.environment());
+    assert_eq!(
+        events,
+        [
+            ("cleared".to_owned(), environment.clone()),
+            ("raised".to_owned(), environment)
+        ],
+        "{back}"
+    );
+    // Written to Redis: asked again, the history comes from Redis, not this queue.
+    let again = body(app.admin("GET", "/admin/cache/health", None).await).await;
+    assert_eq!(history_of(&again, "redis").len(), 2, "{again}");
+}
+
+#[tokio::test]
 async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
     let app = TestApp::new();
     let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
@@ -1367,32 +1408,47 @@ async fn jobs_say_when_each_ran_and_when_it_is_expected_next() {
 }
 
 #[tokio::test]
-async fn the_view_aggregator_is_expected_only_once_views_were_accepted_after_its_last_window() {
+async fn the_view_aggregator_is_expected_only_once_views_were_recorded_after_its_last_window() {
     let app = TestApp::new();
     let aggregator = |jobs: &Value| element(&jobs["schedule"], "job", "view-aggregator").clone();
     let window_ms = app.state.view_window.as_millis() as i64;
+    let view = |event: String, product: &'static str| {
+        let app = &app;
+        async move {
+            let uri = format!("/products/{product}/views");
+            let response = app.json("POST", &uri, json!({"event_id": event})).await;
+            app.state.cache.flush_counters(Duration::ZERO, None).await;
+            response.status()
+        }
+    };
     app.seed_product("p1").await;
-    let view = app
-        .json("POST", "/products/p1/views", json!({"event_id": "evt-1"}))
-        .await;
-    assert_eq!(view.status(), StatusCode::ACCEPTED);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    app.state.cache.flush_counters(Duration::ZERO, None).await;
+    // Views the stream never gets (an unknown product, a retried event id) are not pending.
+    assert_eq!(view("evt-0".into(), "nope").await, StatusCode::NOT_FOUND);
+    let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
+    assert_eq!(aggregator(&jobs)["idle"], true, "{jobs}");
+    assert_eq!(view("evt-1".into(), "p1").await, StatusCode::ACCEPTED);
     // A view in the minute from NOW: its window closes by the minute's end plus a window.
     let jobs = body(app.admin("GET", "/admin/jobs", None).await).await;
     let pending = aggregator(&jobs);
     assert_eq!(pending["idle"], false, "{pending}");
     assert_eq!(pending["next_expected_at"], NOW + 60_000 + window_ms);
     assert_eq!(pending["overdue"], false);
-    // No report more than a window after that: overdue.
-    app.clock
-        .advance(Duration::from_millis((60_000 + 2 * window_ms + 1) as u64));
-    assert_eq!(
-        aggregator(&body(app.admin("GET", "/admin/jobs", None).await).await)["overdue"],
-        true
-    );
-    // The window's report arrives: nothing pending, so neither expected nor overdue however
-    // long the stream stays quiet.
+    // Views keep arriving, minute after minute, and no report comes: the first of them is
+    // what the window is late for.
+    let mut minute = 0;
+    while i64::from(minute) * 60_000 <= 60_000 + 2 * window_ms {
+        app.clock.advance(Duration::from_secs(60));
+        minute += 1;
+        assert_eq!(
+            view(format!("evt-{}", minute + 1), "p1").await,
+            StatusCode::ACCEPTED
+        );
+    }
+    let late = aggregator(&body(app.admin("GET", "/admin/jobs", None).await).await);
+    assert_eq!(late["next_expected_at"], NOW + 60_000 + window_ms, "{late}");
+    assert_eq!(late["overdue"], true, "{late}");
+    // The window's report arrives: nothing recorded since, so neither expected nor overdue
+    // however long the stream stays quiet; a retried view does not change that.
     let mut run = catalog_core::model::JobRun::new(
         "view-aggregator",
         catalog_core::clock::Clock::now_ms(app.clock.as_ref()),
@@ -1403,6 +1459,7 @@ async fn the_view_aggregator_is_expected_only_once_views_were_accepted_after_its
         .await
         .unwrap();
     app.clock.advance(Duration::from_secs(3600));
+    assert_eq!(view("evt-1".into(), "p1").await, StatusCode::ACCEPTED);
     let quiet = aggregator(&body(app.admin("GET", "/admin/jobs", None).await).await);
     assert_eq!(
         (

@@ -95,6 +95,9 @@ mod tests {
             .find(|o| o.operation == "l2_set")
             .map(|o| o.calls);
         assert!(writes > Some(0), "{history:?}");
+        // Its L1 serves no reads: what it took is not in the fleet's L1 figures.
+        assert!(deps.cache.snapshot().l1_inserts > 0);
+        assert_eq!(history.last_5m.counters.l1_inserts, 0, "{history:?}");
 
         let ignored = handle(
             &json!({"unexpected": true}),

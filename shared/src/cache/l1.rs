@@ -62,7 +62,8 @@ impl L1 {
                     .saturating_add(entry.weight)
             })
             .time_to_live(ttl.max(Duration::from_millis(1)));
-        if let Some(metrics) = metrics {
+        // A bound of 0 turns L1 off (moka refuses every entry): nothing is evicted from it.
+        if let Some(metrics) = metrics.filter(|_| max_bytes > 0) {
             builder = builder.eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     CacheMetrics::incr(&metrics.l1_evictions);

@@ -50,20 +50,6 @@ pub struct History {
     pub operations: OperationsByWindow,
     /// The p99 age of the data each cache category served over the last 5 minutes.
     pub age_p99_5m: std::collections::BTreeMap<String, traffic::AgeP99>,
-    /// Per-minute traffic of the last two hours: `(minute's start, field, count)`.
-    pub(crate) traffic_minutes: Vec<(EpochMillis, String, u64)>,
-}
-
-impl History {
-    /// The start of the latest minute of the last two hours in which `route` served a
-    /// request (answers other than errors), in any environment; `None` if it served none.
-    pub fn last_served_minute(&self, route: &str) -> Option<EpochMillis> {
-        self.traffic_minutes
-            .iter()
-            .filter(|(_, name, count)| *count > 0 && traffic::is_served_answer(name, route))
-            .map(|(minute, _, _)| *minute)
-            .max()
-    }
 }
 
 /// The cache operations' latency (Redis reads and writes, loads) over the standard windows.
@@ -112,6 +98,16 @@ impl Cache {
         every: Duration,
         emf_function: Option<&str>,
     ) -> Option<MetricsSnapshot> {
+        self.flush(every, emf_function, true).await
+    }
+
+    /// [`Cache::flush_counters`]; without `with_l1`, L1's inserts and evictions are left out.
+    async fn flush(
+        &self,
+        every: Duration,
+        emf_function: Option<&str>,
+        with_l1: bool,
+    ) -> Option<MetricsSnapshot> {
         let now = self.now();
         let delta = {
             let mut last = self
@@ -123,8 +119,12 @@ impl Cache {
                 return None;
             }
             let current = self.snapshot();
-            let delta = current.delta_since(&last.1);
+            let mut delta = current.delta_since(&last.1);
             *last = (now, current);
+            if !with_l1 {
+                delta.l1_inserts = 0;
+                delta.l1_evictions = 0;
+            }
             delta
         };
         let traffic = self.traffic().take_fields();
@@ -218,11 +218,48 @@ impl Cache {
     /// At the end of an invocation of a job or stream function, before Lambda freezes the
     /// environment: what it counted (cache counters, operation timings) goes to the shared
     /// windows, with an EMF line in Lambda. These functions serve no requests to flush after,
-    /// and run about once a minute or once a batch, so each invocation flushes.
+    /// and run about once a minute or once a batch, so each invocation flushes (a few Redis
+    /// calls, each bounded by the command timeout, well inside the jobs' 2 s stop margin).
+    /// Their L1 serves no reads (they write through it), so its inserts and evictions are left
+    /// out: health's L1 figures are about the API's.
     pub async fn flush_invocation(&self) {
         let function = crate::telemetry::lambda_function_name();
-        self.flush_counters(Duration::ZERO, function.as_deref())
-            .await;
+        self.flush(Duration::ZERO, function.as_deref(), false).await;
+    }
+
+    /// The start of the first minute after `after` (or in the last 24 hours) in which any
+    /// environment counted `counter` (a [`MetricsSnapshot`] field name), from the shared
+    /// per-minute buckets: one round trip over the hours concerned. `None` if there is none,
+    /// or Redis did not answer.
+    pub async fn first_minute_counting(
+        &self,
+        counter: &str,
+        after: Option<EpochMillis>,
+    ) -> Option<EpochMillis> {
+        let now = self.now();
+        let from = after.unwrap_or(EpochMillis::MIN).max(now - 24 * HOUR_MS);
+        let hours = from.div_euclid(HOUR_MS)..=now.div_euclid(HOUR_MS);
+        let keys: Vec<String> = hours
+            .clone()
+            .map(|h| self.keys().counters_hour(h))
+            .collect();
+        let hashes = self
+            .with_l2("HGETALL", self.batch_deadline(), |l2| {
+                l2.hash_get_all(&keys)
+            })
+            .await
+            .ok()?;
+        hours
+            .zip(hashes)
+            .flat_map(|(hour, hash)| {
+                hash.into_iter().filter_map(move |(field, value)| {
+                    let (minute, name) = field.split_once(':')?;
+                    let start = (hour * 60 + minute.parse::<i64>().ok()?) * MINUTE_MS;
+                    (name == counter && value > 0).then_some(start)
+                })
+            })
+            .filter(|start| after.is_none_or(|after| *start > after) && *start <= now)
+            .min()
     }
 
     /// The shared counters over the standard windows, and the memory trend samples.
@@ -322,16 +359,6 @@ impl Cache {
                 last_1h: traffic::breakdown(recent(60, routes)),
                 last_24h: traffic::breakdown(whole_day(routes)),
             },
-            traffic_minutes: traffic_fields
-                .iter()
-                .map(|(ago, name, value)| {
-                    (
-                        (current_minute - ago) * MINUTE_MS,
-                        name.clone(),
-                        u64::try_from(*value).unwrap_or(0),
-                    )
-                })
-                .collect(),
             last_5m: window(0, 5),
             last_1h: window(0, 60),
             last_24h: window(0, 24 * 60),
@@ -413,9 +440,13 @@ impl Cache {
                 .filter_map(|(member, _)| serde_json::from_str(member).ok())
                 .collect(),
             Err(_) => {
+                let mut alerts = self.process_alerts();
+                // Whatever a concurrent evaluation queued meanwhile stays, in time order.
+                events.append(&mut alerts.pending);
+                events.sort_by_key(|e| e.at);
                 let excess = events.len().saturating_sub(PENDING_ALERT_EVENTS);
                 events.drain(..excess);
-                self.process_alerts().pending.clone_from(&events);
+                alerts.pending.clone_from(&events);
                 events.reverse();
                 events
             }

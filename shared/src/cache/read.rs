@@ -610,7 +610,9 @@ impl Cache {
         let tier = if value.is_some() {
             // An entity that exists now: forget that it once did not.
             self.inner.negatives.remove(key);
-            CacheMetrics::incr(&self.inner.metrics.l1_inserts);
+            if self.inner.options.l1_max_bytes > 0 {
+                CacheMetrics::incr(&self.inner.metrics.l1_inserts);
+            }
             &self.inner.l1
         } else {
             &self.inner.negatives

@@ -719,6 +719,19 @@ async fn an_l1_smaller_than_what_is_read_counts_what_it_evicts() {
     roomy.l1_usage();
     let m = roomy.snapshot();
     assert_eq!((m.l1_inserts, m.l1_evictions), (200, 0));
+    // L1 turned off (a bound of 0) takes nothing, so it evicts nothing either.
+    let off = f.engine_with(|o| o.l1_max_bytes = 0);
+    for n in 0..20 {
+        off.get_or_load(
+            &key(&off, &format!("p{n}")),
+            f.loader(Some(item("kettle", 1)), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    }
+    off.l1_usage();
+    let m = off.snapshot();
+    assert_eq!((m.l1_inserts, m.l1_evictions), (0, 0));
 }
 
 #[tokio::test]

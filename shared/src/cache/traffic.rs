@@ -581,15 +581,6 @@ pub fn operations<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<O
         .collect()
 }
 
-/// Whether a field counts answers of `route` other than errors: requests it served.
-pub fn is_served_answer(name: &str, route: &str) -> bool {
-    matches!(
-        Field::parse(name),
-        Some(Field::Route { route: r, stat: Stat::Answer(answer), .. })
-            if r == route && answer != Answer::Error
-    )
-}
-
 /// The p99 age (ms) of the data each category served, from a window's summed fields, every
 /// route of the category merged (a batch and a single read are both `product`).
 pub fn age_p99_by_category<'a>(

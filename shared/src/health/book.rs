@@ -3,12 +3,14 @@
 //!
 //! The bookkeeping is a hash: field `<figure>` holds since when the alert is active, and
 //! `<figure>!critical` since when it has been critical. An evaluation sets what is absent and
-//! deletes what no longer holds. Redis answers `HSETNX` and `HDEL` with 1 to one caller only,
-//! so each change is recorded by exactly one of the environments evaluating at once.
+//! deletes what no longer holds, in one script. Redis answers `HSETNX` and `HDEL` with 1 to one
+//! caller only, so each change is recorded by at most one of the environments evaluating at
+//! once (by none if that answer is lost on its way back).
 //!
 //! Figures about the fleet are kept in a hash shared in Redis. Figures about one process (its
-//! circuit breaker) are kept by that process: environments that disagree would otherwise
-//! raise and clear the alert in turn. Their events name the environment.
+//! circuit breaker, whether it reaches Redis) are kept by that process: environments that
+//! disagree would otherwise raise and clear the alert in turn, and "Redis did not answer"
+//! cannot be kept in Redis. Their events name the environment.
 
 use std::collections::HashMap;
 
@@ -17,7 +19,7 @@ use crate::cache::l2::HashUpdate;
 use crate::model::EpochMillis;
 
 /// The figures each process judges for itself: each environment keeps their since-when.
-pub const PROCESS_ALERTS: [&str; 1] = ["circuit"];
+pub const PROCESS_ALERTS: [&str; 2] = ["circuit", "redis"];
 
 /// The field suffix of since when an alert has been critical.
 const CRITICAL: &str = "!critical";

@@ -270,9 +270,15 @@ fn freshness_names(category: &str) -> (&'static str, &'static str) {
 }
 
 /// The value of an alert's figure in `report`: its own figure, but for freshness, which
-/// grades the category's age figure, and L1, whose warning is about evictions.
+/// grades the category's age figure, and L1, whose warning is about evictions and critical
+/// about its bound against the function's memory.
 fn alert_value(report: &HealthReport, alert_figure: &str) -> Option<f64> {
+    let l1_critical = report
+        .alerts
+        .iter()
+        .any(|a| a.figure == "l1_memory" && a.severity == Status::Critical);
     let figure = match alert_figure {
+        "l1_memory" if l1_critical => "l1_function_share",
         "l1_memory" => "l1_evicted_ratio",
         _ => FRESHNESS_NAMES
             .iter()
@@ -503,6 +509,7 @@ pub fn evaluate(
         used_memory,
         Figure::now("l1_memory", l1_share),
         Figure::now("l1_evicted_ratio", l1_evicted),
+        Figure::now("l1_function_share", l1_of_function.map(|(share, _)| share)),
     ];
     figures.extend(freshness_figures);
     let status = alerts
@@ -809,6 +816,10 @@ mod tests {
                     figure(&report, "l1_evicted_ratio").value,
                     Some(evictions as f64 / inserts as f64)
                 );
+                assert_eq!(
+                    alert_value(&report, "l1_memory"),
+                    Some(evictions as f64 / inserts as f64)
+                );
             }
         }
         // A bound over half the function's memory is critical, evicting or not.
@@ -832,6 +843,9 @@ mod tests {
                         .contains("513 MiB, 50% of the function's 1024 MiB"),
                     "{report:?}"
                 );
+                // The alert's value is the bound's share of the function's memory.
+                let share = alert_value(&report, "l1_memory").unwrap();
+                assert!((share - 513.0 / 1024.0).abs() < 1e-9, "{share}");
             }
         }
     }

@@ -418,26 +418,23 @@ pub struct JobSchedule {
     /// the oldest due expiry; view-aggregator: the report's time minus the window's end).
     pub last_lag_ms: Option<u64>,
     /// When the next run is expected (epoch ms): the last start plus the interval; for the
-    /// view-aggregator, the end of the window holding the first view accepted since its last
+    /// view-aggregator, a window after the minute of the first view recorded since its last
     /// report. `null` before the first run, or while there is nothing to aggregate.
     pub next_expected_at: Option<i64>,
     /// True when the next run is more than one interval late (or a scheduled job never ran).
     pub overdue: bool,
-    /// The view-aggregator only: no view was accepted since its last window report, so no
-    /// window is due (Lambda invokes it only for windows with records). Always false for the
-    /// scheduled jobs.
+    /// The view-aggregator only: no view was recorded since its last window report (or
+    /// Redis, which counts them, did not answer), so no window is due: Lambda invokes it only
+    /// for windows with records. Always false for the scheduled jobs.
     pub idle: bool,
 }
 
-/// The route whose answers are views accepted for the view-aggregator.
-const VIEWS_ROUTE: &str = "POST /products/{id}/views";
-
-/// The schedule of each job, from its last run; the view-aggregator's also from the last
-/// minute in which a view was accepted (from the shared traffic counts).
+/// The schedule of each job, from its last run; the view-aggregator's also from the first
+/// minute since its last report in which a view was recorded (`first_view_minute`).
 fn schedule(
     state: &AppState,
     last_runs: &[JobRun],
-    views_minute: Option<i64>,
+    first_view_minute: Option<i64>,
     now: i64,
 ) -> Vec<JobSchedule> {
     let millis = |every: std::time::Duration| i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
@@ -456,15 +453,13 @@ fn schedule(
         }
     };
     let mut views = scheduled(catalog_core::streams::views::JOB, state.view_window);
-    // Event-driven: a window is due only once a view arrived after the last report. Known to
-    // the minute: views in the minute of the report may have been in its window, and are not
-    // counted as pending (no false "overdue").
-    let pending =
-        views_minute.filter(|minute| views.last_started_at.is_none_or(|last| *minute > last));
-    views.idle = pending.is_none();
-    // The window holding a view of that minute closes at most a window after the minute.
+    // Event-driven: a window is due only once a view was recorded after the last report.
+    // Known to the minute: views in the minute of the report may have been in its window, so
+    // only later minutes count (no false "overdue"). The window holding a view of that minute
+    // closes at most a window after the minute's end.
+    views.idle = first_view_minute.is_none();
     views.next_expected_at =
-        pending.map(|minute| minute.saturating_add(60_000 + millis(state.view_window)));
+        first_view_minute.map(|minute| minute.saturating_add(60_000 + millis(state.view_window)));
     views.overdue = views
         .next_expected_at
         .is_some_and(|next| now > next.saturating_add(millis(state.view_window)));
@@ -494,8 +489,15 @@ pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<Job
             history.insert(name, runs);
         }
     }
-    let views_minute = state.cache.history().await.last_served_minute(VIEWS_ROUTE);
-    let schedule = schedule(&state, &jobs, views_minute, state.clock.now_ms());
+    let last_report = jobs
+        .iter()
+        .find(|r| r.job == catalog_core::streams::views::JOB)
+        .map(|r| r.started_at);
+    let first_view_minute = state
+        .cache
+        .first_minute_counting("views_recorded", last_report)
+        .await;
+    let schedule = schedule(&state, &jobs, first_view_minute, state.clock.now_ms());
     Ok(Json(JobsResponse {
         jobs,
         history,

@@ -523,6 +523,10 @@ pub async fn record_view(
         viewed_at: state.clock.now_ms(),
     };
     let recorded = state.views.record_view(&event).await?;
+    if recorded {
+        // For /admin/jobs: a view-aggregator window is due.
+        catalog_core::cache::metrics::CacheMetrics::incr(&state.cache.metrics().views_recorded);
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(ViewAccepted { event_id, recorded }),

@@ -38,7 +38,8 @@ pub const CHANGE_LOG_FLOOR: &str = "~floor";
 pub const CHANGE_LOG_CLEAR: &str = "~clear";
 
 /// What [`L2Store::hash_update`] did. Redis answers `HSETNX` and `HDEL` with 1 to one caller
-/// only, so each field set or deleted is reported by exactly one of several racing updates.
+/// only, so each field set or deleted is reported by at most one of several racing updates
+/// (none, if the answer is lost on its way back).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HashUpdate {
     /// Per field of `set_if_absent`: whether this update set it.
@@ -189,7 +190,7 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     /// cluster, e.g. through a hash tag). Absent hashes are empty; non-integer fields are skipped.
     async fn hash_get_all(&self, keys: &[String]) -> Result<Vec<HashMap<String, i64>>>;
 
-    /// Sets fields that are not set yet (`HSETNX`) and deletes others (`HDEL`), in one pipeline;
+    /// Sets fields that are not set yet (`HSETNX`) and deletes others (`HDEL`), atomically;
     /// returns which of them this call set and deleted, and the hash afterwards.
     async fn hash_update(
         &self,

@@ -92,6 +92,23 @@ end
 return 1
 ";
 
+/// Sets hash fields that are absent and deletes others, atomically (see
+/// `L2Store::hash_update`). KEYS[1]: the hash; ARGV[1]: how many fields to set; then each
+/// field and value to set; then the fields to delete. Returns each `HSETNX` and `HDEL` answer
+/// in order, then the hash (flat field/value pairs).
+const HASH_UPDATE: &str = r"
+local n = tonumber(ARGV[1])
+local done = {}
+for i = 0, n - 1 do
+  done[#done + 1] = redis.call('HSETNX', KEYS[1], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+end
+for i = 2 + 2 * n, #ARGV do
+  done[#done + 1] = redis.call('HDEL', KEYS[1], ARGV[i])
+end
+done[#done + 1] = redis.call('HGETALL', KEYS[1])
+return done
+";
+
 /// The L2 port on a [`RedisConnection`].
 ///
 /// ## Behavior
@@ -126,6 +143,7 @@ pub struct RedisL2 {
     unlock_script: Script,
     extend_script: Script,
     publish_script: Script,
+    hash_update_script: Script,
     round_trips: AtomicU64,
 }
 
@@ -252,6 +270,7 @@ impl RedisL2 {
             unlock_script: Script::new(COMPARE_AND_DELETE),
             extend_script: Script::new(COMPARE_AND_PEXPIRE),
             publish_script: Script::new(PUBLISH_CHANGES),
+            hash_update_script: Script::new(HASH_UPDATE),
             round_trips: AtomicU64::new(0),
         }
     }
@@ -817,24 +836,31 @@ impl L2Store for RedisL2 {
         set_if_absent: &[(String, i64)],
         delete: &[String],
     ) -> Result<HashUpdate> {
-        let mut pipe = redis::pipe();
+        // One script, so no other update interleaves: each field's change is seen by exactly
+        // one of several racing updates, and a field and its companion move together.
+        let mut invocation = self.hash_update_script.key(key);
+        invocation.arg(set_if_absent.len());
         for (field, value) in set_if_absent {
-            pipe.cmd("HSETNX").arg(key).arg(field).arg(*value);
+            invocation.arg(field).arg(*value);
         }
-        // One HDEL per field: its 1 or 0 says whether this call deleted that field.
         for field in delete {
-            pipe.cmd("HDEL").arg(key).arg(field);
+            invocation.arg(field);
         }
-        pipe.cmd("HGETALL").arg(key);
-        let failed = |e: redis::RedisError| Error::redis("HSETNX", e);
-        let mut replies: Vec<redis::Value> =
-            pipe.query_async(&mut self.trip()?).await.map_err(failed)?;
-        let hash = replies
+        let failed = |e: redis::RedisError| Error::redis("hash update", e);
+        let mut replies: Vec<redis::Value> = invocation
+            .invoke_async(&mut self.trip()?)
+            .await
+            .map_err(failed)?;
+        let flat: Vec<String> = replies
             .pop()
-            .map(redis::from_redis_value::<HashMap<String, String>>)
+            .map(redis::from_redis_value::<Vec<String>>)
             .transpose()
             .map_err(|e| failed(e.into()))?
             .unwrap_or_default();
+        let hash = flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
         let mut done = replies
             .into_iter()
             .map(|reply| redis::from_redis_value::<i64>(reply).map(|n| n == 1))
