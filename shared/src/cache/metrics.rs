@@ -107,9 +107,6 @@ counters! {
     /// L1 entries evicted before they expired, to keep L1 within `L1_MAX_BYTES` (or not
     /// admitted for it): L1 is smaller than what is read.
     l1_evictions: "Count",
-    /// Views the API recorded (a new event id each): the stream records the view-aggregator's
-    /// windows will count.
-    views_recorded: "Count",
     /// Payload bytes written before compression.
     bytes_raw: "Bytes",
     /// Bytes written to Redis after compression, headers included.

@@ -246,6 +246,8 @@ struct Inner {
     traffic: traffic::Traffic,
     /// What a failed flush could not write to Redis, sent with the next one.
     unsent: std::sync::Mutex<observe::Unsent>,
+    /// Counts kept under the minute their events happened, waiting for a flush.
+    dated: std::sync::Mutex<observe::DatedCounts>,
     /// This process's alert bookkeeping, and alert events the history has not taken yet.
     alerts: std::sync::Mutex<observe::ProcessAlerts>,
     /// This execution environment's name (its log stream in Lambda), for its own alerts.
@@ -295,6 +297,7 @@ impl Cache {
                 flushed: std::sync::Mutex::new((EpochMillis::MIN / 2, MetricsSnapshot::default())),
                 traffic: traffic::Traffic::default(),
                 unsent: std::sync::Mutex::default(),
+                dated: std::sync::Mutex::default(),
                 alerts: std::sync::Mutex::default(),
                 environment: std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
                     .unwrap_or_else(|_| format!("process-{}", std::process::id())),

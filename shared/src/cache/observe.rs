@@ -162,6 +162,7 @@ impl Cache {
         if !traffic_to_send.is_empty() {
             self.flush_traffic(traffic_to_send, minute, hour).await;
         }
+        self.flush_dated().await;
         if let Some(function) = emf_function {
             // EMF lines must be the whole log line, so they go straight to stdout.
             let line = delta.emf_line(
@@ -178,6 +179,59 @@ impl Cache {
             }
         }
         Some(delta)
+    }
+
+    /// Counts one `name` event under the minute it happened (`at`), not the minute of the flush
+    /// that sends it: for events whose time a reader compares with something else's (a view,
+    /// with the report of the view-aggregator window that counted it), since a process may
+    /// flush long after the event (a Lambda environment is frozen between requests). Read
+    /// back with [`Cache::first_minute_counting`].
+    pub fn count_at(&self, name: &'static str, at: EpochMillis) {
+        let minute = at.div_euclid(MINUTE_MS) * MINUTE_MS;
+        *self.dated().0.entry((minute, name)).or_default() += 1;
+    }
+
+    /// Adds the dated counts to their minutes' buckets, one write per hour; an hour that cannot
+    /// be written waits for the next flush.
+    async fn flush_dated(&self) {
+        let dated = std::mem::take(&mut self.dated().0);
+        let mut by_hour: BTreeMap<i64, DatedCounts> = BTreeMap::new();
+        for (key, count) in dated {
+            let hour = key.0.div_euclid(HOUR_MS);
+            by_hour.entry(hour).or_default().0.insert(key, count);
+        }
+        for (hour, counts) in by_hour {
+            let key = self.keys().counters_hour(hour);
+            let fields: Vec<(String, i64)> = counts
+                .0
+                .iter()
+                .map(|((minute, name), count)| {
+                    let minute = minute.div_euclid(MINUTE_MS).rem_euclid(60);
+                    (
+                        format!("{minute:02}:{name}"),
+                        i64::try_from(*count).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect();
+            let written = self
+                .with_l2("HINCRBY", self.single_deadline(), |l2| {
+                    l2.hash_add(&key, &fields, BUCKET_TTL)
+                })
+                .await;
+            if written.is_err() {
+                let mut dated = self.dated();
+                for (key, count) in counts.0 {
+                    *dated.0.entry(key).or_default() += count;
+                }
+            }
+        }
+    }
+
+    fn dated(&self) -> std::sync::MutexGuard<'_, DatedCounts> {
+        self.inner
+            .dated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds traffic fields to the hour's rollup (the 24 h window), then to its minute (the
@@ -227,10 +281,10 @@ impl Cache {
         self.flush(Duration::ZERO, function.as_deref(), false).await;
     }
 
-    /// The start of the first minute after `after` (or in the last 24 hours) in which any
-    /// environment counted `counter` (a [`MetricsSnapshot`] field name), from the shared
-    /// per-minute buckets: one round trip over the hours concerned. `None` if there is none,
-    /// or Redis did not answer.
+    /// The start of the first minute wholly after `after` (or in the last 24 hours) in which
+    /// any environment counted `counter` (see [`Cache::count_at`]), from the shared per-minute
+    /// buckets: one round trip over the hours concerned. `None` if there is none, or Redis did
+    /// not answer.
     pub async fn first_minute_counting(
         &self,
         counter: &str,
@@ -382,7 +436,7 @@ impl Cache {
         )];
         let _ = self
             .with_l2("HSETNX", self.single_deadline(), |l2| {
-                l2.hash_update(&key, &sample, &[])
+                l2.hash_update(&key, &sample, &[], false)
             })
             .await;
         Some(info)
@@ -395,7 +449,12 @@ impl Cache {
         let key = format!("{}health:alerts", self.keys().prefix());
         let shared = self
             .with_l2("HSETNX", self.single_deadline(), |l2| {
-                l2.hash_update(&key, &updates.shared.set_if_absent, &updates.shared.delete)
+                l2.hash_update(
+                    &key,
+                    &updates.shared.set_if_absent,
+                    &updates.shared.delete,
+                    true,
+                )
             })
             .await
             .ok();
@@ -473,6 +532,14 @@ pub(crate) struct ProcessAlerts {
     book: HashMap<String, EpochMillis>,
     pending: Vec<AlertEvent>,
 }
+
+/// Counts by the minute their events happened (minute start, name), until flushed.
+#[derive(Debug, Default)]
+pub(crate) struct DatedCounts(BTreeMap<(EpochMillis, &'static str), u64>);
+
+/// The dated count of views the API recorded (a new event id each): the stream records the
+/// view-aggregator's windows will count.
+pub const VIEWS_RECORDED: &str = "views_recorded";
 
 /// Counts a failed flush could not write to Redis, merged by name until a flush succeeds.
 #[derive(Debug, Default)]

@@ -1391,3 +1391,40 @@ async fn traffic_and_counters_a_failed_flush_could_not_deliver_are_sent_with_the
     cache.flush_counters(Duration::ZERO, None).await.unwrap();
     assert_eq!(cache.history().await.routes.last_5m[0].requests, 3);
 }
+
+#[tokio::test]
+async fn dated_counts_land_in_the_minute_of_their_event_however_late_they_are_sent() {
+    let f = Fixture::new();
+    let cache = f.engine();
+    let at = cache.now();
+    let minute = at - at.rem_euclid(60_000);
+    cache.count_at("views_recorded", at);
+    cache.count_at("views_recorded", at + 1);
+    // Redis is down at the next flush, and the one after comes two hours later.
+    f.l2.set_failing(true);
+    cache.flush_counters(Duration::ZERO, None).await;
+    f.l2.set_failing(false);
+    f.clock.advance(Duration::from_secs(7200));
+    assert_eq!(
+        cache.first_minute_counting("views_recorded", None).await,
+        None
+    );
+    cache.flush_counters(Duration::ZERO, None).await.unwrap();
+    assert_eq!(
+        cache.first_minute_counting("views_recorded", None).await,
+        Some(minute)
+    );
+    // Only minutes wholly after `after` count.
+    assert_eq!(
+        cache
+            .first_minute_counting("views_recorded", Some(minute))
+            .await,
+        None
+    );
+    assert_eq!(
+        cache
+            .first_minute_counting("views_recorded", Some(minute - 1))
+            .await,
+        Some(minute)
+    );
+}

@@ -418,8 +418,9 @@ pub struct JobSchedule {
     /// the oldest due expiry; view-aggregator: the report's time minus the window's end).
     pub last_lag_ms: Option<u64>,
     /// When the next run is expected (epoch ms): the last start plus the interval; for the
-    /// view-aggregator, a window after the minute of the first view recorded since its last
-    /// report. `null` before the first run, or while there is nothing to aggregate.
+    /// view-aggregator, a window after the end of the minute of the first view recorded since
+    /// its last reported window. `null` before the first run, or while there is nothing to
+    /// aggregate.
     pub next_expected_at: Option<i64>,
     /// True when the next run is more than one interval late (or a scheduled job never ran).
     pub overdue: bool,
@@ -430,7 +431,7 @@ pub struct JobSchedule {
 }
 
 /// The schedule of each job, from its last run; the view-aggregator's also from the first
-/// minute since its last report in which a view was recorded (`first_view_minute`).
+/// minute after its last reported window in which a view was recorded (`first_view_minute`).
 fn schedule(
     state: &AppState,
     last_runs: &[JobRun],
@@ -453,10 +454,10 @@ fn schedule(
         }
     };
     let mut views = scheduled(catalog_core::streams::views::JOB, state.view_window);
-    // Event-driven: a window is due only once a view was recorded after the last report.
-    // Known to the minute: views in the minute of the report may have been in its window, so
-    // only later minutes count (no false "overdue"). The window holding a view of that minute
-    // closes at most a window after the minute's end.
+    // Event-driven: a window is due only once a view was recorded after the last reported
+    // window. Known to the minute: views in the minute that window ended in may have been in
+    // it, so only later minutes count (no false "overdue"). The window holding a view of that
+    // minute closes at most a window after the minute's end.
     views.idle = first_view_minute.is_none();
     views.next_expected_at =
         first_view_minute.map(|minute| minute.saturating_add(60_000 + millis(state.view_window)));
@@ -489,13 +490,20 @@ pub async fn jobs(_: Admin, State(state): State<AppState>) -> ApiResult<Json<Job
             history.insert(name, runs);
         }
     }
-    let last_report = jobs
+    // The end of the last reported window: its report's time minus its lag.
+    let last_window_end = jobs
         .iter()
         .find(|r| r.job == catalog_core::streams::views::JOB)
-        .map(|r| r.started_at);
+        .map(|r| {
+            let lag = r.lag_ms.and_then(|l| i64::try_from(l).ok()).unwrap_or(0);
+            r.started_at - lag
+        });
     let first_view_minute = state
         .cache
-        .first_minute_counting("views_recorded", last_report)
+        .first_minute_counting(
+            catalog_core::cache::observe::VIEWS_RECORDED,
+            last_window_end,
+        )
         .await;
     let schedule = schedule(&state, &jobs, first_view_minute, state.clock.now_ms());
     Ok(Json(JobsResponse {

@@ -524,8 +524,11 @@ pub async fn record_view(
     };
     let recorded = state.views.record_view(&event).await?;
     if recorded {
-        // For /admin/jobs: a view-aggregator window is due.
-        catalog_core::cache::metrics::CacheMetrics::incr(&state.cache.metrics().views_recorded);
+        // For /admin/jobs: a view-aggregator window is due, the one holding this minute.
+        state.cache.count_at(
+            catalog_core::cache::observe::VIEWS_RECORDED,
+            event.viewed_at,
+        );
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -506,6 +506,7 @@ impl L2Store for MemoryL2 {
         key: &str,
         set_if_absent: &[(String, i64)],
         delete: &[String],
+        read_back: bool,
     ) -> Result<HashUpdate> {
         let mut entries = self.call("HSETNX")?;
         let entry = entries.entry(key.to_owned()).or_insert(Entry {
@@ -515,7 +516,11 @@ impl L2Store for MemoryL2 {
         let Value::Hash(fields) = &mut entry.value else {
             return Err(wrong_type("HSETNX"));
         };
-        Ok(HashUpdate::apply(fields, set_if_absent, delete))
+        let mut update = HashUpdate::apply(fields, set_if_absent, delete);
+        if !read_back {
+            update.hash.clear();
+        }
+        Ok(update)
     }
 
     async fn log_append(

@@ -191,12 +191,14 @@ pub trait L2Store: Send + Sync + std::fmt::Debug {
     async fn hash_get_all(&self, keys: &[String]) -> Result<Vec<HashMap<String, i64>>>;
 
     /// Sets fields that are not set yet (`HSETNX`) and deletes others (`HDEL`), atomically;
-    /// returns which of them this call set and deleted, and the hash afterwards.
+    /// returns which of them this call set and deleted, and with `read_back` the hash
+    /// afterwards (empty without).
     async fn hash_update(
         &self,
         key: &str,
         set_if_absent: &[(String, i64)],
         delete: &[String],
+        read_back: bool,
     ) -> Result<HashUpdate>;
 
     /// Appends time-scored members to a sorted set used as a log, drops those scored before

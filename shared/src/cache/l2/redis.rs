@@ -93,19 +93,24 @@ return 1
 ";
 
 /// Sets hash fields that are absent and deletes others, atomically (see
-/// `L2Store::hash_update`). KEYS[1]: the hash; ARGV[1]: how many fields to set; then each
-/// field and value to set; then the fields to delete. Returns each `HSETNX` and `HDEL` answer
-/// in order, then the hash (flat field/value pairs).
+/// `L2Store::hash_update`). KEYS[1]: the hash; ARGV[1]: how many fields to set; ARGV[2]: 1 to
+/// read the hash back; then each field and value to set; then the fields to delete. Returns
+/// each `HSETNX` and `HDEL` answer in order, then the hash (flat field/value pairs; empty
+/// unless read back).
 const HASH_UPDATE: &str = r"
 local n = tonumber(ARGV[1])
 local done = {}
 for i = 0, n - 1 do
-  done[#done + 1] = redis.call('HSETNX', KEYS[1], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+  done[#done + 1] = redis.call('HSETNX', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
 end
-for i = 2 + 2 * n, #ARGV do
+for i = 3 + 2 * n, #ARGV do
   done[#done + 1] = redis.call('HDEL', KEYS[1], ARGV[i])
 end
-done[#done + 1] = redis.call('HGETALL', KEYS[1])
+if ARGV[2] == '1' then
+  done[#done + 1] = redis.call('HGETALL', KEYS[1])
+else
+  done[#done + 1] = {}
+end
 return done
 ";
 
@@ -835,11 +840,12 @@ impl L2Store for RedisL2 {
         key: &str,
         set_if_absent: &[(String, i64)],
         delete: &[String],
+        read_back: bool,
     ) -> Result<HashUpdate> {
         // One script, so no other update interleaves: each field's change is seen by exactly
         // one of several racing updates, and a field and its companion move together.
         let mut invocation = self.hash_update_script.key(key);
-        invocation.arg(set_if_absent.len());
+        invocation.arg(set_if_absent.len()).arg(u8::from(read_back));
         for (field, value) in set_if_absent {
             invocation.arg(field).arg(*value);
         }
