@@ -140,7 +140,6 @@ impl Cache {
             }
             (counters, fields)
         };
-        let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
         let hour = now.div_euclid(HOUR_MS);
         let key = self.keys().counters_hour(hour);
         let increments = increments(
@@ -149,7 +148,7 @@ impl Cache {
                 .into_iter()
                 .filter(|(_, value, _)| *value > 0)
                 .map(|(name, value, _)| (name, value)),
-            Some(minute),
+            Some(now),
         );
         let written = self
             .with_l2("HINCRBY", self.single_deadline(), |l2| {
@@ -160,7 +159,7 @@ impl Cache {
             self.unsent().counters.add(&counters);
         }
         if !traffic_to_send.is_empty() {
-            self.flush_traffic(traffic_to_send, minute, hour).await;
+            self.flush_traffic(traffic_to_send, now).await;
         }
         self.flush_dated().await;
         if let Some(function) = emf_function {
@@ -206,9 +205,8 @@ impl Cache {
                 .0
                 .iter()
                 .map(|((minute, name), count)| {
-                    let minute = minute.div_euclid(MINUTE_MS).rem_euclid(60);
                     (
-                        format!("{minute:02}:{name}"),
+                        minute_field(*minute, name),
                         i64::try_from(*count).unwrap_or(i64::MAX),
                     )
                 })
@@ -238,7 +236,8 @@ impl Cache {
     /// 5 min and 1 h windows). If the rollup cannot be written nothing was, and the fields wait
     /// for the next flush; if only the minute fails, they stay in the 24 h window and are
     /// missing from the shorter ones (never counted twice).
-    async fn flush_traffic(&self, fields: BTreeMap<String, u64>, minute: i64, hour: i64) {
+    async fn flush_traffic(&self, fields: BTreeMap<String, u64>, now: EpochMillis) {
+        let hour = now.div_euclid(HOUR_MS);
         let rollup_key = self.keys().traffic_rollup(hour);
         let rollup = increments(fields.iter().map(|(n, v)| (n.as_str(), *v)), None);
         let rolled_up = self
@@ -254,7 +253,7 @@ impl Cache {
             return;
         }
         let minute_key = self.keys().traffic_hour(hour);
-        let by_minute = increments(fields.iter().map(|(n, v)| (n.as_str(), *v)), Some(minute));
+        let by_minute = increments(fields.iter().map(|(n, v)| (n.as_str(), *v)), Some(now));
         let _ = self
             .with_l2("HINCRBY", self.single_deadline(), |l2| {
                 l2.hash_add(&minute_key, &by_minute, TRAFFIC_MINUTES_TTL)
@@ -307,9 +306,8 @@ impl Cache {
             .zip(hashes)
             .flat_map(|(hour, hash)| {
                 hash.into_iter().filter_map(move |(field, value)| {
-                    let (minute, name) = field.split_once(':')?;
-                    let start = (hour * 60 + minute.parse::<i64>().ok()?) * MINUTE_MS;
-                    (name == counter && value > 0).then_some(start)
+                    let (minute, name) = parse_minute_field(hour, &field)?;
+                    (name == counter && value > 0).then_some(minute * MINUTE_MS)
                 })
             })
             .filter(|start| after.is_none_or(|after| *start > after) && *start <= now)
@@ -348,14 +346,9 @@ impl Cache {
             let mut fields = Vec::new();
             for (hour, hash) in hours {
                 for (field, value) in hash {
-                    let Some((minute, name)) = field.split_once(':') else {
-                        continue;
-                    };
-                    let Ok(minute) = minute.parse::<i64>() else {
-                        continue;
-                    };
-                    let ago = current_minute - (hour * 60 + minute);
-                    fields.push((ago, name.to_owned(), value));
+                    if let Some((minute, name)) = parse_minute_field(hour, &field) {
+                        fields.push((current_minute - minute, name.to_owned(), value));
+                    }
                 }
             }
             fields
@@ -428,10 +421,9 @@ impl Cache {
             .await
             .ok()?;
         let now = self.now();
-        let minute = now.div_euclid(MINUTE_MS).rem_euclid(60);
         let key = self.keys().counters_hour(now.div_euclid(HOUR_MS));
         let sample = [(
-            format!("{minute:02}:{MEMORY_SAMPLE}"),
+            minute_field(now, MEMORY_SAMPLE),
             i64::try_from(info.used_memory).unwrap_or(i64::MAX),
         )];
         let _ = self
@@ -523,7 +515,7 @@ impl Cache {
 /// Alert events shown at most.
 const ALERT_HISTORY_SHOWN: usize = 1000;
 /// Alert events a process keeps while Redis does not take them.
-pub const PENDING_ALERT_EVENTS: usize = 100;
+const PENDING_ALERT_EVENTS: usize = 100;
 
 /// This process's alert bookkeeping (see [`crate::health::book`]) and the events the shared
 /// history has not taken yet.
@@ -548,17 +540,31 @@ pub(crate) struct Unsent {
     traffic: BTreeMap<String, u64>,
 }
 
-/// `HINCRBY` increments of counts, under their minute's field (`MM:<name>`) or, without a
-/// minute, under their name.
+/// The field of `name` in the minute holding `at` (epoch ms), in that minute's hour bucket:
+/// `MM:<name>`.
+fn minute_field(at: EpochMillis, name: &str) -> String {
+    let minute = at.div_euclid(MINUTE_MS).rem_euclid(60);
+    format!("{minute:02}:{name}")
+}
+
+/// The inverse of [`minute_field`] for a field of hour bucket `hour`: the minute (since the
+/// epoch) and the name.
+fn parse_minute_field(hour: i64, field: &str) -> Option<(i64, &str)> {
+    let (minute, name) = field.split_once(':')?;
+    Some((hour * 60 + minute.parse::<i64>().ok()?, name))
+}
+
+/// `HINCRBY` increments of counts, under the field of the minute holding `at` (see
+/// [`minute_field`]) or, without it, under their name.
 fn increments<'a>(
     counts: impl IntoIterator<Item = (&'a str, u64)>,
-    minute: Option<i64>,
+    at: Option<EpochMillis>,
 ) -> Vec<(String, i64)> {
     counts
         .into_iter()
         .map(|(name, value)| {
-            let field = match minute {
-                Some(minute) => format!("{minute:02}:{name}"),
+            let field = match at {
+                Some(at) => minute_field(at, name),
                 None => name.to_owned(),
             };
             (field, i64::try_from(value).unwrap_or(i64::MAX))

@@ -35,7 +35,7 @@ pub struct AlertEvent {
     /// `raised`, `escalated` (WARNING to CRITICAL), `eased` (CRITICAL to WARNING) or `cleared`.
     pub event: String,
     /// The severity it has after the change (`WARNING` or `CRITICAL`); `null` when cleared.
-    pub severity: Option<String>,
+    pub severity: Option<Status>,
     /// The figure's value then, if it has one.
     pub value: Option<f64>,
     /// What is wrong, in words, unless cleared.
@@ -134,7 +134,7 @@ impl BookOutcome {
                     at: now,
                     figure: figure.to_owned(),
                     event: kind.to_owned(),
-                    severity: alert.map(|a| severity_name(a.severity).to_owned()),
+                    severity: alert.map(|a| a.severity),
                     value: super::alert_value(report, figure),
                     message: alert.map(|a| a.message.clone()),
                     environment: environment.map(str::to_owned),
@@ -173,14 +173,6 @@ impl BookOutcome {
             }
         }
         events
-    }
-}
-
-fn severity_name(status: Status) -> &'static str {
-    match status {
-        Status::Healthy => "HEALTHY",
-        Status::Warning => "WARNING",
-        Status::Critical => "CRITICAL",
     }
 }
 
@@ -232,7 +224,12 @@ mod tests {
         outcome
             .events(&updates, &report, at, "env-a")
             .into_iter()
-            .map(|e| (e.event, e.figure, e.severity))
+            .map(|e| {
+                // As the history's JSON names it.
+                let severity = e.severity.map(|s| serde_json::to_value(s).unwrap());
+                let severity = severity.and_then(|s| s.as_str().map(str::to_owned));
+                (e.event, e.figure, severity)
+            })
             .collect()
     }
 

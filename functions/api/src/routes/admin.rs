@@ -424,9 +424,9 @@ pub struct JobSchedule {
     pub next_expected_at: Option<i64>,
     /// True when the next run is more than one interval late (or a scheduled job never ran).
     pub overdue: bool,
-    /// The view-aggregator only: no view was recorded since its last window report (or
-    /// Redis, which counts them, did not answer), so no window is due: Lambda invokes it only
-    /// for windows with records. Always false for the scheduled jobs.
+    /// The view-aggregator only: no view was recorded after the end of its last reported
+    /// window (or Redis, which counts them, did not answer), so no window is due: Lambda
+    /// invokes it only for windows with records. Always false for the scheduled jobs.
     pub idle: bool,
 }
 
