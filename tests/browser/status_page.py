@@ -72,14 +72,17 @@ class Page:
     def click(self, css):
         call("POST", self.s(f"/element/{self.find(css)}/click"), {})
 
-    def wait_for(self, what, predicate, timeout=20):
+    def wait_for(self, what, predicate, timeout=20, context=""):
         deadline = time.time() + timeout
         while True:
             value = predicate()
             if value:
                 return value
             if time.time() > deadline:
-                raise SystemExit(f"status page: timed out waiting for {what}")
+                message = self.text(self.find("#message"))
+                updated = self.text(self.find("#updated"))
+                raise SystemExit(f"status page: timed out after {timeout} s waiting for {what}; "
+                                 f"the page says {message!r}, last refresh {updated}{context}")
             time.sleep(0.1)
 
     def quit(self):
@@ -166,7 +169,7 @@ def main():
         page.type("#token", TOKEN)
         page.click("#save-token")
         page.wait_for("the figures", lambda: page.displayed(page.find("#figures")))
-        for attempt in range(3):
+        for attempt in range(5):
             figures = read_page(page)
             data = {"stats": admin("/admin/cache/stats"), "health": admin("/admin/cache/health"),
                     "jobs": admin("/admin/jobs")}
@@ -175,7 +178,9 @@ def main():
                 break
             # The page refreshes every 5 s; a figure may have moved between its read and ours.
             updated = page.text(page.find("#updated"))
-            page.wait_for("the next refresh", lambda: page.text(page.find("#updated")) != updated)
+            differences = "".join(f"\n  {p}: page {t!r}, routes {e!r}" for p, t, e in wrong)
+            page.wait_for("the next refresh", lambda: page.text(page.find("#updated")) != updated,
+                          timeout=30, context=f"; figures that differed:{differences}")
         else:
             raise SystemExit("status page: figures differ from the admin routes:\n" +
                              "\n".join(f"  {p}: page {t!r}, routes {e!r}" for p, t, e in wrong))
