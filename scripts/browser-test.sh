@@ -22,7 +22,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$
 trap cleanup EXIT
 # The jobs run once at start, then not again during the test, so the figures hold still.
 ADMIN_TOKEN=$token DEV_ADDR="127.0.0.1:$port" DEMO_PRODUCTS=50 REFRESH_INTERVAL_SECS=3600 \
-  OFFER_EXPIRY_INTERVAL_SECS=3600 RUST_LOG=error target/debug/local >/dev/null 2>&1 &
+  OFFER_EXPIRY_INTERVAL_SECS=3600 RUST_LOG=error "${CARGO_TARGET_DIR:-target}/debug/local" >/dev/null 2>&1 &
 pids+=($!)
 chromedriver --port="$driver_port" --allowed-ips=127.0.0.1 >/dev/null 2>&1 &
 pids+=($!)

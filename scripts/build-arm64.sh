@@ -13,6 +13,6 @@ for f in "${functions[@]}"; do packages+=(-p "$f"); done
 cargo lambda build --release --arm64 "${packages[@]}"
 
 for f in "${functions[@]}"; do
-  bin="target/lambda/$f/bootstrap"
+  bin="${CARGO_TARGET_DIR:-target}/lambda/$f/bootstrap"
   printf '%-16s %10d bytes  %s\n' "$f" "$(stat -c %s "$bin")" "$(file -b "$bin" 2>/dev/null | cut -d, -f1-2)"
 done

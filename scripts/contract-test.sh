@@ -11,7 +11,7 @@ ensure_python_tools
 cargo build --quiet -p local
 port=$("$python_bin" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export ADMIN_TOKEN=contract-admin-token WRITE_TOKEN=contract-write-token
-DEV_ADDR="127.0.0.1:$port" DEMO_PRODUCTS=300 RUST_LOG=error target/debug/local >/dev/null 2>&1 &
+DEV_ADDR="127.0.0.1:$port" DEMO_PRODUCTS=300 RUST_LOG=error "${CARGO_TARGET_DIR:-target}/debug/local" >/dev/null 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do
