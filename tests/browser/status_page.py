@@ -195,7 +195,7 @@ def main():
 
         # It refreshes itself.
         updated = page.text(page.find("#updated"))
-        page.wait_for("a refresh", lambda: page.text(page.find("#updated")) != updated, timeout=15)
+        page.wait_for("a refresh", lambda: page.text(page.find("#updated")) != updated, timeout=30)
 
         # 4. The token survives a reload (session storage), and forgetting it hides the figures.
         page.open(BASE + "/status")
