@@ -26,6 +26,19 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
+/// The entry at `key`, created holding `empty` and no expiry when absent, as Redis creates a
+/// key on its first write.
+fn entry_or_new<'a>(
+    entries: &'a mut HashMap<String, Entry>,
+    key: &str,
+    empty: Value,
+) -> &'a mut Entry {
+    entries.entry(key.to_owned()).or_insert(Entry {
+        value: empty,
+        expires_at: None,
+    })
+}
+
 /// In-memory L2.
 ///
 /// ## Behavior
@@ -313,10 +326,7 @@ impl L2Store for MemoryL2 {
 
     async fn incr(&self, key: &str) -> Result<u64> {
         let mut entries = self.call("INCR")?;
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            value: Value::Counter(0),
-            expires_at: None,
-        });
+        let entry = entry_or_new(&mut entries, key, Value::Counter(0));
         match &mut entry.value {
             Value::Counter(n) => {
                 *n += 1;
@@ -337,10 +347,7 @@ impl L2Store for MemoryL2 {
 
     async fn enqueue(&self, queue: &str, members: &[&str], score: i64) -> Result<u64> {
         let mut entries = self.call("ZADD")?;
-        let entry = entries.entry(queue.to_owned()).or_insert(Entry {
-            value: Value::Queue(BTreeMap::new()),
-            expires_at: None,
-        });
+        let entry = entry_or_new(&mut entries, queue, Value::Queue(BTreeMap::new()));
         let Value::Queue(queued) = &mut entry.value else {
             return Err(wrong_type("ZADD"));
         };
@@ -391,10 +398,7 @@ impl L2Store for MemoryL2 {
 
     async fn zset_add(&self, key: &str, members: &[(String, i64)], only_later: bool) -> Result<()> {
         let mut entries = self.call("ZADD")?;
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            value: Value::Queue(BTreeMap::new()),
-            expires_at: None,
-        });
+        let entry = entry_or_new(&mut entries, key, Value::Queue(BTreeMap::new()));
         let Value::Queue(set) = &mut entry.value else {
             return Err(wrong_type("ZADD"));
         };
@@ -476,10 +480,7 @@ impl L2Store for MemoryL2 {
 
     async fn hash_add(&self, key: &str, increments: &[(String, i64)], ttl: Duration) -> Result<()> {
         let mut entries = self.call("HINCRBY")?;
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            value: Value::Hash(HashMap::new()),
-            expires_at: None,
-        });
+        let entry = entry_or_new(&mut entries, key, Value::Hash(HashMap::new()));
         entry.expires_at = Some(Instant::now() + ttl);
         let Value::Hash(fields) = &mut entry.value else {
             return Err(wrong_type("HINCRBY"));
@@ -509,10 +510,7 @@ impl L2Store for MemoryL2 {
         read_back: bool,
     ) -> Result<HashUpdate> {
         let mut entries = self.call("HSETNX")?;
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            value: Value::Hash(HashMap::new()),
-            expires_at: None,
-        });
+        let entry = entry_or_new(&mut entries, key, Value::Hash(HashMap::new()));
         let Value::Hash(fields) = &mut entry.value else {
             return Err(wrong_type("HSETNX"));
         };
@@ -532,10 +530,7 @@ impl L2Store for MemoryL2 {
         limit: usize,
     ) -> Result<Vec<(String, i64)>> {
         let mut entries = self.call("ZADD")?;
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            value: Value::Queue(BTreeMap::new()),
-            expires_at: None,
-        });
+        let entry = entry_or_new(&mut entries, key, Value::Queue(BTreeMap::new()));
         entry.expires_at = Some(Instant::now() + ttl);
         let Value::Queue(set) = &mut entry.value else {
             return Err(wrong_type("ZADD"));
